@@ -1,0 +1,715 @@
+"""``wrap(model) -> MoEModel``: address experts and routers of any supported MoE model.
+
+What the adapter offers (see :class:`MoEModel`):
+
+* read/write one expert ``(layer, idx)`` or a whole layer's experts stacked ``(E, *P)``;
+* router weights and state, and the split of ``model.state_dict()`` keys into expert / router /
+  dense keys;
+* ``capture_routing``: per-token router probabilities and chosen experts of the last forward;
+* ``restrict_routing``: tokens may only be routed to a subset of experts per layer;
+* ``train_only``: only a subset of experts (static, or chosen per batch by a selector called inside
+  the forward) takes part in backward.
+
+How it hooks in
+---------------
+``wrap`` installs instance-level forwards (``types.MethodType``) on each MoE layer's router and
+experts module, and a forward pre-hook on the top-level model that remembers the attention masks.
+With no context active these forwards call the class's own forward, so the model computes exactly
+what it computed before. The installed functions find their adapter through the module attribute
+``_hfedmoe = (adapter, layer)``; ``copy.deepcopy(model)`` therefore yields a model whose adapter
+(``model._hfedmoe_adapter``) addresses the copy.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from hfedmoe.errors import UnsupportedModelError
+from hfedmoe.moe import layouts
+from hfedmoe.moe.layouts import FamilySpec
+
+ADAPTER_ATTR = "_hfedmoe_adapter"
+_MODES = ("no_grad", "detach")
+
+
+class LayerRouting(NamedTuple):
+    """Routing of one MoE layer for one forward.
+
+    Attributes
+    ----------
+    gate_probs : Tensor
+        ``(T, E)`` float32, detached router probabilities of every token.
+    topk_idx : Tensor
+        ``(T, k)`` long, the experts each token was routed to.
+    token_mask : Tensor
+        ``(T,)`` bool, True for real (non-padding) tokens.
+    """
+
+    gate_probs: torch.Tensor
+    topk_idx: torch.Tensor
+    token_mask: torch.Tensor
+
+
+@dataclass
+class _Layer:
+    """Static facts about one MoE layer of a wrapped model."""
+
+    index: int
+    spec: FamilySpec
+    path: str  # module path of the MoE block inside the model
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    role: str | None  # "encoder" / "decoder" for Switch, else None
+    num_experts: int
+    top_k: int
+    param_names: list[str]
+
+
+# --------------------------------------------------------------------------------------------
+# context objects
+# --------------------------------------------------------------------------------------------
+class RoutingCapture:
+    """Routing of every MoE layer for the last forward run inside the context.
+
+    Attributes
+    ----------
+    gate_probs, topk_idx, token_mask : dict[int, Tensor]
+        Per MoE layer: ``(T, E)`` float32, ``(T, k)`` long, ``(T,)`` bool (see :class:`LayerRouting`).
+    """
+
+    def __init__(self, adapter: MoEModel, attention_mask: torch.Tensor | None):
+        self._adapter = adapter
+        self.attention_mask = attention_mask
+        self.gate_probs: dict[int, torch.Tensor] = {}
+        self.topk_idx: dict[int, torch.Tensor] = {}
+        self.token_mask: dict[int, torch.Tensor] = {}
+
+    def layer(self, layer: int) -> LayerRouting:
+        """The routing of MoE layer ``layer`` in the last forward."""
+        if layer not in self.gate_probs:
+            raise KeyError(f"no routing captured for MoE layer {layer} (run a forward inside the context)")
+        return LayerRouting(self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer])
+
+    def _record(self, layer: int, routing: LayerRouting) -> None:
+        self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer] = routing
+
+    def __enter__(self) -> RoutingCapture:
+        self._adapter._push("capture", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("capture", self)
+
+
+class RoutingRestriction:
+    """Tokens of MoE layer l may only be routed to ``subsets[l]`` while the context is active."""
+
+    def __init__(self, adapter: MoEModel, subsets: Sequence[Sequence[int] | None]):
+        self._adapter = adapter
+        self.subsets = adapter._check_subsets(subsets, "restrict_routing", min_size=True)
+        self.allowed_masks: list[torch.Tensor | None] = []
+        for info, subset in zip(adapter._layers, self.subsets):
+            if subset is None:
+                self.allowed_masks.append(None)
+                continue
+            mask = torch.zeros(info.num_experts, dtype=torch.bool, device=adapter._router_device(info))
+            mask[list(subset)] = True
+            self.allowed_masks.append(mask)
+
+    def __enter__(self) -> RoutingRestriction:
+        self._adapter._push("restrict", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("restrict", self)
+
+
+class TrainOnly:
+    """Only the selected experts of each layer take part in backward while the context is active.
+
+    Attributes
+    ----------
+    selected : dict[int, Tensor]
+        Per MoE layer, the sorted LongTensor of trainable experts in the last forward.
+    mode : str
+        ``"no_grad"`` or ``"detach"``.
+    """
+
+    def __init__(
+        self,
+        adapter: MoEModel,
+        subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
+        mode: str,
+        attention_mask: torch.Tensor | None,
+    ):
+        if mode not in _MODES:
+            raise ValueError(f"train_only mode must be one of {_MODES}, got {mode!r}")
+        self._adapter = adapter
+        self.mode = mode
+        self.attention_mask = attention_mask
+        self.selected: dict[int, torch.Tensor] = {}
+        self._selected_sets: dict[int, set[int] | None] = {}
+        self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
+        if callable(subsets):
+            self.selector: Callable | None = subsets
+            self.subsets = None
+        else:
+            self.selector = None
+            self.subsets = adapter._check_subsets(subsets, "train_only", min_size=False)
+            for info, subset in zip(adapter._layers, self.subsets):
+                self._set_selected(info, subset)
+
+    def _set_selected(self, info: _Layer, subset: Sequence[int] | None) -> None:
+        if subset is None:
+            self.selected[info.index] = torch.arange(info.num_experts, dtype=torch.long)
+            self._selected_sets[info.index] = None
+        else:
+            self.selected[info.index] = torch.tensor(sorted(subset), dtype=torch.long)
+            self._selected_sets[info.index] = set(subset)
+
+    def _select(self, info: _Layer, routing: LayerRouting) -> None:
+        choice = self.selector(info.index, routing)
+        if isinstance(choice, torch.Tensor):
+            choice = choice.flatten().tolist()
+        choice = sorted({int(e) for e in choice})
+        if any(e < 0 or e >= info.num_experts for e in choice):
+            raise ValueError(
+                f"selector returned experts {choice} for layer {info.index}; expected indices in "
+                f"[0, {info.num_experts})"
+            )
+        self._set_selected(info, choice)
+        self._selected_sets[info.index] = set(choice)
+
+    def __enter__(self) -> TrainOnly:
+        adapter = self._adapter
+        adapter.expert_leaves()  # build / refresh the leaves before any forward
+        for info in adapter._layers:
+            if info.spec.kind == "fused":
+                for name in info.param_names:
+                    p = getattr(info.experts, name)
+                    self._saved_requires_grad.append((p, p.requires_grad))
+                    p.requires_grad_(False)
+        adapter._push("train", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("train", self)
+        for p, flag in reversed(self._saved_requires_grad):
+            p.requires_grad_(flag)
+        self._saved_requires_grad.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# installed forwards
+# --------------------------------------------------------------------------------------------
+def _router_forward(self: nn.Module, *args, **kwargs):
+    adapter, layer = self._hfedmoe
+    if not adapter._is_active():
+        return type(self).forward(self, *args, **kwargs)
+    return adapter._route(layer, self, args, kwargs)
+
+
+def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_weights):
+    adapter, layer = self._hfedmoe
+    train = adapter._innermost("train")
+    if train is None:
+        return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
+    info = adapter._layers[layer]
+    selected = train._selected_sets.get(layer)
+    leaves = adapter._leaves[layer]
+    names = info.param_names
+
+    def run(expert_idx: int, x: torch.Tensor) -> torch.Tensor:
+        if selected is None or expert_idx in selected:
+            return layouts.fused_expert_apply(self, x, dict(zip(names, leaves[expert_idx])))
+        frozen = {n: getattr(self, n).detach()[expert_idx] for n in names}
+        if train.mode == "no_grad":
+            with torch.no_grad():
+                return layouts.fused_expert_apply(self, x, frozen)
+        return layouts.fused_expert_apply(self, x, frozen)
+
+    return layouts.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+
+
+def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, routing_weights):
+    adapter, layer = self._hfedmoe
+    train = adapter._innermost("train")
+    if train is None:
+        return type(self).forward(self, hidden_states, selected_experts, routing_weights)
+    selected = train._selected_sets.get(layer)
+    final = torch.zeros_like(hidden_states)  # (T, H)
+    expert_mask = selected_experts.permute(2, 1, 0)  # (E, 1, T)
+    expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+    for expert_idx in expert_hit.flatten().tolist():
+        pos, token_idx = torch.where(expert_mask[expert_idx])
+        x = hidden_states[token_idx]  # (N, H)
+        expert = self[f"expert_{expert_idx}"]
+        if selected is None or expert_idx in selected:
+            out = expert(x)
+        elif train.mode == "no_grad":
+            with torch.no_grad():
+                out = layouts.switch_expert_apply(expert, x, detach=True)
+        else:
+            out = layouts.switch_expert_apply(expert, x, detach=True)
+        out = out * routing_weights[token_idx, pos, None]
+        final.index_add_(0, token_idx, out.to(hidden_states.dtype))
+    return final
+
+
+class _MaskGrabber:
+    """Forward pre-hook of the top-level model: remembers its attention masks while a context is on."""
+
+    def __init__(self, adapter: MoEModel):
+        self.adapter = adapter
+        self._signature: inspect.Signature | None = None
+
+    def __call__(self, module, args, kwargs):
+        adapter = self.adapter
+        if not adapter._is_active():
+            return None
+        masks = {}
+        for key in ("attention_mask", "decoder_attention_mask"):
+            value = kwargs.get(key)
+            if value is None and args:
+                value = self._positional(module, args, key)
+            masks[key] = value
+        adapter._masks = masks
+        return None
+
+    def _positional(self, module, args, key):
+        try:
+            if self._signature is None:
+                self._signature = inspect.signature(type(module).forward)
+            bound = self._signature.bind_partial(module, *args)
+        except (TypeError, ValueError):
+            return None
+        return bound.arguments.get(key)
+
+
+# --------------------------------------------------------------------------------------------
+# the adapter
+# --------------------------------------------------------------------------------------------
+class MoEModel:
+    """A wrapped MoE model: experts and routers addressed by ``(layer, expert)``.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The wrapped model (modified only by the installed forwards / hooks).
+    family : str
+        One of :data:`hfedmoe.moe.layouts.SUPPORTED_FAMILIES`.
+    num_layers : int
+        Number of MoE layers (dense layers are not counted), in forward order.
+    num_experts, top_k, hidden_size : int
+
+    Notes
+    -----
+    Layers are numbered 0..num_layers-1 in forward order (for Switch: encoder layers, then decoder).
+    """
+
+    def __init__(self, model: nn.Module, layers: list[_Layer]):
+        self.model = model
+        self._layers = layers
+        first = layers[0]
+        self.family = first.spec.name
+        self.num_layers = len(layers)
+        self.num_experts = first.num_experts
+        self.top_k = first.top_k
+        self.hidden_size = int(layouts.router_weight(first.spec, first.router).shape[1])
+        self._stacks: dict[str, list] = {"capture": [], "restrict": [], "train": []}
+        self._masks: dict[str, torch.Tensor | None] = {}
+        self._leaves: dict[int, list[list[torch.Tensor]]] = {}
+        self._leaf_ptrs: dict[int, tuple[int, ...]] = {}
+
+    # ----------------------------------------------------------------- context bookkeeping
+    def _is_active(self) -> bool:
+        return any(self._stacks.values())
+
+    def _innermost(self, kind: str):
+        stack = self._stacks[kind]
+        return stack[-1] if stack else None
+
+    def _push(self, kind: str, ctx) -> None:
+        self._stacks[kind].append(ctx)
+
+    def _pop(self, kind: str, ctx) -> None:
+        stack = self._stacks[kind]
+        if ctx in stack:
+            stack.remove(ctx)
+        if not self._is_active():
+            self._masks = {}
+
+    def _layer(self, layer: int) -> _Layer:
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+        return self._layers[layer]
+
+    def _check_expert(self, info: _Layer, idx: int) -> None:
+        if not isinstance(idx, int) or not 0 <= idx < info.num_experts:
+            raise ValueError(f"expert index must be an int in [0, {info.num_experts}), got {idx!r}")
+
+    def _router_device(self, info: _Layer) -> torch.device:
+        return layouts.router_weight(info.spec, info.router).device
+
+    def _check_subsets(self, subsets, what: str, min_size: bool) -> list[list[int] | None]:
+        if isinstance(subsets, (str, bytes)) or not isinstance(subsets, Sequence):
+            raise ValueError(f"{what}: subsets must be a sequence with one entry per MoE layer")
+        if len(subsets) != self.num_layers:
+            raise ValueError(
+                f"{what}: got {len(subsets)} subsets, expected one per MoE layer ({self.num_layers})"
+            )
+        out: list[list[int] | None] = []
+        for layer, subset in enumerate(subsets):
+            if subset is None:
+                out.append(None)
+                continue
+            if isinstance(subset, torch.Tensor):
+                subset = subset.flatten().tolist()
+            values = sorted({int(e) for e in subset})
+            if len(values) != len(list(subset)):
+                raise ValueError(f"{what}: layer {layer} subset {list(subset)} has duplicates")
+            if any(e < 0 or e >= self.num_experts for e in values):
+                raise ValueError(
+                    f"{what}: layer {layer} subset {values} has indices outside [0, {self.num_experts})"
+                )
+            if min_size and len(values) < self.top_k:
+                raise ValueError(
+                    f"{what}: layer {layer} subset {values} has {len(values)} experts, fewer than "
+                    f"top_k={self.top_k}; a restricted router needs at least top_k experts"
+                )
+            out.append(values)
+        return out
+
+    # ----------------------------------------------------------------- routing (installed)
+    def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
+        candidates = []
+        if explicit is not None:
+            candidates.append(explicit)
+        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"
+        if self._masks.get(key) is not None:
+            candidates.append(self._masks[key])
+        for mask in candidates:
+            if mask.numel() == num_tokens:
+                return mask.reshape(-1).to(device=device).bool()
+        return torch.ones(num_tokens, dtype=torch.bool, device=device)
+
+    def _route(self, layer: int, router: nn.Module, args, kwargs):
+        info = self._layers[layer]
+        restriction = self._innermost("restrict")
+        allowed = restriction.allowed_masks[layer] if restriction is not None else None
+        if allowed is None:
+            output = type(router).forward(router, *args, **kwargs)
+            gate_probs, topk_idx = info.spec.from_output(router, output)
+        else:
+            hidden_states = args[0] if args else kwargs["hidden_states"]
+            output, gate_probs, topk_idx = info.spec.route(router, hidden_states, allowed)
+        train = self._innermost("train")
+        captures = self._stacks["capture"]
+        if not captures and (train is None or train.selector is None):
+            return output
+        gate_probs = gate_probs.detach().float()  # (T, E)
+        topk_idx = topk_idx.detach().long()  # (T, k)
+        num_tokens = gate_probs.shape[0]
+        for capture in captures:
+            mask = self._token_mask(info, num_tokens, capture.attention_mask, gate_probs.device)
+            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask))
+        if train is not None and train.selector is not None:
+            mask = self._token_mask(info, num_tokens, train.attention_mask, gate_probs.device)
+            train._select(info, LayerRouting(gate_probs, topk_idx, mask))
+        return output
+
+    # ----------------------------------------------------------------- expert access
+    def expert_param_names(self, layer: int) -> list[str]:
+        """Local names of one expert's tensors, e.g. ``["gate_up_proj", "down_proj"]`` or
+        ``["wi.weight", "wo.weight"]`` (Switch)."""
+        return list(self._layer(layer).param_names)
+
+    def _expert_tensors(self, info: _Layer, idx: int) -> dict[str, torch.Tensor]:
+        """Live (not cloned) tensors of expert ``idx``: slices of fused storage or module params."""
+        if info.spec.kind == "fused":
+            return {n: getattr(info.experts, n)[idx] for n in info.param_names}
+        params = dict(info.experts[f"expert_{idx}"].named_parameters())
+        return {n: params[n] for n in info.param_names}
+
+    def get_expert(self, layer: int, idx: int) -> dict[str, torch.Tensor]:
+        """Detached clones of expert ``idx`` of MoE layer ``layer``: ``{name: (*P)}``."""
+        info = self._layer(layer)
+        self._check_expert(info, idx)
+        return {n: t.detach().clone() for n, t in self._expert_tensors(info, idx).items()}
+
+    def set_expert(self, layer: int, idx: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` into expert ``idx`` of MoE layer ``layer`` in place (live storage).
+
+        Raises
+        ------
+        ValueError
+            If the names differ from :meth:`expert_param_names` or a shape does not match.
+        """
+        info = self._layer(layer)
+        self._check_expert(info, idx)
+        live = self._expert_tensors(info, idx)
+        self._check_tensors(live, tensors, f"expert {idx} of layer {layer}")
+        with torch.no_grad():
+            for name, target in live.items():
+                target.copy_(tensors[name])
+
+    def get_experts(self, layer: int) -> dict[str, torch.Tensor]:
+        """Clones of all experts of a layer stacked: ``{name: (E, *P)}``."""
+        info = self._layer(layer)
+        if info.spec.kind == "fused":
+            return {n: getattr(info.experts, n).detach().clone() for n in info.param_names}
+        per_expert = [self._expert_tensors(info, e) for e in range(info.num_experts)]
+        return {n: torch.stack([t[n].detach() for t in per_expert]) for n in info.param_names}
+
+    def set_experts(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy stacked ``{name: (E, *P)}`` tensors into all experts of a layer (in place)."""
+        info = self._layer(layer)
+        if info.spec.kind == "fused":
+            live = {n: getattr(info.experts, n) for n in info.param_names}
+            self._check_tensors(live, tensors, f"experts of layer {layer}")
+            with torch.no_grad():
+                for name, target in live.items():
+                    target.copy_(tensors[name])
+            return
+        shapes = {n: (info.num_experts, *t.shape) for n, t in self._expert_tensors(info, 0).items()}
+        self._check_shapes(shapes, tensors, f"experts of layer {layer}")
+        for e in range(info.num_experts):
+            self.set_expert(layer, e, {n: t[e] for n, t in tensors.items()})
+
+    @staticmethod
+    def _check_shapes(expected: dict[str, tuple], tensors: dict[str, torch.Tensor], what: str) -> None:
+        if not isinstance(tensors, dict) or set(tensors) != set(expected):
+            got = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+            raise ValueError(f"{what}: expected tensors named {sorted(expected)}, got {got}")
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != tuple(shape):
+                raise ValueError(
+                    f"{what}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
+                )
+
+    def _check_tensors(self, live: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], what: str) -> None:
+        self._check_shapes({n: tuple(t.shape) for n, t in live.items()}, tensors, what)
+
+    # ----------------------------------------------------------------- routers
+    def router_weight(self, layer: int) -> nn.Parameter:
+        """The live router weight ``(E, H)`` of MoE layer ``layer``."""
+        info = self._layer(layer)
+        return layouts.router_weight(info.spec, info.router)
+
+    def router_state(self, layer: int) -> dict[str, torch.Tensor]:
+        """Clones of the router's trainable tensors (``weight``, ``bias`` when present).
+
+        DeepSeek-V3's ``e_score_correction_bias`` buffer is router state in
+        :meth:`router_state_keys` but is not trainable and not included here.
+        """
+        info = self._layer(layer)
+        return {n: p.detach().clone() for n, p in layouts.router_trainable(info.spec, info.router).items()}
+
+    def set_router_state(self, layer: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` (names as in :meth:`router_state`) into the router in place."""
+        info = self._layer(layer)
+        live = layouts.router_trainable(info.spec, info.router)
+        self._check_tensors(live, tensors, f"router of layer {layer}")
+        with torch.no_grad():
+            for name, target in live.items():
+                target.copy_(tensors[name])
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        """Trainable router parameters of every MoE layer."""
+        return [p for info in self._layers for p in layouts.router_trainable(info.spec, info.router).values()]
+
+    # ----------------------------------------------------------------- state_dict split
+    def expert_state_keys(self) -> set[str]:
+        """``model.state_dict()`` keys holding routed experts."""
+        keys: set[str] = set()
+        for info in self._layers:
+            base = f"{info.path}.{info.spec.experts_attr}" if info.path else info.spec.experts_attr
+            if info.spec.kind == "fused":
+                keys.update(f"{base}.{n}" for n in info.param_names)
+            else:
+                keys.update(
+                    f"{base}.expert_{e}.{n}" for e in range(info.num_experts) for n in info.param_names
+                )
+        return keys & set(self.model.state_dict().keys())
+
+    def router_state_keys(self) -> set[str]:
+        """``model.state_dict()`` keys of routers (incl. non-trainable buffers such as
+        DeepSeek-V3's ``e_score_correction_bias``)."""
+        keys: set[str] = set()
+        for info in self._layers:
+            base = f"{info.path}.{info.spec.router_attr}" if info.path else info.spec.router_attr
+            keys.update(f"{base}.{k}" for k in info.router.state_dict().keys())
+        return keys & set(self.model.state_dict().keys())
+
+    def dense_named_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter that is neither a routed expert nor a router (attention, embeddings,
+        norms, heads, shared experts, MoEfied output bias), whatever its ``requires_grad``."""
+        skip = {id(p) for p in self.router_parameters()}
+        for info in self._layers:
+            skip.update(id(p) for p in info.experts.parameters())
+        return {n: p for n, p in self.model.named_parameters() if id(p) not in skip}
+
+    # ----------------------------------------------------------------- leaves
+    def expert_leaves(self) -> dict[tuple[int, int], list[torch.Tensor]]:
+        """Persistent leaf tensors per expert ``(layer, idx)`` (order of :meth:`expert_param_names`).
+
+        Fused layouts: views ``fused.detach()[idx]`` with ``requires_grad=True``, created once and
+        cached (re-created when the parameter storage was replaced, e.g. after ``model.to(...)``:
+        rebuild the optimizer then). ``optimizer.step()`` on them writes into the model's weights.
+        Switch: the expert modules' own parameters. A leaf receives ``.grad`` only while its expert
+        is trainable inside :meth:`train_only`.
+        """
+        out: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for info in self._layers:
+            if info.spec.kind == "fused":
+                params = [getattr(info.experts, n) for n in info.param_names]
+                ptrs = tuple(p.data_ptr() for p in params)
+                if self._leaf_ptrs.get(info.index) != ptrs or info.index not in self._leaves:
+                    self._leaves[info.index] = [
+                        [p.detach()[e].requires_grad_(True) for p in params] for e in range(info.num_experts)
+                    ]
+                    self._leaf_ptrs[info.index] = ptrs
+            else:
+                self._leaves[info.index] = [
+                    list(self._expert_tensors(info, e).values()) for e in range(info.num_experts)
+                ]
+            for e, leaves in enumerate(self._leaves[info.index]):
+                out[(info.index, e)] = leaves
+        return out
+
+    # ----------------------------------------------------------------- contexts
+    def capture_routing(self, attention_mask: torch.Tensor | None = None) -> RoutingCapture:
+        """Context manager recording every MoE layer's routing for the last forward inside it.
+
+        Parameters
+        ----------
+        attention_mask : Tensor, optional
+            ``(B, S)``; 1 for real tokens. If omitted, the ``attention_mask`` (encoder / decoder-only
+            layers) or ``decoder_attention_mask`` (Switch decoder layers) passed to the top-level
+            model's forward is used; a layer whose token count matches no mask gets all-True.
+
+        Notes
+        -----
+        ``gate_probs`` are the softmax of the router logits (after any active restriction, so
+        restricted experts have probability 0); for DeepSeek-V3's sigmoid router the sigmoid
+        scores normalised to sum 1 per token. ``topk_idx`` are the experts actually used; for
+        Switch the argmax, ignoring capacity drops.
+        """
+        return RoutingCapture(self, attention_mask)
+
+    def restrict_routing(self, subsets: Sequence[Sequence[int] | None]) -> RoutingRestriction:
+        """Context manager: tokens of layer l may only be routed to ``subsets[l]`` (None = any).
+
+        Logits of the other experts are set to ``-inf`` before top-k, then the family's own rule
+        applies (renormalisation, groups, scaling, capacity). A subset must hold at least ``top_k``
+        experts (ValueError otherwise), so no top-k slot is ever left to a forbidden expert. For
+        group-limited routers (DeepSeek) a token whose chosen groups hold fewer than ``top_k``
+        allowed experts has its group limit lifted.
+        """
+        return RoutingRestriction(self, subsets)
+
+    def train_only(
+        self,
+        subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
+        mode: str = "no_grad",
+        attention_mask: torch.Tensor | None = None,
+    ) -> TrainOnly:
+        """Context manager: expert e of layer l takes part in backward iff it is selected.
+
+        Parameters
+        ----------
+        subsets : sequence per layer of expert indices (None = all experts of that layer), or a
+            selector ``(layer, LayerRouting) -> Sequence[int]`` called inside the forward right
+            after layer l's router ran; its answer is that layer's trainable experts for this batch.
+        mode : ``"no_grad"`` (unselected experts run without autograd: no backward compute, the
+            router still gets gradient through the weights multiplying their constant output) or
+            ``"detach"`` (detached weights, input gradient kept).
+        attention_mask : Tensor, optional
+            Token mask for the selector's :class:`LayerRouting` (default: grabbed from the forward).
+
+        Notes
+        -----
+        Inside, fused expert Parameters have ``requires_grad=False`` (restored on exit) and the
+        selected experts compute with :meth:`expert_leaves`, so only those receive ``.grad``.
+        Routers and dense parameters are left alone.
+        """
+        return TrainOnly(self, subsets, mode, attention_mask)
+
+    def __repr__(self) -> str:
+        return (
+            f"MoEModel(family={self.family!r}, model={type(self.model).__name__}, num_layers={self.num_layers}, "
+            f"num_experts={self.num_experts}, top_k={self.top_k}, hidden_size={self.hidden_size})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# wrap
+# --------------------------------------------------------------------------------------------
+def _find_layers(model: nn.Module) -> list[_Layer]:
+    classes = layouts.block_classes()
+    layers: list[_Layer] = []
+    for path, module in model.named_modules():
+        spec = layouts.family_of_block(module, classes)
+        if spec is None:
+            continue
+        router = getattr(module, spec.router_attr)
+        experts = getattr(module, spec.experts_attr)
+        num_experts = layouts.router_num_experts(spec, router)
+        if spec.kind == "fused":
+            names = layouts.fused_param_names(experts, num_experts)
+        else:
+            names = layouts.switch_param_names(experts)
+        role = None
+        if spec.name == "switch":
+            role = "decoder" if path.startswith("decoder") or ".decoder." in f".{path}" else "encoder"
+        layers.append(
+            _Layer(len(layers), spec, path, module, router, experts, role, num_experts,
+                   layouts.router_top_k(spec, router), names)
+        )
+    return layers
+
+
+def wrap(model: nn.Module) -> MoEModel:
+    """Find the MoE layers of ``model`` (in forward order) and return its :class:`MoEModel`.
+
+    Idempotent: the adapter is stored on ``model._hfedmoe_adapter`` and returned again.
+
+    Raises
+    ------
+    UnsupportedModelError
+        If the model has no MoE layer of a supported family.
+    """
+    existing = getattr(model, ADAPTER_ATTR, None)
+    if isinstance(existing, MoEModel) and existing.model is model:
+        return existing
+    layers = _find_layers(model)
+    if not layers:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no MoE layers this project can address; supported families: "
+            f"{', '.join(layouts.SUPPORTED_FAMILIES)}"
+        )
+    families = {info.spec.name for info in layers}
+    shapes = {(info.num_experts, info.top_k) for info in layers}
+    if len(families) > 1 or len(shapes) > 1:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} mixes MoE layer kinds {sorted(families)} / (experts, top_k) "
+            f"{sorted(shapes)}; only uniform MoE models are supported"
+        )
+    adapter = MoEModel(model, layers)
+    experts_forward = {"fused": _fused_experts_forward, "modules": _switch_experts_forward}
+    for info in layers:
+        info.router._hfedmoe = (adapter, info.index)
+        info.experts._hfedmoe = (adapter, info.index)
+        info.router.forward = types.MethodType(_router_forward, info.router)
+        info.experts.forward = types.MethodType(experts_forward[info.spec.kind], info.experts)
+    model.register_forward_pre_hook(_MaskGrabber(adapter), with_kwargs=True)
+    object.__setattr__(model, ADAPTER_ATTR, adapter)
+    return adapter
