@@ -66,7 +66,7 @@ class DeviceProfile:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: expected a non-empty string, got {self.name!r}")
         for attr in ("memory_gb", "tflops", "uplink_mbps", "downlink_mbps"):
-            value = _checks.real_number(attr, getattr(self, attr), 0.0)
+            value = _checks.real_number(attr, getattr(self, attr))
             if value <= 0:
                 raise ValueError(f"{attr}: expected a number > 0, got {getattr(self, attr)!r}")
             object.__setattr__(self, attr, value)
