@@ -1,0 +1,273 @@
+"""Local fine-tuning of one client: per batch, capture routing, score, select within the budget,
+backward through the selected experts only; track usage, importance and what was trained.
+
+No engine imports: both engines call :func:`train_client` on a model that already holds the global
+weights, and ship the returned :class:`ClientUpdate` to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hfedmoe.core.usage import expert_usage
+from hfedmoe.core.importance import score_experts
+from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
+from hfedmoe.moe import MoEModel
+from hfedmoe.parts import dense_names_for
+
+log = logging.getLogger(__name__)
+
+# A selector picks the trainable experts of one layer from that layer's routing of this batch.
+Selector = Callable[[int, object], Sequence[int]]
+
+
+@dataclass
+class TrainPlan:
+    """What a method asks of one client for one round.
+
+    Exactly one of ``selector`` (per batch, per layer, inside the forward), ``batch_subsets``
+    (per batch, from a no-grad pre-pass over all layers: model-scope budgets) or
+    ``static_subsets`` (fixed for the round; None per layer = all experts) is used.
+    ``restrict`` limits routing (restrict mode / sub-MoE baselines).
+    """
+
+    selector: Selector | None = None
+    batch_subsets: Callable[[object], list[Sequence[int]]] | None = None
+    static_subsets: list[Sequence[int] | None] | None = None
+    restrict: list[Sequence[int] | None] | None = None
+    train_routers: bool = True
+
+
+@dataclass
+class TrainSettings:
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 16
+    lr: float = 5e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    trainable: tuple[str, ...] = ("experts", "routers", "head")
+    grad_mode: str = "no_grad"
+    lam: float = 0.5
+
+
+@dataclass
+class ClientUpdate:
+    """Everything the server needs from one client after one round (design.md, "Interfaces")."""
+
+    client_id: int
+    num_examples: int
+    experts: dict[tuple[int, int], dict[str, torch.Tensor]]  # (layer, idx) -> trained slices
+    routers: dict[int, dict[str, torch.Tensor]]  # layer -> router tensors
+    dense: dict[str, torch.Tensor]  # trained dense params (head, attention, ...)
+    usage: torch.Tensor  # (L, E) Eq. 16 over the client's tokens
+    importance: torch.Tensor  # (L, E) s^c(e): mean per-batch importance
+    trained: torch.Tensor  # (L, E) bool: updated in at least one step
+    selected_counts: torch.Tensor  # (L, E) int: batches in which each expert was selected
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def upload_bytes(self) -> int:
+        """Bytes of the tensors this update carries (experts, routers, dense, statistics)."""
+        n = sum(t.numel() * t.element_size() for d in self.experts.values() for t in d.values())
+        n += sum(t.numel() * t.element_size() for d in self.routers.values() for t in d.values())
+        n += sum(t.numel() * t.element_size() for t in self.dense.values())
+        n += 2 * self.usage.numel() * 4 + self.trained.numel()
+        return int(n)
+
+
+def _optimizer(params: list[torch.Tensor], s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
+    """Names of the dense parameters trained under ``parts``."""
+    return dense_names_for(list(mm.dense_named_parameters()), list(parts))
+
+
+def flops_per_token_dense(mm: MoEModel) -> float:
+    """Forward FLOPs per token of everything but the routed experts and the embeddings (2 per MAC)."""
+    n = 0
+    for name, p in mm.dense_named_parameters().items():
+        if p.dim() >= 2 and "embed" not in name:
+            n += p.numel()
+    n += sum(p.numel() for p in mm.router_parameters())
+    return 2.0 * n
+
+
+def expert_numel(mm: MoEModel) -> int:
+    return sum(t.numel() for t in mm.get_expert(0, 0).values())
+
+
+def train_client(
+    mm: MoEModel,
+    client_id: int,
+    data: TokenizedTexts,
+    indices: np.ndarray,
+    plan: TrainPlan,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    progress: Callable[[dict], None] | None = None,
+) -> ClientUpdate:
+    """Train ``mm.model`` (holding the global weights) on ``indices`` of ``data`` and return the update.
+
+    Randomness (shuffling, dropout) comes only from ``seed``, so a resumed run repeats exactly.
+    """
+    model = mm.model
+    L, E = mm.num_layers, mm.num_experts
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.train()
+
+    parts = tuple(settings.trainable)
+    dense_names = trainable_dense_names(mm, parts)
+    dense_params = mm.dense_named_parameters()
+    expert_leaves = mm.expert_leaves() if "experts" in parts else {}
+    train_routers = "routers" in parts and plan.train_routers
+
+    # requires_grad: exactly the trainable dense params and routers; experts via train_only.
+    saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in dense_names:
+        dense_params[n].requires_grad_(True)
+    for p in mm.router_parameters():
+        p.requires_grad_(train_routers)
+
+    params: list[torch.Tensor] = [dense_params[n] for n in dense_names]
+    if train_routers:
+        params += list(mm.router_parameters())
+    for leaves in expert_leaves.values():
+        params += list(leaves)
+    opt = _optimizer(params, settings)
+
+    steps_per_epoch = num_batches(len(indices), settings.batch_size)
+    total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
+
+    usage_sum = torch.zeros(L, E, dtype=torch.float64)
+    imp_sum = torch.zeros(L, E, dtype=torch.float64)
+    trained = torch.zeros(L, E, dtype=torch.bool)
+    selected_counts = torch.zeros(L, E, dtype=torch.long)
+    num_tokens = 0
+    num_batches_done = 0
+    loss_sum = 0.0
+    dense_flops_tok = flops_per_token_dense(mm)
+    p_expert = expert_numel(mm)
+    fwd_flops = bwd_flops = 0.0
+
+    step = 0
+    try:
+        while step < total_steps:
+            for batch in iter_batches(data, indices, settings.batch_size, shuffle=True, rng=rng):
+                if step >= total_steps:
+                    break
+                subsets = plan.static_subsets
+                if plan.batch_subsets is not None:
+                    with torch.no_grad(), mm.capture_routing(batch["attention_mask"]) as pre:
+                        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    subsets = plan.batch_subsets(pre)
+                with ExitStack() as stack:
+                    if plan.restrict is not None:
+                        stack.enter_context(mm.restrict_routing(plan.restrict))
+                    cap = stack.enter_context(mm.capture_routing(batch["attention_mask"]))
+                    if "experts" in parts:
+                        if plan.selector is not None:
+                            ctx = stack.enter_context(mm.train_only(plan.selector, mode=settings.grad_mode))
+                        else:
+                            ctx = stack.enter_context(mm.train_only(subsets, mode=settings.grad_mode))
+                    else:
+                        ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
+                    out = model(**batch)
+                    loss = out.loss
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    chosen = [ctx.selected[l] for l in range(L)]
+                loss_sum += float(loss.detach())
+                n_tok = 0
+                for l in range(L):
+                    r = cap.layer(l)
+                    n_tok = int(r.token_mask.sum())
+                    usage_sum[l] += expert_usage(r.gate_probs, r.token_mask).double() * n_tok
+                    imp_sum[l] += score_experts(r.gate_probs, r.token_mask, settings.lam).double()
+                    topk = r.topk_idx[r.token_mask]  # (T_real, k)
+                    sel = torch.as_tensor(chosen[l], dtype=torch.long)
+                    # An expert counts as trained only if a token reached it (else it got no gradient).
+                    sel = sel[torch.isin(sel, topk.unique())] if sel.numel() else sel
+                    if "experts" in parts and sel.numel():
+                        trained[l, sel] = True
+                        selected_counts[l, sel] += 1
+                    # FLOPs: token-expert pairs of this batch, and those that went through backward.
+                    pairs = topk.numel()
+                    trained_pairs = int(torch.isin(topk, sel).sum()) if sel.numel() else 0
+                    fwd_flops += 2.0 * p_expert * pairs
+                    bwd_flops += 4.0 * p_expert * trained_pairs
+                tokens_padded = int(batch["attention_mask"].numel())
+                fwd_flops += dense_flops_tok * tokens_padded
+                bwd_flops += 2.0 * dense_flops_tok * tokens_padded
+                num_tokens += n_tok
+                num_batches_done += 1
+                step += 1
+                if progress is not None:
+                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.item()})
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved_flags[n])
+
+    usage = (usage_sum / max(num_tokens, 1)).float()  # (L, E) token-weighted mean over batches
+    importance = (imp_sum / max(num_batches_done, 1)).float()  # (L, E)
+    experts = {}
+    for l, e in trained.nonzero().tolist():
+        experts[(l, e)] = mm.get_expert(l, e)
+    routers = {l: mm.router_state(l) for l in range(L)} if train_routers else {}
+    dense = {n: dense_params[n].detach().clone() for n in dense_names}
+    metrics = {
+        "train_loss": loss_sum / max(num_batches_done, 1),
+        "steps": float(num_batches_done),
+        "tokens": float(num_tokens),
+        "forward_flops": fwd_flops,
+        "backward_flops": bwd_flops,
+    }
+    if not math.isfinite(metrics["train_loss"]):
+        log.warning("client %d: non-finite training loss", client_id)
+    return ClientUpdate(
+        client_id=client_id,
+        num_examples=int(len(indices)),
+        experts=experts,
+        routers=routers,
+        dense=dense,
+        usage=usage,
+        importance=importance,
+        trained=trained,
+        selected_counts=selected_counts,
+        metrics=metrics,
+    )
+
+
+@torch.no_grad()
+def evaluate(mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Accuracy and mean loss of ``mm.model`` on ``indices``."""
+    model = mm.model
+    was_training = model.training
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    n = 0
+    for batch in iter_batches(data, indices, batch_size, shuffle=False):
+        out = model(**batch)
+        b = batch["labels"].shape[0]
+        loss_sum += float(out.loss) * b
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        n += b
+    model.train(was_training)
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "num_examples": float(n)}

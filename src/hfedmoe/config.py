@@ -1,0 +1,312 @@
+"""Typed run configuration: TOML in, one validation pass that reports every problem at once.
+
+Every field carries its help text in ``metadata["help"]``; ``hfedmoe run --help-config`` prints
+them and the presets in ``configs/`` use the same names. Dotted overrides (``--set
+method.beta=0.2``) address any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import tomli_w
+
+from hfedmoe.errors import HFedMoEError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f(
+        "minilm-moe",
+        "minilm-moe (all-MiniLM-L6-v2 MoEfied), tiny-moe (tiny random MoEfied BERT with the "
+        "MiniLM tokenizer, for tests), or hf (any supported HF MoE checkpoint in `path`)",
+    )
+    path: str = _f("", "local directory of an HF MoE checkpoint (model.name = 'hf')")
+    num_experts: int = _f(8, "experts per MoE layer (MoEfication)")
+    top_k: int = _f(2, "experts each token is routed to")
+    tiny_hidden: int = _f(36, "hidden size of the tiny model (model.name = 'tiny-moe')")
+    tiny_layers: int = _f(2, "layers of the tiny model")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("vader", "vader | sms_spam | trec | bbc | local")
+    path: str = _f("", "local CSV / JSONL / Parquet file (dataset = 'local')")
+    text_column: str = _f("text", "text column of a local file")
+    label_column: str = _f("label", "label column of a local file")
+    group_column: str = _f("", "column for the natural split of a local file (domain, outlet, author)")
+    max_examples: int = _f(0, "use a stratified random subset of this many examples (0 = all)")
+    test_fraction: float = _f(0.2, "held-out global test set, fixed per run seed")
+    val_fraction: float = _f(0.1, "per-client validation split")
+    partition: str = _f("natural-dirichlet", "natural | dirichlet | iid | shards | natural-dirichlet")
+    num_clients: int = _f(8, "number of clients (natural: must equal the number of groups)")
+    clients_per_group: int = _f(2, "natural-dirichlet: clients per group, label skew inside a group")
+    alpha: float = _f(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
+    shards_per_client: int = _f(2, "shards partition: shards per client")
+    max_length: int = _f(64, "maximum tokens per example")
+
+
+@dataclass
+class TrainConfig:
+    local_epochs: int = _f(1, "local epochs per round (ignored when local_steps > 0)")
+    local_steps: int = _f(0, "local optimizer steps per round (0 = use local_epochs)")
+    batch_size: int = _f(16, "local batch size")
+    lr: float = _f(5e-4, "learning rate")
+    optimizer: str = _f("adamw", "adamw | sgd")
+    weight_decay: float = _f(0.01, "weight decay")
+    momentum: float = _f(0.9, "SGD momentum")
+    trainable: list = _f(
+        ["experts", "routers", "head"],
+        "parts trained locally: experts, routers, head, attention, embeddings, norms",
+    )
+    eval_batch_size: int = _f(64, "batch size for evaluation")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f("hfedmoe", "hfedmoe (more methods in `hfedmoe bench`)")
+    lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
+    beta: float = _f(0.1, "information-bottleneck trade-off beta (Eq. 14); 0 = no-IB ablation")
+    tau: float = _f(0.02, "usage threshold tau for sparse aggregation (Eqs. 17-21)")
+    budget_scope: str = _f("layer", "expert budget counted per layer ('layer') or over the model ('model')")
+    gate_weights: str = _f("normalized", "router aggregation weights: normalized | paper-literal")
+    grad_mode: str = _f("no_grad", "unselected experts: no_grad (no backward at all) | detach")
+
+
+@dataclass
+class ClientsConfig:
+    profiles: list = _f(
+        ["phone-flagship", "jetson-orin-nano-8gb", "jetson-agx-xavier-16gb", "jetson-agx-xavier-32gb"],
+        "device profiles (hfedmoe.core.budgets.DEVICE_PROFILES), cycled over the clients",
+    )
+    memory_scale: float = _f(
+        0.0,
+        "multiply every profile's memory by this to emulate caps scaled to the model "
+        "(like the paper's 12-32 GB caps); 0 = auto: the largest profile holds the full training state",
+    )
+    fixed_budgets: list = _f([], "override: expert budget per client (cycled); empty = from profiles")
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = _f(10, "communication rounds")
+    clients_per_round: float = _f(1.0, "fraction (<= 1) or count (> 1) of clients sampled per round")
+    eval_every: int = _f(1, "evaluate the global model on the test set every N rounds")
+    checkpoint_every: int = _f(1, "write a checkpoint every N rounds (the last round always)")
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(0, "seed for partitions, sampling, model building and training")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.name": ("minilm-moe", "tiny-moe", "hf"),
+    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local"),
+    "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
+    "train.optimizer": ("adamw", "sgd"),
+    "method.budget_scope": ("layer", "model"),
+    "method.gate_weights": ("normalized", "paper-literal"),
+    "method.grad_mode": ("no_grad", "detach"),
+}
+TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested dicts, collecting unknown keys and type errors."""
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    hints = _section_types(RunConfig)
+    for key, value in data.items():
+        if key not in hints:
+            problems.append(f"{key}: unknown field (known: {', '.join(hints)})")
+            continue
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                problems.append(f"{key}: expected a table, got {value!r}")
+                continue
+            sub_hints = _section_types(sub)
+            sub_kwargs = {}
+            for k, v in value.items():
+                if k not in sub_hints:
+                    problems.append(f"{key}.{k}: unknown field (known: {', '.join(sub_hints)})")
+                    continue
+                ok, coerced = _coerce(v, sub_hints[k])
+                if not ok:
+                    problems.append(f"{key}.{k}: expected {_tname(sub_hints[k])}, got {v!r}")
+                    continue
+                sub_kwargs[k] = coerced
+            kwargs[key] = sub(**sub_kwargs)
+        else:
+            ok, coerced = _coerce(value, hints[key])
+            if not ok:
+                problems.append(f"{key}: expected {_tname(hints[key])}, got {value!r}")
+                continue
+            kwargs[key] = coerced
+    if problems:
+        raise HFedMoEError("invalid config: " + "; ".join(problems))
+    return RunConfig(**kwargs)
+
+
+def _tname(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(value: Any, typ: Any) -> tuple[bool, Any]:
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True, float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return True, value
+    if typ is bool and isinstance(value, bool):
+        return True, value
+    if typ is str and isinstance(value, str):
+        return True, value
+    if typ is list and isinstance(value, list):
+        return True, list(value)
+    return False, None
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values parse as TOML literals, else as strings."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise HFedMoEError(f"--set: expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise HFedMoEError(f"--set: expected 'field' or 'section.field', got {key!r}")
+        if len(parts) == 1:
+            out[parts[0]] = value
+        else:
+            section = out.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise HFedMoEError(f"--set: {parts[0]} is not a section")
+            section[parts[1]] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML preset (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise HFedMoEError(f"--config: file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise HFedMoEError(f"--config: {p} is not valid TOML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every field; raise one HFedMoEError listing all problems."""
+    p: list[str] = []
+
+    def need(cond: bool, name: str, expected: str, actual: Any) -> None:
+        if not cond:
+            p.append(f"{name}: expected {expected}, got {actual!r}")
+
+    for dotted, choices in CHOICES.items():
+        sec, fld = dotted.split(".")
+        val = getattr(getattr(cfg, sec), fld)
+        need(val in choices, dotted, "one of " + " | ".join(choices), val)
+    m, d, t, meth, c, fed = cfg.model, cfg.data, cfg.train, cfg.method, cfg.clients, cfg.federation
+    need(m.num_experts >= 2, "model.num_experts", "an integer >= 2", m.num_experts)
+    need(1 <= m.top_k <= max(m.num_experts, 1), "model.top_k", f"an integer in [1, {m.num_experts}]", m.top_k)
+    if m.name == "hf":
+        need(bool(m.path), "model.path", "a checkpoint directory for model.name = 'hf'", m.path)
+    if d.dataset == "local":
+        need(bool(d.path), "data.path", "a CSV/JSONL/Parquet file for dataset = 'local'", d.path)
+    need(d.max_examples >= 0, "data.max_examples", "an integer >= 0", d.max_examples)
+    need(0.0 < d.test_fraction < 1.0, "data.test_fraction", "a float in (0, 1)", d.test_fraction)
+    need(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "a float in [0, 1)", d.val_fraction)
+    need(d.num_clients >= 1, "data.num_clients", "an integer >= 1", d.num_clients)
+    need(d.clients_per_group >= 1, "data.clients_per_group", "an integer >= 1", d.clients_per_group)
+    need(d.alpha > 0, "data.alpha", "a float > 0", d.alpha)
+    need(d.shards_per_client >= 1, "data.shards_per_client", "an integer >= 1", d.shards_per_client)
+    need(d.max_length >= 4, "data.max_length", "an integer >= 4", d.max_length)
+    need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
+    need(t.local_steps >= 0, "train.local_steps", "an integer >= 0", t.local_steps)
+    need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
+    need(t.lr > 0, "train.lr", "a float > 0", t.lr)
+    need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
+    bad_parts = [x for x in t.trainable if x not in TRAINABLE_PARTS]
+    need(not bad_parts and bool(t.trainable), "train.trainable",
+         "a non-empty list of " + ", ".join(TRAINABLE_PARTS), t.trainable)
+    need(0.0 <= meth.lam <= 1.0, "method.lam", "a float in [0, 1]", meth.lam)
+    need(meth.beta >= 0, "method.beta", "a float >= 0", meth.beta)
+    need(0.0 <= meth.tau <= 1.0, "method.tau", "a float in [0, 1]", meth.tau)
+    need(bool(c.profiles), "clients.profiles", "a non-empty list of device profile names", c.profiles)
+    try:
+        from hfedmoe.core.budgets import DEVICE_PROFILES
+    except ImportError:  # pragma: no cover - core is part of the package
+        DEVICE_PROFILES = {}
+    unknown = [x for x in c.profiles if DEVICE_PROFILES and x not in DEVICE_PROFILES]
+    need(not unknown, "clients.profiles", "names from " + ", ".join(sorted(DEVICE_PROFILES)), unknown)
+    need(c.memory_scale >= 0, "clients.memory_scale", "a float >= 0", c.memory_scale)
+    bad_b = [b for b in c.fixed_budgets if not isinstance(b, int) or not 1 <= b <= m.num_experts]
+    need(not bad_b, "clients.fixed_budgets", f"integers in [1, {m.num_experts}]", c.fixed_budgets)
+    need(fed.rounds >= 1, "federation.rounds", "an integer >= 1", fed.rounds)
+    need(fed.clients_per_round > 0, "federation.clients_per_round", "a fraction in (0, 1] or a count >= 1",
+         fed.clients_per_round)
+    need(fed.eval_every >= 1, "federation.eval_every", "an integer >= 1", fed.eval_every)
+    need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
+    if p:
+        raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    """Write the fully resolved config as TOML (atomically)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(tomli_w.dumps(config_to_dict(cfg)))
+    tmp.replace(path)
+
+
+def help_rows() -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every field, for `hfedmoe run --help-config`."""
+    rows = []
+    for sec in dataclasses.fields(RunConfig):
+        sub = get_type_hints(RunConfig)[sec.name]
+        if dataclasses.is_dataclass(sub):
+            inst = sub()
+            for f in dataclasses.fields(sub):
+                rows.append((f"{sec.name}.{f.name}", repr(getattr(inst, f.name)), f.metadata.get("help", "")))
+        else:
+            rows.append((sec.name, repr(sec.default), sec.metadata.get("help", "")))
+    return rows

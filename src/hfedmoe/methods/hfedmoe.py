@@ -1,0 +1,105 @@
+"""HFedMoE (Fang et al., 2026): importance + information-bottleneck selection within the client's
+budget, sparsity-aware aggregation of experts, importance-weighted aggregation of routers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hfedmoe.client import ClientUpdate, TrainPlan
+from hfedmoe.core.aggregation import aggregate_routers, routing_consistency
+from hfedmoe.core.importance import ib_scores
+from hfedmoe.core.selection import select_experts
+from hfedmoe.methods.base import (
+    ClientInfo,
+    Method,
+    aggregate_dense_fedavg,
+    aggregate_experts_sparse,
+    aggregate_experts_uniform,
+    aggregate_routers_fedavg,
+    routed_mask,
+)
+from hfedmoe.moe import MoEModel
+
+
+class HFedMoE(Method):
+    """Options (all keyword): ``lam``, ``beta``, ``tau``, ``budget_scope`` ("layer" | "model"),
+    ``gate_weights`` ("normalized" | "paper-literal" | "uniform"), ``expert_aggregation``
+    ("sparse" | "uniform")."""
+
+    name = "hfedmoe"
+
+    def __init__(
+        self,
+        *,
+        lam: float = 0.5,
+        beta: float = 0.1,
+        tau: float = 0.02,
+        budget_scope: str = "layer",
+        gate_weights: str = "normalized",
+        expert_aggregation: str = "sparse",
+    ) -> None:
+        super().__init__(lam=lam, beta=beta, tau=tau, budget_scope=budget_scope,
+                         gate_weights=gate_weights, expert_aggregation=expert_aggregation)
+        self.lam, self.beta, self.tau = lam, beta, tau
+        self.budget_scope = budget_scope
+        self.gate_weights = gate_weights
+        self.expert_aggregation = expert_aggregation
+
+    # --- client side ---------------------------------------------------------------------
+    def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
+        E = mm.num_experts
+        lam, beta, budget = self.lam, self.beta, client.budget
+
+        if self.budget_scope == "layer":
+            def selector(layer: int, routing) -> Sequence[int]:
+                scores = ib_scores(routing.gate_probs, routing.token_mask, lam, beta)  # (E,)
+                return select_experts(scores, routed_mask(routing, E), budget).tolist()
+
+            return TrainPlan(selector=selector)
+
+        def batch_subsets(capture) -> list[Sequence[int]]:
+            scores, routed = [], []
+            for layer in range(mm.num_layers):
+                r = capture.layer(layer)
+                scores.append(ib_scores(r.gate_probs, r.token_mask, lam, beta))
+                routed.append(routed_mask(r, E))
+            flat = select_experts(torch.cat(scores), torch.cat(routed), budget)  # (k,) over L*E
+            return [(flat[flat // E == layer] % E).tolist() for layer in range(mm.num_layers)]
+
+        return TrainPlan(batch_subsets=batch_subsets)
+
+    # --- server side ---------------------------------------------------------------------
+    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
+        if self.expert_aggregation == "sparse":
+            aggregate_experts_sparse(mm, updates, tau=self.tau)
+        else:
+            aggregate_experts_uniform(mm, updates)
+        metrics: dict[str, float] = {}
+        senders = [u for u in updates if u.routers]
+        if senders and self.gate_weights == "uniform":
+            aggregate_routers_fedavg(mm, senders)
+        elif senders:
+            consistency = []
+            for layer in range(mm.num_layers):
+                usage = torch.stack([u.usage[layer] for u in senders])  # (C, E)
+                importance = torch.stack([u.importance[layer] for u in senders])  # (C, E)
+                state = mm.router_state(layer)
+                weight = state["weight"]
+                clients = torch.stack([u.routers[layer]["weight"] for u in senders])  # (C, E, H)
+                new_w, alpha = aggregate_routers(
+                    weight, clients, usage.to(weight.dtype), importance.to(weight.dtype), self.tau,
+                    normalize=self.gate_weights == "normalized",
+                )
+                state["weight"] = new_w
+                for name in state:  # router bias and the like follow the same client weights
+                    if name != "weight" and alpha.sum() > 0:
+                        stacked = torch.stack([u.routers[layer][name] for u in senders])
+                        a = alpha.to(stacked.dtype) / (alpha.sum() if self.gate_weights == "normalized" else 1)
+                        state[name] = torch.einsum("c,c...->...", a, stacked)
+                mm.set_router_state(layer, state)
+                consistency.append(routing_consistency(usage, self.tau).mean())
+            metrics["routing_consistency"] = float(torch.stack(consistency).mean())
+        aggregate_dense_fedavg(mm, updates)
+        return metrics

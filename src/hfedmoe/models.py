@@ -1,0 +1,56 @@
+"""Build the run's model and tokenizer from its config (sequence classification)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hfedmoe.config import ModelConfig
+from hfedmoe.errors import HFedMoEError
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: ModelConfig, num_labels: int, seed: int):
+    """Return ``(model, tokenizer, description)``; the model is an MoE sequence classifier."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    from transformers import BertForSequenceClassification
+
+    from hfedmoe.assets.models import load_minilm_tokenizer, minilm_dir
+    from hfedmoe.moe.build import moefy_bert
+
+    torch.manual_seed(seed)
+    if cfg.name == "minilm-moe":
+        model = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=num_labels)
+        moefy_bert(model, cfg.num_experts, cfg.top_k, seed=seed)
+        return model, load_minilm_tokenizer(), (
+            f"all-MiniLM-L6-v2 MoEfied: {cfg.num_experts} experts/layer, top-{cfg.top_k}"
+        )
+    if cfg.name == "tiny-moe":
+        tok = load_minilm_tokenizer()
+        heads = 3 if cfg.tiny_hidden % 3 == 0 else 2
+        bert_cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=cfg.tiny_hidden,
+            num_hidden_layers=cfg.tiny_layers,
+            num_attention_heads=heads,
+            intermediate_size=cfg.tiny_hidden * 4 // cfg.num_experts * cfg.num_experts,
+            max_position_embeddings=512,
+            num_labels=num_labels,
+            attn_implementation="eager",
+        )
+        model = BertForSequenceClassification(bert_cfg)
+        moefy_bert(model, cfg.num_experts, cfg.top_k, seed=seed)
+        return model, tok, f"tiny random BERT (hidden {cfg.tiny_hidden}, {cfg.tiny_layers} layers) MoEfied"
+    if cfg.name == "hf":
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=num_labels)
+            tok = AutoTokenizer.from_pretrained(cfg.path)
+        except (OSError, ValueError) as exc:
+            raise HFedMoEError(f"model.path: cannot load an HF checkpoint from {cfg.path!r}: {exc}") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+        return model, tok, f"{type(model).__name__} from {cfg.path}"
+    raise HFedMoEError(f"model.name: expected minilm-moe | tiny-moe | hf, got {cfg.name!r}")

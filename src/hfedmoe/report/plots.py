@@ -1,0 +1,86 @@
+"""PNG plots from metrics rows: accuracy vs round and vs simulated time; per-client x expert
+heatmaps of usage and of training per layer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _eval_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("test_accuracy") is not None]
+
+
+def plot_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, x: str = "round",
+                  title: str = "") -> Path:
+    """One line per run (method): test accuracy against ``x`` ("round" or "sim_time_s")."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, rows in runs.items():
+        ev = _eval_rows(rows)
+        if not ev:
+            continue
+        ax.plot([r[x] for r in ev], [r["test_accuracy"] for r in ev], marker="o", ms=3, label=label)
+    ax.set_xlabel("round" if x == "round" else "simulated time (s)")
+    ax.set_ylabel("test accuracy")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def client_expert_matrix(rows: Sequence[Mapping[str, Any]], key: str, num_clients: int) -> np.ndarray:
+    """(C, L, E) mean over rounds of ``key`` ("client_usage" or "client_trained") per client;
+    NaN for clients never sampled."""
+    acc: dict[int, list[np.ndarray]] = {}
+    for r in rows:
+        for cid, mat in (r.get(key) or {}).items():
+            acc.setdefault(int(cid), []).append(np.asarray(mat, dtype=float))
+    if not acc:
+        return np.zeros((0, 0, 0))
+    shape = next(iter(acc.values()))[0].shape
+    out = np.full((num_clients, *shape), np.nan)
+    for cid, mats in acc.items():
+        out[cid] = np.mean(mats, axis=0)
+    return out
+
+
+def plot_heatmaps(rows: Sequence[Mapping[str, Any]], num_clients: int, out: Path, *, key: str, title: str) -> Path | None:
+    """One panel per MoE layer: clients (rows) x experts (columns)."""
+    mat = client_expert_matrix(rows, key, num_clients)  # (C, L, E)
+    if mat.size == 0:
+        return None
+    _, L, E = mat.shape
+    cols = min(L, 3)
+    nrows = (L + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 0.35 * num_clients * nrows + 1.4), dpi=120,
+                             squeeze=False)
+    vmax = np.nanmax(mat) if np.isfinite(mat).any() else 1.0
+    for layer in range(nrows * cols):
+        ax = axes[layer // cols][layer % cols]
+        if layer >= L:
+            ax.axis("off")
+            continue
+        im = ax.imshow(mat[:, layer, :], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.set_xticks(range(E))
+        ax.set_yticks(range(num_clients))
+        ax.tick_params(labelsize=6)
+        if layer % cols == 0:
+            ax.set_ylabel("client", fontsize=7)
+        ax.set_xlabel("expert", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
