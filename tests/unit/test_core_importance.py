@@ -239,3 +239,16 @@ def test_property_float32_and_float64_agree(batch, lam, beta):
     s32 = ib_scores(p64.to(torch.float32), m, lam, beta)
     assert s32.dtype == torch.float32 and torch.isfinite(s32).all()
     np.testing.assert_allclose(s32.double().numpy(), s64.numpy(), rtol=1e-5, atol=1e-5 * (1 + beta))
+
+
+
+def test_kl_is_never_negative_where_round_off_would_dip_below_zero():
+    """A constant column has KL = 0 exactly in real arithmetic; in floating point its mean differs
+    from the value in the last bit and the raw sum is often slightly negative. It must come out >= 0."""
+    gen = torch.Generator().manual_seed(11)
+    for dtype in (torch.float32, torch.float64):
+        values = torch.rand(60, generator=gen, dtype=torch.float64)
+        for num_tokens in (3, 7, 10, 13, 29):
+            probs = values.to(dtype).expand(num_tokens, -1).contiguous()  # (T, 60): column e constant
+            kl = compression_kl(probs, torch.ones(num_tokens, dtype=torch.bool))
+            assert (kl >= 0).all() and (kl <= 1e-6).all()
