@@ -65,12 +65,15 @@ def balanced_kmeans(rows: np.ndarray, num_clusters: int, seed: int = 0) -> np.nd
     ndarray ``(N,)`` int, the cluster of each row.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     num_rows = rows.shape[0]
     if num_rows % num_clusters:
         raise ValueError(f"{num_rows} rows cannot be split into {num_clusters} equal clusters")
     capacity = num_rows // num_clusters
-    kmeans = KMeans(n_clusters=num_clusters, random_state=seed, n_init=3).fit(rows)
+    # one thread: with torch's OpenMP pool loaded, sklearn's threaded Lloyd loop is ~20x slower
+    with threadpool_limits(limits=1):
+        kmeans = KMeans(n_clusters=num_clusters, random_state=seed, n_init=3).fit(rows)
     dist = ((rows[:, None, :] - kmeans.cluster_centers_[None, :, :]) ** 2).sum(-1)  # (N, C)
     order = np.argsort(dist, axis=None, kind="stable")
     assign = np.full(num_rows, -1, dtype=np.int64)
@@ -209,6 +212,9 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0)
         rope_parameters=copy.deepcopy(cfg.rope_parameters),
     )
     mixtral_cfg._attn_implementation = cfg._attn_implementation
+    # grouped_mm (transformers' default) needs 16-byte aligned strides on CPU: odd sizes go eager
+    aligned = cfg.hidden_size % 8 == 0 and cfg.intermediate_size % 8 == 0
+    mixtral_cfg._experts_implementation = getattr(cfg, "_experts_implementation", None) if aligned else "eager"
     param = next(dense.parameters())
     with torch.device("meta"):
         moe = MixtralForCausalLM(mixtral_cfg)
