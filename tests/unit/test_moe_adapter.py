@@ -15,6 +15,16 @@ from hfedmoe.moe.build import TINY_FAMILIES, tiny_model
 B, S, S_DEC = 3, 7, 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def make_batch(family: str, seed: int = 0, pad: int = 0) -> dict[str, torch.Tensor]:
     """Inputs with labels; ``pad`` extra right-padding positions (attention_mask 0) per sequence."""
     gen = torch.Generator().manual_seed(seed)
@@ -407,3 +417,42 @@ def test_deepcopy_gives_an_independent_adapter():
     with torch.no_grad(), twin_adapter.capture_routing() as cap:
         run(twin, batch)
     assert len(cap.gate_probs) == 2
+
+
+@pytest.mark.parametrize(
+    "family_, overrides",
+    [
+        ("deepseek_v2", {"topk_method": "greedy"}),
+        ("deepseek_v3", {"n_group": 1, "topk_group": 1, "norm_topk_prob": False}),
+        ("qwen2_moe", {"norm_topk_prob": True}),
+        ("olmoe", {"norm_topk_prob": True}),
+        ("switch", {"expert_capacity": 2}),  # capacity drops tokens
+        ("minilm_moe", {"top_k": 5}),
+    ],
+)
+def test_route_functions_match_family_code_on_variants(family_, overrides):
+    adapter = wrap(tiny_model(family_, **overrides))
+    batch = make_batch(family_)
+    with torch.no_grad():
+        plain = run(adapter.model, batch).logits
+        with adapter.restrict_routing([list(range(adapter.num_experts))] * adapter.num_layers):
+            full = run(adapter.model, batch).logits
+    torch.testing.assert_close(full, plain, rtol=0, atol=1e-6)
+
+
+def test_base_model_and_sequence_classification_variants():
+    from transformers import MixtralForSequenceClassification
+
+    causal = tiny_model("mixtral")
+    base = causal.model
+    adapter = wrap(base)
+    assert adapter.family == "mixtral" and adapter.num_layers == 2
+    assert all(not k.startswith("model.") for k in adapter.expert_state_keys())
+    config = copy.deepcopy(causal.config)
+    config.num_labels = 3
+    classifier = MixtralForSequenceClassification(config).eval()
+    cls_adapter = wrap(classifier)
+    batch = make_batch("mixtral", pad=2)
+    with torch.no_grad(), cls_adapter.capture_routing() as cap:
+        classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert cap.token_mask[0].sum() == B * S
