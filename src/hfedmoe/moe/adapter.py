@@ -639,7 +639,8 @@ class MoEModel:
         -----
         Inside, fused expert Parameters have ``requires_grad=False`` (restored on exit) and the
         selected experts compute with :meth:`expert_leaves`, so only those receive ``.grad``.
-        Routers and dense parameters are left alone.
+        Routers and dense parameters are left alone. With gradient checkpointing the recomputed
+        forward calls the selector again; it must then answer the same (be deterministic).
         """
         return TrainOnly(self, subsets, mode, attention_mask)
 
