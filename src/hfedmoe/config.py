@@ -74,7 +74,11 @@ class TrainConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _f("hfedmoe", "hfedmoe (more methods in `hfedmoe bench`)")
+    name: str = _f(
+        "hfedmoe",
+        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random | centralized | ablations "
+        "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict",
+    )
     lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
     beta: float = _f(0.1, "information-bottleneck trade-off beta (Eq. 14); 0 = no-IB ablation")
     tau: float = _f(0.02, "usage threshold tau for sparse aggregation (Eqs. 17-21)")
@@ -246,6 +250,9 @@ def validate(cfg: RunConfig) -> None:
         val = getattr(getattr(cfg, sec), fld)
         need(val in choices, dotted, "one of " + " | ".join(choices), val)
     m, d, t, meth, c, fed = cfg.model, cfg.data, cfg.train, cfg.method, cfg.clients, cfg.federation
+    from hfedmoe.methods import METHODS  # late: methods import the client code, not the config
+
+    need(meth.name in METHODS, "method.name", "one of " + " | ".join(METHODS), meth.name)
     need(m.num_experts >= 2, "model.num_experts", "an integer >= 2", m.num_experts)
     need(1 <= m.top_k <= max(m.num_experts, 1), "model.top_k", f"an integer in [1, {m.num_experts}]", m.top_k)
     if m.name == "hf":

@@ -60,10 +60,14 @@ class Simulation:
         self.out_dir = Path(out_dir)
         self.on_event = on_event or (lambda e: None)
         self.method = method or make_method(cfg.method)
+        self.method.seed = cfg.seed
         dataset = load_run_dataset(cfg)
         model, tokenizer, self.model_description = build_model(cfg.model, dataset.num_labels, cfg.seed)
         self.mm: MoEModel = wrap(model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
+        num_federated = len(self.fed.clients)
+        if self.method.pools_data:
+            self.fed = pool_clients(self.fed, cfg)
         self.budgets: list[ClientBudget] = compute_budgets(cfg, self.mm, self.fed)
         self.settings = TrainSettings(
             local_epochs=cfg.train.local_epochs,
@@ -77,6 +81,9 @@ class Simulation:
             grad_mode=cfg.method.grad_mode,
             lam=cfg.method.lam,
         )
+        if self.method.pools_data and cfg.train.local_steps:
+            # the pooled client sees as many examples per round as all sampled clients together
+            self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
         self.round = 0
         self.sim_time_s = 0.0
         self.wall_time_s = 0.0
@@ -119,7 +126,9 @@ class Simulation:
 
     # --- rounds ----------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> list[int]:
-        n = len(self.fed.clients)
+        return self._sample(round_idx, len(self.fed.clients))
+
+    def _sample(self, round_idx: int, n: int) -> list[int]:
         k = self.cfg.federation.clients_per_round
         count = max(1, round(k * n)) if k <= 1 else min(int(k), n)
         if count >= n:
@@ -148,20 +157,34 @@ class Simulation:
         mm, cfg = self.mm, self.cfg
         sampled = self.sample_clients(round_idx)
         global_state = {k: v.detach().clone() for k, v in mm.model.state_dict().items()}
-        down = download_bytes(mm)
+        full_down = download_bytes(mm)
+        down_total = 0
         updates: list[ClientUpdate] = []
         failed: list[int] = []
+        dropped: list[int] = []
         client_times: dict[int, float] = {}
+        training: list[ClientInfo] = []
         for cid in sampled:
             info = self.budgets[cid]
             client = self.fed.clients[cid]
             if not self.method.respects_budget and not info.fits_full:
+                if self.method.drops_unfit:
+                    dropped.append(cid)
+                    continue
                 failed.append(cid)
                 self.on_event({"kind": "client_failed", "round": round_idx, "client": cid,
                                "reason": "training state does not fit memory"})
                 continue
+            training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
+        self.method.begin_round(mm, training, round_idx)
+        for cinfo in training:
+            cid = cinfo.client_id
+            info = self.budgets[cid]
+            client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
-            plan = self.method.plan(mm, ClientInfo(cid, info.budget, len(client.train_idx), client.profile), round_idx)
+            plan = self.method.plan(mm, cinfo, round_idx)
+            down = self.method.download_bytes(mm, cinfo, full_down)
+            down_total += down
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
             upd = train_client(
                 mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
@@ -183,8 +206,9 @@ class Simulation:
             "sim_time_s": self.sim_time_s,
             "round_sim_time_s": round_sim,
             "upload_bytes": int(sum(u.upload_bytes() for u in updates)),
-            "download_bytes": int(down * (len(sampled) - len(failed))),
+            "download_bytes": int(down_total),
             "failed_clients": failed,
+            "dropped_clients": dropped,
             "sampled_clients": sampled,
             "backward_flops_per_client": float(np.mean([u.metrics["backward_flops"] for u in updates])) if updates else 0.0,
             "client_selected_experts": {
@@ -229,6 +253,18 @@ class Simulation:
                 save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state())
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
         return read_metrics(self.metrics_path)
+
+
+def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
+    """One client holding every client's training and validation data, with the profile of the
+    most memory (the centralised upper bound: no privacy, no budget)."""
+    from hfedmoe.core.budgets import DEVICE_PROFILES
+    from hfedmoe.federation import ClientData
+
+    profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
+    train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
+    val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
+    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)])
 
 
 def seed_everything(seed: int) -> None:

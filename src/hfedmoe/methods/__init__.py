@@ -6,17 +6,43 @@ from typing import Any
 
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.methods.base import ClientInfo, Method
+from hfedmoe.methods.fedavg import Centralized, FedAvg, FedAvgDrop
+from hfedmoe.methods.fedmoe import FedMoE
+from hfedmoe.methods.flexmoe import FlexMoE
+from hfedmoe.methods.frequency import FluxFreq, RandomExperts
 from hfedmoe.methods.hfedmoe import HFedMoE
+from hfedmoe.methods.restrict import HFedMoERestrict
 
 
-def _hfedmoe(mcfg: Any, **extra: Any) -> Method:
-    return HFedMoE(lam=mcfg.lam, beta=mcfg.beta, tau=mcfg.tau, budget_scope=mcfg.budget_scope,
-                   gate_weights=mcfg.gate_weights, **extra)
+def _hfedmoe(mcfg: Any, *, name: str = "hfedmoe", cls: type = HFedMoE, **extra: Any) -> Method:
+    opts = dict(lam=mcfg.lam, beta=mcfg.beta, tau=mcfg.tau, budget_scope=mcfg.budget_scope,
+                gate_weights=mcfg.gate_weights)
+    opts.update(extra)
+    method = cls(**opts)
+    method.name = name
+    return method
+
+
+def _ablation(name: str, **extra: Any) -> Any:
+    return lambda mcfg: _hfedmoe(mcfg, name=name, **extra)
 
 
 # name -> factory(method config) ; baselines and ablations register here too.
 METHODS: dict[str, Any] = {
     "hfedmoe": _hfedmoe,
+    "fedavg": lambda mcfg: FedAvg(),
+    "fedavg-drop": lambda mcfg: FedAvgDrop(),
+    "fedmoe": lambda mcfg: FedMoE(budget_scope=mcfg.budget_scope),
+    "flux-freq": lambda mcfg: FluxFreq(budget_scope=mcfg.budget_scope),
+    "flex-moe": lambda mcfg: FlexMoE(budget_scope=mcfg.budget_scope),
+    "random": lambda mcfg: RandomExperts(budget_scope=mcfg.budget_scope),
+    "centralized": lambda mcfg: Centralized(),
+    # ablations: HFedMoE with one switch changed
+    "hfedmoe-no-ib": _ablation("hfedmoe-no-ib", beta=0.0),
+    "hfedmoe-avg": _ablation("hfedmoe-avg", expert_aggregation="uniform"),
+    "hfedmoe-uniform-gate": _ablation("hfedmoe-uniform-gate", gate_weights="uniform"),
+    "hfedmoe-literal": _ablation("hfedmoe-literal", gate_weights="paper-literal"),
+    "hfedmoe-restrict": _ablation("hfedmoe-restrict", cls=HFedMoERestrict),
 }
 
 

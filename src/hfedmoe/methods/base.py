@@ -36,9 +36,25 @@ class Method:
     #: False for methods that train the whole model whatever the device (FedAvg): a client whose
     #: training state does not fit its memory then fails the round.
     respects_budget = True
+    #: With ``respects_budget = False``: skip (not fail) the clients that do not fit (FedAvg-drop).
+    drops_unfit = False
+    #: Train one client on the pooled data of all clients (the centralised upper bound).
+    pools_data = False
+    #: The run seed, set by the engine, for methods that draw random choices.
+    seed = 0
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+
+    def download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
+        """Bytes ``client`` downloads this round (default: the whole global model)."""
+        del mm, client
+        return full_bytes
+
+    def begin_round(self, mm: MoEModel, clients: Sequence[ClientInfo], round_idx: int) -> None:
+        """Called once per round, before any ``plan``, with the clients that will train (server-side
+        joint decisions such as FLEX-MoE's assignment). Default: nothing."""
+        del mm, clients, round_idx
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         raise NotImplementedError

@@ -1,0 +1,48 @@
+"""Helpers the baselines share: per-layer budgets, seeded generators, expert bytes, FedAvg steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from hfedmoe.client import ClientUpdate
+from hfedmoe.methods.base import (
+    aggregate_dense_fedavg,
+    aggregate_experts_sparse,
+    aggregate_routers_fedavg,
+)
+from hfedmoe.moe import MoEModel
+
+
+def per_layer_budget(budget: int, budget_scope: str, num_layers: int) -> int:
+    """Trainable experts per layer: the budget itself ("layer") or an even share of it ("model")."""
+    return budget if budget_scope == "layer" else max(1, budget // num_layers)
+
+
+def seed_of(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, round, client, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def expert_bytes(mm: MoEModel) -> int:
+    """Bytes of one expert's tensors (all experts have the same shapes)."""
+    return int(sum(t.numel() * t.element_size() for t in mm.get_expert(0, 0).values()))
+
+
+def fedavg_trained(mm: MoEModel, updates: Sequence[ClientUpdate], *, routers: bool = True) -> None:
+    """FedAvg of each expert over the clients that trained it (experts nobody trained keep their
+    value), of the routers over the senders (unless ``routers`` is False) and of the dense part."""
+    aggregate_experts_sparse(mm, updates, tau=0.0, usage_gate=False)
+    if routers:
+        aggregate_routers_fedavg(mm, updates)
+    aggregate_dense_fedavg(mm, updates)
+
+
+def scores_to_state(scores: dict[int, torch.Tensor]) -> dict[str, list]:
+    return {str(cid): s.tolist() for cid, s in sorted(scores.items())}
+
+
+def scores_from_state(state: dict[str, list]) -> dict[int, torch.Tensor]:
+    return {int(cid): torch.tensor(s, dtype=torch.float32) for cid, s in state.items()}
