@@ -49,10 +49,11 @@ class DataConfig:
     test_fraction: float = _f(0.2, "held-out global test set, fixed per run seed")
     val_fraction: float = _f(0.1, "per-client validation split")
     partition: str = _f("natural-dirichlet", "natural | dirichlet | iid | shards | natural-dirichlet")
-    num_clients: int = _f(8, "number of clients (natural: must equal the number of groups)")
+    num_clients: int = _f(8, "number of clients for dirichlet | iid | shards (natural schemes: one client per group, or clients_per_group per group)")
     clients_per_group: int = _f(2, "natural-dirichlet: clients per group, label skew inside a group")
     alpha: float = _f(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
     shards_per_client: int = _f(2, "shards partition: shards per client")
+    min_client_size: int = _f(20, "Dirichlet partitions are redrawn until every client has this many examples")
     max_length: int = _f(64, "maximum tokens per example")
 
 
@@ -265,6 +266,7 @@ def validate(cfg: RunConfig) -> None:
     need(d.num_clients >= 1, "data.num_clients", "an integer >= 1", d.num_clients)
     need(d.clients_per_group >= 1, "data.clients_per_group", "an integer >= 1", d.clients_per_group)
     need(d.alpha > 0, "data.alpha", "a float > 0", d.alpha)
+    need(d.min_client_size >= 1, "data.min_client_size", "an integer >= 1", d.min_client_size)
     need(d.shards_per_client >= 1, "data.shards_per_client", "an integer >= 1", d.shards_per_client)
     need(d.max_length >= 4, "data.max_length", "an integer >= 4", d.max_length)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)

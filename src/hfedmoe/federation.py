@@ -74,9 +74,9 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
         )
     train_idx, test_idx = train_test_split(ds.labels, d.test_fraction, seed=cfg.seed)
     train_idx = np.sort(train_idx)
-    num_clients = d.num_clients
-    if d.partition == "natural":
-        num_clients = len(np.unique(ds.groups[train_idx]))
+    num_clients: int | None = d.num_clients
+    if d.partition in ("natural", "natural-dirichlet"):
+        num_clients = None  # one client (natural) or clients_per_group clients per group
     parts = partition(
         ds.labels[train_idx],
         num_clients,
@@ -86,6 +86,7 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
         groups=None if ds.groups is None else ds.groups[train_idx],
         shards_per_client=d.shards_per_client,
         clients_per_group=d.clients_per_group,
+        min_size=d.min_client_size if d.partition in ("dirichlet", "natural-dirichlet") else 1,
     )
     profiles = cfg.clients.profiles
     clients = []
