@@ -160,6 +160,37 @@ def resume(
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Option("--config", "-c", help="bench file (configs/bench-*.toml)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (rerun to resume)")] = Path("runs/bench"),
+    quick: Annotated[bool, typer.Option("--quick", help="the file's [quick] subset: fewer methods, seeds, rounds")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run methods x datasets x seeds on identical partitions and budgets; write report.md and report.html."""
+    _setup_logging(verbose, quiet)
+
+    def go() -> None:
+        from hfedmoe.bench import load_bench_config, run_bench
+
+        spec = load_bench_config(config, quick=quick)
+
+        def on_event(e: dict[str, Any]) -> None:
+            if quiet or e["kind"] != "run_end":
+                return
+            what = "skipped (finished)" if e["skipped"] else f"{e['seconds']:.0f} s"
+            acc = e.get("final_test_accuracy")
+            acc_s = f", test accuracy {100 * acc:.1f}%" if acc is not None else ""
+            console.print(f"{e['dataset']} / {e['method']} / seed {e['seed']}: {what}{acc_s}", highlight=False)
+
+        report = run_bench(spec, out, on_event)
+        if not quiet:
+            console.print(f"report: {report} and {report.with_suffix('.html')}")
+
+    _guard(go)
+
+
+@app.command()
 def assets(
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
