@@ -1,0 +1,88 @@
+"""`hfedmoe bench --quick` on a tiny bench file: report files, resumability, bad configs."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hfedmoe.cli import app
+from hfedmoe.report.metrics import read_metrics
+
+from .conftest import FAST, TINY
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Shared 2-core machine: one intra-op thread is many times faster next to a busy neighbour."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+runner = CliRunner()
+
+
+def _bench_file(tmp_path, extra=""):
+    sets = ", ".join(f'"{s}"' for s in FAST + ["federation.rounds=1"])
+    path = tmp_path / "bench-tiny.toml"
+    path.write_text(f'''
+base = "{TINY}"
+set = [{sets}]
+methods = ["hfedmoe", "fedavg", "random"]
+seeds = [0, 1]
+target_accuracy = 0.4
+
+[[datasets]]
+name = "vader-natural"
+set = ["data.partition=natural"]
+
+[quick]
+methods = ["hfedmoe", "fedavg"]
+seeds = [0]
+sweep = false
+
+[sweep]
+grid = {{ "method.lam" = [0.3, 0.7] }}
+{extra}''')
+    return path
+
+
+def test_bench_quick_writes_reports_and_resumes(tmp_path):
+    cfg, out = _bench_file(tmp_path), tmp_path / "out"
+    res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(out), "--quick", "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.output == ""
+    for name in ["report.md", "report.html", "vader-natural_accuracy_vs_round.png",
+                 "vader-natural_accuracy_vs_time.png"]:
+        assert (out / name).is_file(), name
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.glob("runs/*/*/*/summary.json"))
+    assert runs == ["runs/vader-natural/fedavg/seed0", "runs/vader-natural/hfedmoe/seed0"]
+    md = (out / "report.md").read_text()
+    assert "| hfedmoe |" in md and "| fedavg |" in md and "skipped (--quick)" in md
+    assert "<table>" in (out / "report.html").read_text()
+    # identical partitions and budgets: same clients for both methods
+    a = json.loads((out / "runs/vader-natural/hfedmoe/seed0/summary.json").read_text())["clients"]
+    b = json.loads((out / "runs/vader-natural/fedavg/seed0/summary.json").read_text())["clients"]
+    assert a == b
+
+    # A crash mid-run: drop fedavg's summary and its last checkpoint -> it resumes, hfedmoe is skipped.
+    done = out / "runs/vader-natural/fedavg/seed0"
+    (done / "summary.json").unlink()
+    mtime = (out / "runs/vader-natural/hfedmoe/seed0/metrics.jsonl").stat().st_mtime_ns
+    res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(out), "--quick"])
+    assert res.exit_code == 0, res.output
+    assert "hfedmoe / seed 0: skipped (finished)" in res.output
+    assert "fedavg / seed 0: skipped" not in res.output
+    assert (out / "runs/vader-natural/hfedmoe/seed0/metrics.jsonl").stat().st_mtime_ns == mtime
+    assert [r["round"] for r in read_metrics(done / "metrics.jsonl")] == [0, 1]
+
+
+def test_bench_bad_config_is_one_line_exit_2(tmp_path):
+    cfg = _bench_file(tmp_path)
+    cfg.write_text("bogus = 1\n" + cfg.read_text())
+    res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(tmp_path / "o"), "--quick", "-q"])
+    assert res.exit_code == 2 and "unknown keys" in res.output and "Traceback" not in res.output
+    cfg.write_text(cfg.read_text().replace('bogus = 1\n', '').replace('"random"]', '"nope"]'))
+    res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "methods" in res.output
