@@ -53,6 +53,54 @@ class SavedBytes:
         self._ctx.__exit__(*exc)
 
 
+class TrainStepBench:
+    """The default model, one batch of 16 x 128 real tokens, and one AdamW per mode."""
+
+    def __init__(self, budget: int = 2, seq_len: int = 128, batch_size: int = 16) -> None:
+        model, tok, self.description = build_model(
+            ModelConfig(name="minilm-moe", num_experts=8, top_k=2), num_labels=2, seed=0)
+        self.mm = mm = wrap(model)
+        ds = load_vader()
+        batch = tok(ds.texts[:batch_size], padding="max_length", max_length=seq_len, truncation=True,
+                    return_tensors="pt")
+        batch["labels"] = torch.as_tensor(ds.labels[:batch_size])
+        self.batch = batch
+        for p in model.parameters():
+            p.requires_grad_(False)
+        head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+        for p in head + mm.router_parameters():
+            p.requires_grad_(True)
+        L = mm.num_layers
+        self.modes = {"full": [None] * L, "budget": [list(range(budget))] * L}
+        leaves = [t for ls in mm.expert_leaves().values() for t in ls]
+        self.opts = {m: torch.optim.AdamW(leaves + mm.router_parameters() + head, lr=1e-5) for m in self.modes}
+        self.memory: dict[str, dict[str, int]] = {}
+
+    def step(self, mode: str) -> None:
+        mm, opt = self.mm, self.opts[mode]
+        with mm.train_only(self.modes[mode]):
+            with SavedBytes() as saved:  # counts what the forward saves for backward
+                out = mm.model(**self.batch)
+            out.loss.backward()
+        grads = sum(tensor_bytes(p.grad) for g in opt.param_groups for p in g["params"] if p.grad is not None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state = sum(tensor_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
+        self.memory[mode] = {"saved_activations": saved.total, "gradients": grads, "optimizer_state": state}
+
+    def time_steps(self, repeats: int) -> dict[str, float]:
+        """Median seconds per step of each mode, alternating modes (A, B, A, B, ...)."""
+        for mode in self.modes:  # warm-up
+            self.step(mode)
+        times: dict[str, list[float]] = {m: [] for m in self.modes}
+        for _ in range(repeats):
+            for mode in self.modes:
+                t0 = time.perf_counter()
+                self.step(mode)
+                times[mode].append(time.perf_counter() - t0)
+        return {m: statistics.median(v) for m, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=10)
@@ -60,61 +108,17 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    model, tok, desc = build_model(ModelConfig(name="minilm-moe", num_experts=8, top_k=2), num_labels=2, seed=0)
-    mm = wrap(model)
-    ds = load_vader()
-    texts = ds.texts[:16]
-    batch = tok(texts, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-    batch["labels"] = torch.as_tensor(ds.labels[:16])
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
-    for p in head + mm.router_parameters():
-        p.requires_grad_(True)
-
-    def make_opt():
-        leaves = [t for ls in mm.expert_leaves().values() for t in ls]
-        return torch.optim.AdamW(leaves + mm.router_parameters() + head, lr=1e-5)
-
-    L, E = mm.num_layers, mm.num_experts
-    budget_subsets = [list(range(args.budget))] * L
-    modes = {"full": [None] * L, f"budget{args.budget}": budget_subsets}
-    opts = {name: make_opt() for name in modes}
-    times: dict[str, list[float]] = {name: [] for name in modes}
-    mem: dict[str, dict[str, int]] = {}
-
-    def step(name: str) -> None:
-        opt = opts[name]
-        with mm.train_only(modes[name]):
-            with SavedBytes() as saved:  # counts what the forward saves for backward
-                out = model(**batch)
-            out.loss.backward()
-        grads = sum(tensor_bytes(p.grad) for g in opt.param_groups for p in g["params"] if p.grad is not None)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state = sum(tensor_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
-        mem[name] = {"saved_activations": saved.total, "gradients": grads, "optimizer_state": state}
-
-    for name in modes:  # warm-up
-        step(name)
-    for _ in range(args.repeats):
-        for name in modes:  # alternate A, B, A, B ...
-            t0 = time.perf_counter()
-            step(name)
-            times[name].append(time.perf_counter() - t0)
-
-    full, bud = "full", f"budget{args.budget}"
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{desc}; batch 16 x 128 tokens; torch threads {args.threads}; {args.repeats} alternating repeats")
-    print(f"median step time: full {med[full]:.3f} s, {args.budget}/{E} trainable {med[bud]:.3f} s, "
-          f"ratio {med[bud] / med[full]:.3f}")
+    bench = TrainStepBench(args.budget)
+    med = bench.time_steps(args.repeats)
+    mem, E = bench.memory, bench.mm.num_experts
+    print(f"{bench.description}; batch 16 x 128 tokens; torch threads {args.threads}; "
+          f"{args.repeats} alternating repeats")
+    print(f"median step time: full {med['full']:.3f} s, {args.budget}/{E} trainable {med['budget']:.3f} s, "
+          f"ratio {med['budget'] / med['full']:.3f}")
     for key in ("saved_activations", "gradients", "optimizer_state"):
-        a, b = mem[full][key], mem[bud][key]
+        a, b = mem["full"][key], mem["budget"][key]
         print(f"{key:>18}: full {a / 2**20:8.2f} MiB, budget {b / 2**20:8.2f} MiB, ratio {b / max(a, 1):.3f}")
-    ta = sum(mem[full].values())
-    tb = sum(mem[bud].values())
+    ta, tb = sum(mem["full"].values()), sum(mem["budget"].values())
     print(f"{'trainable state':>18}: full {ta / 2**20:8.2f} MiB, budget {tb / 2**20:8.2f} MiB, ratio {tb / ta:.3f}")
 
 

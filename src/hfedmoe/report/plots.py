@@ -55,31 +55,38 @@ def client_expert_matrix(rows: Sequence[Mapping[str, Any]], key: str, num_client
     return out
 
 
-def plot_heatmaps(rows: Sequence[Mapping[str, Any]], num_clients: int, out: Path, *, key: str, title: str) -> Path | None:
-    """One panel per MoE layer: clients (rows) x experts (columns)."""
+def plot_heatmaps(rows: Sequence[Mapping[str, Any]], num_clients: int, out: Path, *, key: str, title: str,
+                  client_labels: Sequence[str] | None = None) -> Path | None:
+    """One panel per MoE layer: clients (rows) x experts (columns); colour range = data range."""
     mat = client_expert_matrix(rows, key, num_clients)  # (C, L, E)
     if mat.size == 0:
         return None
     _, L, E = mat.shape
     cols = min(L, 3)
     nrows = (L + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 0.35 * num_clients * nrows + 1.4), dpi=120,
-                             squeeze=False)
-    vmax = np.nanmax(mat) if np.isfinite(mat).any() else 1.0
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1.5, 0.3 * num_clients * nrows + 1.6), dpi=120,
+                             squeeze=False, layout="constrained")
+    finite = np.isfinite(mat).any()
+    vmin = float(np.nanmin(mat)) if finite else 0.0
+    vmax = float(np.nanmax(mat)) if finite else 1.0
     for layer in range(nrows * cols):
         ax = axes[layer // cols][layer % cols]
         if layer >= L:
             ax.axis("off")
             continue
-        im = ax.imshow(mat[:, layer, :], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        im = ax.imshow(mat[:, layer, :], aspect="auto", cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-9))
         ax.set_title(f"layer {layer}", fontsize=8)
         ax.set_xticks(range(E))
         ax.set_yticks(range(num_clients))
+        if client_labels is not None and layer % cols == 0:
+            ax.set_yticklabels(client_labels)
+        elif layer % cols:
+            ax.set_yticklabels([])
         ax.tick_params(labelsize=6)
         if layer % cols == 0:
             ax.set_ylabel("client", fontsize=7)
         ax.set_xlabel("expert", fontsize=7)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.colorbar(im, ax=axes, shrink=0.8)
     fig.suptitle(title, fontsize=9)
     fig.savefig(out)
     plt.close(fig)

@@ -57,10 +57,13 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     }
     clients = context.get("clients", [])
     n = len(clients)
+    labels = [f"{c['client_id']} {c['profile']} b={c['budget']}" for c in clients]
     plots["usage_heatmap.png"] = plot_heatmaps(rows, n, out_dir / "usage_heatmap.png", key="client_usage",
-                                               title="expert usage u_c(e) per client (mean over rounds)")
+                                               title="expert usage u_c(e) per client (mean over rounds)",
+                                               client_labels=labels)
     plots["trained_heatmap.png"] = plot_heatmaps(rows, n, out_dir / "trained_heatmap.png", key="client_trained",
-                                                 title="fraction of rounds each client trained each expert")
+                                                 title="fraction of rounds each client trained each expert",
+                                                 client_labels=labels)
     _atomic_write(out_dir / "report.md", render_markdown(rows, summary, clients, plots))
     return summary
 
