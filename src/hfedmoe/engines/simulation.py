@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from hfedmoe.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
@@ -265,8 +264,3 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
     return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)])
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))

@@ -16,6 +16,7 @@ import torch
 
 from hfedmoe.client import ClientUpdate, TrainPlan
 from hfedmoe.core.aggregation import aggregate_experts, fedavg
+from hfedmoe.core.selection import routed_experts
 from hfedmoe.moe import MoEModel
 
 
@@ -155,11 +156,8 @@ def aggregate_dense_fedavg(mm: MoEModel, updates: Sequence[ClientUpdate]) -> Non
 
 
 def routed_mask(routing: Any, num_experts: int) -> torch.Tensor:
-    """(E,) bool: experts that at least one real token of the batch was routed to (E_union)."""
-    mask = torch.zeros(num_experts, dtype=torch.bool)
-    hit = routing.topk_idx[routing.token_mask].reshape(-1)
-    mask[hit.unique()] = True
-    return mask
+    """(E,) bool: experts at least one real token of the batch was routed to (E_union)."""
+    return routed_experts(routing.topk_idx, routing.token_mask, num_experts)
 
 
 def all_experts(mm: MoEModel) -> list[Sequence[int] | None]:

@@ -5,7 +5,8 @@
 tiny random models for tests).
 """
 
-from hfedmoe.moe.adapter import LayerRouting, MoEModel, RoutingCapture, TrainOnly, wrap
+from hfedmoe.moe.adapter import MoEModel, wrap
+from hfedmoe.moe.contexts import LayerRouting, RoutingCapture, TrainOnly
 from hfedmoe.moe.layouts import SUPPORTED_FAMILIES
 
 __all__ = ["LayerRouting", "MoEModel", "RoutingCapture", "SUPPORTED_FAMILIES", "TrainOnly", "wrap"]

@@ -1,0 +1,188 @@
+"""Routing records and the context managers of the adapter: capture, restrict, train_only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+
+from hfedmoe.moe.layouts import FamilySpec
+
+if TYPE_CHECKING:
+    from hfedmoe.moe.adapter import MoEModel
+
+_MODES = ("no_grad", "detach")
+
+
+class LayerRouting(NamedTuple):
+    """Routing of one MoE layer for one forward.
+
+    Attributes
+    ----------
+    gate_probs : Tensor
+        ``(T, E)`` float32, detached router probabilities of every token.
+    topk_idx : Tensor
+        ``(T, k)`` long, the experts each token was routed to.
+    token_mask : Tensor
+        ``(T,)`` bool, True for real (non-padding) tokens.
+    """
+
+    gate_probs: torch.Tensor
+    topk_idx: torch.Tensor
+    token_mask: torch.Tensor
+
+
+@dataclass
+class _Layer:
+    """Static facts about one MoE layer of a wrapped model."""
+
+    index: int
+    spec: FamilySpec
+    path: str  # module path of the MoE block inside the model
+    block: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    role: str | None  # "encoder" / "decoder" for Switch, else None
+    num_experts: int
+    top_k: int
+    param_names: list[str]
+
+
+
+# --------------------------------------------------------------------------------------------
+# context objects
+# --------------------------------------------------------------------------------------------
+class RoutingCapture:
+    """Routing of every MoE layer for the last forward run inside the context.
+
+    Attributes
+    ----------
+    gate_probs, topk_idx, token_mask : dict[int, Tensor]
+        Per MoE layer: ``(T, E)`` float32, ``(T, k)`` long, ``(T,)`` bool (see :class:`LayerRouting`).
+    """
+
+    def __init__(self, adapter: MoEModel, attention_mask: torch.Tensor | None):
+        self._adapter = adapter
+        self.attention_mask = attention_mask
+        self.gate_probs: dict[int, torch.Tensor] = {}
+        self.topk_idx: dict[int, torch.Tensor] = {}
+        self.token_mask: dict[int, torch.Tensor] = {}
+
+    def layer(self, layer: int) -> LayerRouting:
+        """The routing of MoE layer ``layer`` in the last forward."""
+        if layer not in self.gate_probs:
+            raise KeyError(f"no routing captured for MoE layer {layer} (run a forward inside the context)")
+        return LayerRouting(self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer])
+
+    def _record(self, layer: int, routing: LayerRouting) -> None:
+        self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer] = routing
+
+    def __enter__(self) -> RoutingCapture:
+        self._adapter._push("capture", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("capture", self)
+
+
+class RoutingRestriction:
+    """Tokens of MoE layer l may only be routed to ``subsets[l]`` while the context is active."""
+
+    def __init__(self, adapter: MoEModel, subsets: Sequence[Sequence[int] | None]):
+        self._adapter = adapter
+        self.subsets = adapter._check_subsets(subsets, "restrict_routing", min_size=True)
+        self.allowed_masks: list[torch.Tensor | None] = []
+        for info, subset in zip(adapter._layers, self.subsets):
+            if subset is None:
+                self.allowed_masks.append(None)
+                continue
+            mask = torch.zeros(info.num_experts, dtype=torch.bool, device=adapter._router_device(info))
+            mask[list(subset)] = True
+            self.allowed_masks.append(mask)
+
+    def __enter__(self) -> RoutingRestriction:
+        self._adapter._push("restrict", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("restrict", self)
+
+
+class TrainOnly:
+    """Only the selected experts of each layer take part in backward while the context is active.
+
+    Attributes
+    ----------
+    selected : dict[int, Tensor]
+        Per MoE layer, the sorted LongTensor of trainable experts in the last forward.
+    mode : str
+        ``"no_grad"`` or ``"detach"``.
+    """
+
+    def __init__(
+        self,
+        adapter: MoEModel,
+        subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
+        mode: str,
+        attention_mask: torch.Tensor | None,
+    ):
+        if mode not in _MODES:
+            raise ValueError(f"train_only mode must be one of {_MODES}, got {mode!r}")
+        self._adapter = adapter
+        self.mode = mode
+        self.attention_mask = attention_mask
+        self.selected: dict[int, torch.Tensor] = {}
+        self._selected_sets: dict[int, set[int] | None] = {}
+        self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
+        if callable(subsets):
+            self.selector: Callable | None = subsets
+            self.subsets = None
+        else:
+            self.selector = None
+            self.subsets = adapter._check_subsets(subsets, "train_only", min_size=False)
+            for info, subset in zip(adapter._layers, self.subsets):
+                self._set_selected(info, subset)
+
+    def _set_selected(self, info: _Layer, subset: Sequence[int] | None) -> None:
+        if subset is None:
+            self.selected[info.index] = torch.arange(info.num_experts, dtype=torch.long)
+            self._selected_sets[info.index] = None
+        else:
+            self.selected[info.index] = torch.tensor(sorted(subset), dtype=torch.long)
+            self._selected_sets[info.index] = set(subset)
+
+    def _select(self, info: _Layer, routing: LayerRouting) -> None:
+        choice = self.selector(info.index, routing)
+        if isinstance(choice, torch.Tensor):
+            choice = choice.flatten().tolist()
+        choice = sorted({int(e) for e in choice})
+        if any(e < 0 or e >= info.num_experts for e in choice):
+            raise ValueError(
+                f"selector returned experts {choice} for layer {info.index}; expected indices in "
+                f"[0, {info.num_experts})"
+            )
+        self._set_selected(info, choice)
+        self._selected_sets[info.index] = set(choice)
+
+    def __enter__(self) -> TrainOnly:
+        adapter = self._adapter
+        adapter.expert_leaves()  # build / refresh the leaves before any forward
+        for info in adapter._layers:
+            if info.spec.kind == "fused":
+                for name in info.param_names:
+                    p = getattr(info.experts, name)
+                    self._saved_requires_grad.append((p, p.requires_grad))
+                    p.requires_grad_(False)
+        adapter._push("train", self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._adapter._pop("train", self)
+        for p, flag in reversed(self._saved_requires_grad):
+            p.requires_grad_(flag)
+        self._saved_requires_grad.clear()
+
+
