@@ -30,7 +30,7 @@ $(VENV)/.stamp-assets: $(VENV)/.stamp-torch assets.txt
 install: $(VENV)/.stamp-package $(VENV)/.stamp-assets
 
 demo: install
-	$(BIN)/hfedmoe run --config configs/default.toml --out runs/demo
+	$(BIN)/hfedmoe run --config configs/default.toml --out runs/demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
