@@ -97,8 +97,13 @@ def _strings(value: Any, name: str) -> list[str]:
     return list(value)
 
 
-def load_bench_config(path: str | Path, quick: bool = False) -> BenchConfig:
-    """Read and validate a bench file (every run config is validated before anything runs)."""
+def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[str] | None = None,
+                      seeds_override: list[int] | None = None) -> BenchConfig:
+    """Read and validate a bench file (every run config is validated before anything runs).
+
+    ``extra_sets`` (CLI ``--set``) are appended to every run's overrides (sweep trials included)
+    and ``seeds_override`` (CLI ``--seeds``) replaces the seeds; both are recorded in the report notes.
+    """
     from hfedmoe.methods import METHODS
 
     p = Path(path)
@@ -133,6 +138,10 @@ def load_bench_config(path: str | Path, quick: bool = False) -> BenchConfig:
         elif isinstance(sweep_raw, dict):
             sweep_raw = {**sweep_raw, "set": list(sweep_raw.get("set", [])) + _strings(q.get("sweep_set", []),
                                                                                       "quick.sweep_set")}
+    if extra_sets:
+        overrides = overrides + list(extra_sets)
+    if seeds_override:
+        seeds = list(seeds_override)
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise HFedMoEError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
     bad = [m for m in methods if m not in METHODS]
@@ -165,6 +174,9 @@ def load_bench_config(path: str | Path, quick: bool = False) -> BenchConfig:
         sweep = Sweep(sweep_methods, int(sweep_raw.get("seed", seeds[0])),
                       _strings(sweep_raw.get("set", []), "sweep.set"), grid)
     notes = raw.get("notes", [])
+    if extra_sets or seeds_override:
+        notes = list(notes) + [f"command-line overrides: --set {' '.join(extra_sets or [])} "
+                               f"--seeds {','.join(map(str, seeds_override or seeds))}"]
     threads = raw.get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise HFedMoEError(f"threads: expected an integer >= 1, got {threads!r}")

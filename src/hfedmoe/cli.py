@@ -164,6 +164,8 @@ def bench(
     config: Annotated[Path, typer.Option("--config", "-c", help="bench file (configs/bench-*.toml)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (rerun to resume)")] = Path("runs/bench"),
     quick: Annotated[bool, typer.Option("--quick", help="the file's [quick] subset: fewer methods, seeds, rounds")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override every run's field: key=value")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="comma-separated seeds replacing the file's")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -173,7 +175,13 @@ def bench(
     def go() -> None:
         from hfedmoe.bench import load_bench_config, run_bench
 
-        spec = load_bench_config(config, quick=quick)
+        seed_list = None
+        if seeds is not None:
+            try:
+                seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+            except ValueError:
+                raise HFedMoEError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+        spec = load_bench_config(config, quick=quick, extra_sets=set_ or [], seeds_override=seed_list)
 
         def on_event(e: dict[str, Any]) -> None:
             if quiet or e["kind"] != "run_end":

@@ -86,3 +86,16 @@ def test_bench_bad_config_is_one_line_exit_2(tmp_path):
     cfg.write_text(cfg.read_text().replace('bogus = 1\n', '').replace('"random"]', '"nope"]'))
     res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "methods" in res.output
+
+
+def test_command_line_sets_and_seeds_reach_every_run_and_the_notes(tmp_path):
+    from hfedmoe.bench import load_bench_config, run_config
+
+    spec = load_bench_config(_bench_file(tmp_path), quick=True, extra_sets=["method.beta=0.3"], seeds_override=[4, 5])
+    assert spec.seeds == [4, 5]  # replaces the [quick] seeds too
+    cfg = run_config(spec, spec.datasets[0], "hfedmoe", 4)
+    assert cfg.method.beta == 0.3 and cfg.seed == 4
+    assert any("--set method.beta=0.3" in n and "--seeds 4,5" in n for n in spec.notes)
+    res = runner.invoke(app, ["bench", "--config", str(_bench_file(tmp_path)), "--out", str(tmp_path / "o"),
+                              "--seeds", "1,x", "-q"])
+    assert res.exit_code == 2 and "--seeds: expected comma-separated integers" in res.output
