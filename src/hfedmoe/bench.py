@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from hfedmoe.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, validate
+from hfedmoe.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_toml, validate
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.report.metrics import read_metrics
 from hfedmoe.report.run_report import summarize
@@ -107,22 +107,14 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     from hfedmoe.methods import METHODS
 
     p = Path(path)
-    if not p.is_file():
-        raise HFedMoEError(f"--config: file not found: {p}")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise HFedMoEError(f"--config: {p} is not valid TOML: {exc}") from None
+    raw = read_toml(p, "--config")
     known = {"base", "set", "methods", "seeds", "datasets", "target_accuracy", "quick", "sweep", "notes", "threads"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise HFedMoEError(f"bench config: unknown keys {unknown} (known: {', '.join(sorted(known))})")
     base: dict[str, Any] = {}
     if "base" in raw:
-        base_path = (p.parent / str(raw["base"])).resolve()
-        if not base_path.is_file():
-            raise HFedMoEError(f"base: file not found: {base_path}")
-        base = tomllib.loads(base_path.read_text())
+        base = read_toml((p.parent / str(raw["base"])).resolve(), "base")
     overrides = _strings(raw.get("set", []), "set")
     methods = _strings(raw.get("methods", ["hfedmoe"]), "methods")
     seeds = raw.get("seeds", [0])

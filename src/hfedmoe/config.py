@@ -221,17 +221,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is one HFedMoEError naming ``field_name``."""
+    p = Path(path)
+    if not p.is_file():
+        raise HFedMoEError(f"{field_name}: file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise HFedMoEError(f"{field_name}: {p} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML preset (or the defaults when ``path`` is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise HFedMoEError(f"--config: file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise HFedMoEError(f"--config: {p} is not valid TOML: {exc}") from None
+    data = read_toml(path, "--config") if path is not None else {}
     data = apply_overrides(data, overrides or [])
     cfg = config_from_dict(data)
     validate(cfg)

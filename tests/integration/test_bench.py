@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from hfedmoe.cli import app
@@ -11,13 +9,6 @@ from hfedmoe.report.metrics import read_metrics
 
 from .conftest import FAST, TINY
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared 2-core machine: one intra-op thread is many times faster next to a busy neighbour."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 runner = CliRunner()

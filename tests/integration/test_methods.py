@@ -16,13 +16,6 @@ from hfedmoe.methods.flexmoe import assign_experts
 
 from .conftest import FAST, TINY
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared 2-core machine: one intra-op thread is many times faster next to a busy neighbour."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 ONE_ROUND = FAST + ["federation.rounds=1"]

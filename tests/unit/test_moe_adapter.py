@@ -15,14 +15,6 @@ from hfedmoe.moe.build import TINY_FAMILIES, tiny_model
 B, S, S_DEC = 3, 7, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def make_batch(family: str, seed: int = 0, pad: int = 0) -> dict[str, torch.Tensor]:

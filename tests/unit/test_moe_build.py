@@ -22,14 +22,6 @@ from hfedmoe.moe.build import (
 from hfedmoe.moe.minilm import MoEFeedForward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def _minilm_dir() -> Path:
