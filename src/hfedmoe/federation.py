@@ -72,7 +72,10 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
             f"data.partition: '{d.partition}' needs a group column, but dataset {ds.name!r} has none "
             "(set data.group_column for a local file, or use dirichlet | iid | shards)"
         )
-    train_idx, test_idx = train_test_split(ds.labels, d.test_fraction, seed=cfg.seed)
+    try:
+        train_idx, test_idx = train_test_split(ds.labels, d.test_fraction, seed=cfg.seed)
+    except HFedMoEError as exc:
+        raise HFedMoEError(f"data.{exc}") from None
     train_idx = np.sort(train_idx)
     num_clients: int | None = d.num_clients
     if d.partition in ("natural", "natural-dirichlet"):

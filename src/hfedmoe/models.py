@@ -44,6 +44,10 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int):
         moefy_bert(model, cfg.num_experts, cfg.top_k, seed=seed)
         return model, tok, f"tiny random BERT (hidden {cfg.tiny_hidden}, {cfg.tiny_layers} layers) MoEfied"
     if cfg.name == "hf":
+        from pathlib import Path
+
+        if not Path(cfg.path).is_dir():
+            raise HFedMoEError(f"model.path: expected a local checkpoint directory, got {cfg.path!r} (not found)")
         try:
             model = AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=num_labels)
             tok = AutoTokenizer.from_pretrained(cfg.path)
