@@ -115,7 +115,8 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     base: dict[str, Any] = {}
     if "base" in raw:
         base = read_toml((p.parent / str(raw["base"])).resolve(), "base")
-    overrides = _strings(raw.get("set", []), "set")
+    # A bench writes dozens of runs: keep only the checkpoint resume needs (a file's `set` may override).
+    overrides = ["federation.keep_checkpoints=1"] + _strings(raw.get("set", []), "set")
     methods = _strings(raw.get("methods", ["hfedmoe"]), "methods")
     seeds = raw.get("seeds", [0])
     datasets_raw = raw.get("datasets", [{"name": "default", "set": []}])

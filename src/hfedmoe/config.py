@@ -108,6 +108,7 @@ class FederationConfig:
     clients_per_round: float = _f(1.0, "fraction (<= 1) or count (> 1) of clients sampled per round")
     eval_every: int = _f(1, "evaluate the global model on the test set every N rounds")
     checkpoint_every: int = _f(1, "write a checkpoint every N rounds (the last round always)")
+    keep_checkpoints: int = _f(0, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
 
 
 @dataclass
@@ -298,6 +299,7 @@ def validate(cfg: RunConfig) -> None:
     need(fed.clients_per_round > 0, "federation.clients_per_round", "a fraction in (0, 1] or a count >= 1",
          fed.clients_per_round)
     need(fed.eval_every >= 1, "federation.eval_every", "an integer >= 1", fed.eval_every)
+    need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
     need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
     if p:
         raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))

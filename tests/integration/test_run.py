@@ -127,3 +127,14 @@ def test_any_supported_hf_moe_checkpoint_runs_by_config(tmp_path):
     assert [r["round"] for r in rows] == [0, 1]
     assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
     assert any(any(any(c) for c in layer) for layer in rows[-1]["client_trained"].values())
+
+
+def test_keep_checkpoints_prunes_old_rounds_and_resume_still_works(tmp_path):
+    sets = FAST + ["federation.rounds=3", "federation.keep_checkpoints=1"]
+    sim = Simulation(load_config(TINY, sets), tmp_path / "run")
+    sim.run(2)
+    assert complete_rounds(tmp_path / "run" / "checkpoints") == [2]
+    again = Simulation(load_config(TINY, sets), tmp_path / "run")
+    assert again.restore() == 2
+    again.run(3)
+    assert complete_rounds(tmp_path / "run" / "checkpoints") == [3]

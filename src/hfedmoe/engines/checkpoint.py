@@ -71,3 +71,14 @@ def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor]
     with open(d / STATE_FILE) as fh:
         state = json.load(fh)
     return tensors, state
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (``keep`` = 0 keeps everything).
+
+    Called only after a newer checkpoint is complete, so the newest one is never at risk.
+    """
+    if keep <= 0:
+        return
+    for r in complete_rounds(root)[:-keep]:
+        shutil.rmtree(root / f"round_{r}", ignore_errors=True)

@@ -19,7 +19,7 @@ import numpy as np
 from hfedmoe.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
-from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, save_checkpoint
+from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
 from hfedmoe.federation import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo, Method
@@ -250,6 +250,7 @@ class Simulation:
             append_metrics(self.metrics_path, result.row)
             if r % cfg.federation.checkpoint_every == 0 or r == total:
                 save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state())
+                prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
         return read_metrics(self.metrics_path)
 
