@@ -38,8 +38,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --timeout=1800
 
+# The full benchmark: hours on 2 CPU cores (resumable: rerun to continue). `--quick` variants: README.
 bench: install
 	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
+	$(BIN)/hfedmoe bench --config configs/bench-bbc.toml --out runs/bench-bbc
+	$(BIN)/hfedmoe bench --config configs/bench-trec.toml --out runs/bench-trec
 
 clean-venv:
 	rm -rf $(VENV)
