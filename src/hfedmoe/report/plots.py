@@ -21,12 +21,16 @@ def _eval_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def plot_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, x: str = "round",
                   title: str = "") -> Path:
     """One line per run (method): test accuracy against ``x`` ("round" or "sim_time_s")."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, rows in runs.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = plt.get_cmap("tab20").colors
+    styles = ("-", "--", ":", "-.")
+    for i, (label, rows) in enumerate(runs.items()):
         ev = _eval_rows(rows)
         if not ev:
             continue
-        ax.plot([r[x] for r in ev], [r["test_accuracy"] for r in ev], marker="o", ms=3, label=label)
+        # 20 distinct colours x 4 line styles: no two of up to 80 methods look alike
+        ax.plot([r[x] for r in ev], [r["test_accuracy"] for r in ev], marker="o", ms=3, label=label,
+                color=colours[(2 * i) % 20 + (i // 10) % 2], linestyle=styles[(i // 20) % 4])
     ax.set_xlabel("round" if x == "round" else "simulated time (s)")
     ax.set_ylabel("test accuracy")
     if title:
