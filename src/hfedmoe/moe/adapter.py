@@ -102,35 +102,6 @@ class MoEModel:
     def _router_device(self, info: _Layer) -> torch.device:
         return layouts.router_weight(info.spec, info.router).device
 
-    def _check_subsets(self, subsets, what: str, min_size: bool) -> list[list[int] | None]:
-        if isinstance(subsets, (str, bytes)) or not isinstance(subsets, Sequence):
-            raise ValueError(f"{what}: subsets must be a sequence with one entry per MoE layer")
-        if len(subsets) != self.num_layers:
-            raise ValueError(
-                f"{what}: got {len(subsets)} subsets, expected one per MoE layer ({self.num_layers})"
-            )
-        out: list[list[int] | None] = []
-        for layer, subset in enumerate(subsets):
-            if subset is None:
-                out.append(None)
-                continue
-            if isinstance(subset, torch.Tensor):
-                subset = subset.flatten().tolist()
-            values = sorted({int(e) for e in subset})
-            if len(values) != len(list(subset)):
-                raise ValueError(f"{what}: layer {layer} subset {list(subset)} has duplicates")
-            if any(e < 0 or e >= self.num_experts for e in values):
-                raise ValueError(
-                    f"{what}: layer {layer} subset {values} has indices outside [0, {self.num_experts})"
-                )
-            if min_size and len(values) < self.top_k:
-                raise ValueError(
-                    f"{what}: layer {layer} subset {values} has {len(values)} experts, fewer than "
-                    f"top_k={self.top_k}; a restricted router needs at least top_k experts"
-                )
-            out.append(values)
-        return out
-
     # ----------------------------------------------------------------- routing (installed)
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
         candidates = []

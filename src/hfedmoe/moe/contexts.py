@@ -52,6 +52,43 @@ class _Layer:
 
 
 
+def check_subsets(
+    subsets, what: str, *, num_layers: int, num_experts: int, top_k: int, min_size: bool
+) -> list[list[int] | None]:
+    """Validate per-layer expert subsets (None = all experts); return sorted index lists."""
+    if isinstance(subsets, (str, bytes)) or not isinstance(subsets, Sequence):
+        raise ValueError(f"{what}: subsets must be a sequence with one entry per MoE layer")
+    if len(subsets) != num_layers:
+        raise ValueError(
+            f"{what}: got {len(subsets)} subsets, expected one per MoE layer ({num_layers})"
+        )
+    out: list[list[int] | None] = []
+    for layer, subset in enumerate(subsets):
+        if subset is None:
+            out.append(None)
+            continue
+        if isinstance(subset, torch.Tensor):
+            subset = subset.flatten().tolist()
+        values = sorted({int(e) for e in subset})
+        if len(values) != len(list(subset)):
+            raise ValueError(f"{what}: layer {layer} subset {list(subset)} has duplicates")
+        if any(e < 0 or e >= num_experts for e in values):
+            raise ValueError(
+                f"{what}: layer {layer} subset {values} has indices outside [0, {num_experts})"
+            )
+        if min_size and len(values) < top_k:
+            raise ValueError(
+                f"{what}: layer {layer} subset {values} has {len(values)} experts, fewer than "
+                f"top_k={top_k}; a restricted router needs at least top_k experts"
+            )
+        out.append(values)
+    return out
+
+
+def _sizes(adapter: MoEModel) -> dict[str, int]:
+    return {"num_layers": adapter.num_layers, "num_experts": adapter.num_experts, "top_k": adapter.top_k}
+
+
 # --------------------------------------------------------------------------------------------
 # context objects
 # --------------------------------------------------------------------------------------------
@@ -93,7 +130,7 @@ class RoutingRestriction:
 
     def __init__(self, adapter: MoEModel, subsets: Sequence[Sequence[int] | None]):
         self._adapter = adapter
-        self.subsets = adapter._check_subsets(subsets, "restrict_routing", min_size=True)
+        self.subsets = check_subsets(subsets, "restrict_routing", min_size=True, **_sizes(adapter))
         self.allowed_masks: list[torch.Tensor | None] = []
         for info, subset in zip(adapter._layers, self.subsets):
             if subset is None:
@@ -142,7 +179,7 @@ class TrainOnly:
             self.subsets = None
         else:
             self.selector = None
-            self.subsets = adapter._check_subsets(subsets, "train_only", min_size=False)
+            self.subsets = check_subsets(subsets, "train_only", min_size=False, **_sizes(adapter))
             for info, subset in zip(adapter._layers, self.subsets):
                 self._set_selected(info, subset)
 

@@ -1,0 +1,191 @@
+"""report.md / report.html and plots of a finished (or partial) `hfedmoe bench` output directory."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hfedmoe.report.metrics import read_metrics
+
+if TYPE_CHECKING:
+    from hfedmoe.bench import BenchConfig
+
+#: what the hyper-parameter sweep maximises: mean client validation accuracy, never test accuracy
+SWEEP_SCORE = "client_val_accuracy_mean"
+
+
+def _eval_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("test_accuracy") is not None]
+
+
+def run_stats(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """The table's numbers for one run's metrics rows."""
+    ev = _eval_rows(rows)
+    trained = [r for r in rows if r["round"] > 0]
+    reach = next((r for r in ev if r["test_accuracy"] >= target), None)
+    bwd = [r["backward_flops_per_client"] for r in trained if r.get("backward_flops_per_client")]
+    return {
+        "final": ev[-1]["test_accuracy"] if ev else math.nan,
+        "best": max((r["test_accuracy"] for r in ev), default=math.nan),
+        "rounds_to_target": reach["round"] if reach else None,
+        "time_to_target": reach["sim_time_s"] if reach else None,
+        "upload": float(np.mean([r["upload_bytes"] for r in trained])) if trained else 0.0,
+        "download": float(np.mean([r["download_bytes"] for r in trained])) if trained else 0.0,
+        "failed": sum(len(r["failed_clients"]) for r in rows),
+        "dropped": sum(len(r.get("dropped_clients", [])) for r in rows),
+        "backward_flops": float(np.mean(bwd)) if bwd else 0.0,
+        "wall": rows[-1]["wall_time_s"] if rows else 0.0,
+        "sim_time": rows[-1]["sim_time_s"] if rows else 0.0,
+    }
+
+
+def _mean_curve(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per round, mean test accuracy and simulated time over seeds (rounds every seed evaluated)."""
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for rows in runs:
+        for r in _eval_rows(rows):
+            by_round.setdefault(r["round"], []).append(r)
+    return [{"round": k, "test_accuracy": float(np.mean([r["test_accuracy"] for r in v])),
+             "sim_time_s": float(np.mean([r["sim_time_s"] for r in v]))}
+            for k, v in sorted(by_round.items()) if len(v) == len(runs)]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _mb(x: float) -> str:
+    return f"{x / 1e6:.2f}"
+
+
+def collect(bench: BenchConfig, out: Path) -> dict[str, dict[str, Any]]:
+    """dataset -> {"rows": table rows, "curves": method -> mean curve, "clients": ...} from disk."""
+    result: dict[str, dict[str, Any]] = {}
+    for d in bench.datasets:
+        table, curves, clients = [], {}, None
+        for m in bench.methods:
+            runs, stats = [], []
+            for s in bench.seeds:
+                run_dir = out / "runs" / d.name / m / f"seed{s}"
+                if not (run_dir / "summary.json").is_file():
+                    continue
+                rows = read_metrics(run_dir / "metrics.jsonl")
+                runs.append(rows)
+                stats.append(run_stats(rows, bench.target_accuracy))
+                if clients is None and m != "centralized":
+                    clients = json.loads((run_dir / "summary.json").read_text()).get("clients")
+            if not stats:
+                continue
+            finals = np.array([s["final"] for s in stats])
+            reached = [s for s in stats if s["rounds_to_target"] is not None]
+            table.append({
+                "method": m,
+                "seeds": len(stats),
+                "final_mean": float(finals.mean()),
+                "final_std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
+                "best": float(np.mean([s["best"] for s in stats])),
+                "reached": len(reached),
+                "rounds_to_target": float(np.mean([s["rounds_to_target"] for s in reached])) if reached else None,
+                "time_to_target": float(np.mean([s["time_to_target"] for s in reached])) if reached else None,
+                **{k: float(np.mean([s[k] for s in stats]))
+                   for k in ("upload", "download", "failed", "dropped", "backward_flops", "wall", "sim_time")},
+            })
+            curves[m] = _mean_curve(runs)
+        result[d.name] = {"rows": table, "curves": curves, "clients": clients}
+    return result
+
+
+COLUMNS = ["method", "final test acc % (mean ± std)", "best acc %", "rounds to target", "sim time to target (s)",
+           "upload MB/round", "download MB/round", "failed client-rounds", "dropped client-rounds",
+           "backward GFLOPs/client-round", "wall time (s)"]
+
+
+def _table_cells(r: dict[str, Any]) -> list[str]:
+    reach = f"{r['rounds_to_target']:.1f} ({r['reached']}/{r['seeds']})" if r["rounds_to_target"] is not None \
+        else f"- (0/{r['seeds']})"
+    ttt = f"{r['time_to_target']:.1f}" if r["time_to_target"] is not None else "-"
+    return [r["method"], f"{_pct(r['final_mean'])} ± {_pct(r['final_std'])}", _pct(r["best"]), reach, ttt,
+            _mb(r["upload"]), _mb(r["download"]), f"{r['failed']:.1f}", f"{r['dropped']:.1f}",
+            f"{r['backward_flops'] / 1e9:.2f}", f"{r['wall']:.0f}"]
+
+
+def write_bench_report(bench: BenchConfig, out: Path, sweeps: dict[str, dict[str, Any]]) -> Path:
+    """report.md, report.html and per-dataset PNGs in ``out``."""
+    from hfedmoe.report.plots import plot_accuracy
+
+    data = collect(bench, out)
+    mode = "quick" if bench.quick else "full"
+    md = [f"# hfedmoe bench: {bench.path.name} ({mode})", "",
+          f"- methods: {', '.join(bench.methods)}; seeds: {bench.seeds}; target accuracy "
+          f"{100 * bench.target_accuracy:.0f}%",
+          f"- overrides for every run: {', '.join(bench.overrides) or '-'}",
+          "- every method of a dataset runs on identical partitions, budgets and device profiles (same config "
+          "and seed; only method.name differs, plus its tuned knobs)",
+          "- 'rounds / sim time to target': mean over the seeds that reached it (reached/seeds); failed = clients "
+          "whose training state did not fit their memory (fedavg); dropped = skipped up front (fedavg-drop)", ""]
+    md += [f"- {n}" for n in bench.notes]
+    body_html: list[str] = []
+    for d in bench.datasets:
+        info = data[d.name]
+        md += [f"## {d.name}", "", f"dataset overrides: {', '.join(d.overrides) or '-'}", ""]
+        body_html.append(f"<h2>{html.escape(d.name)}</h2><p>dataset overrides: "
+                         f"{html.escape(', '.join(d.overrides) or '-')}</p>")
+        if info["clients"]:
+            desc = ", ".join(f"{c['profile']}: budget {c['budget']}{'' if not c['fits_full'] else ' (fits full)'}"
+                             for c in info["clients"])
+            md += [f"clients (profile: experts per layer): {desc}", ""]
+            body_html.append(f"<p>clients: {html.escape(desc)}</p>")
+        md += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        rows_html = ["<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
+        for r in info["rows"]:
+            cells = _table_cells(r)
+            md.append("| " + " | ".join(cells) + " |")
+            rows_html.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        md.append("")
+        body_html.append("<table>" + "".join(rows_html) + "</table>")
+        for x, label in (("round", "round"), ("sim_time_s", "time")):
+            name = f"{d.name}_accuracy_vs_{label}.png"
+            plot_accuracy(info["curves"], out / name, x=x, title=f"{d.name}: test accuracy (mean over seeds)")
+            md.append(f"![{name}]({name})")
+            body_html.append(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">')
+        md.append("")
+        sw = sweeps.get(d.name)
+        md += ["### Hyper-parameter sweep", ""]
+        if not sw:
+            note = ("skipped (--quick): the base config's values are used" if bench.quick and bench.sweep is None
+                    else "not configured: the base config's values are used")
+            md += [note, ""]
+            body_html.append(f"<h3>Hyper-parameter sweep</h3><p>{html.escape(note)}</p>")
+        else:
+            md += [f"score: final mean client **validation** accuracy ({SWEEP_SCORE}; the test set is never "
+                   f"used), seed {bench.sweep.seed if bench.sweep else '-'}, overrides "
+                   f"{', '.join(bench.sweep.overrides) if bench.sweep else '-'}; every swept method gets the same "
+                   "grid; ablations use their family's best values (except the knob they fix); baselines without "
+                   "method knobs are not swept", "", "| method | trial | val acc % | chosen |", "|---|---|---|---|"]
+            sw_html = ["<tr><th>method</th><th>trial</th><th>val acc %</th><th>chosen</th></tr>"]
+            for t in sw["trials"]:
+                chosen = "yes" if sw["best"].get(t["method"]) == t["trial"] else ""
+                trial = ", ".join(f"{k}={v}" for k, v in t["trial"].items())
+                md.append(f"| {t['method']} | {trial} | {_pct(t['val_accuracy'])} | {chosen} |")
+                sw_html.append(f"<tr><td>{html.escape(t['method'])}</td><td>{html.escape(trial)}</td>"
+                               f"<td>{_pct(t['val_accuracy'])}</td><td>{chosen}</td></tr>")
+            md.append("")
+            body_html.append("<h3>Hyper-parameter sweep</h3><table>" + "".join(sw_html) + "</table>")
+    md_text = "\n".join(md) + "\n"
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>hfedmoe bench</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:48%}</style></head><body>"
+            f"<h1>hfedmoe bench: {html.escape(bench.path.name)} ({mode})</h1>"
+            + "".join(f"<p>{html.escape(line[2:])}</p>" for line in md[2:] if line.startswith("- "))
+            + "".join(body_html) + "</body></html>\n")
+    for name, text in (("report.md", md_text), ("report.html", page)):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    return out / "report.md"
