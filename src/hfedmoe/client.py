@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hfedmoe.core.usage import expert_usage
+from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.core.importance import score_experts
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
@@ -154,11 +154,10 @@ def train_client(
     steps_per_epoch = num_batches(len(indices), settings.batch_size)
     total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
 
-    usage_sum = torch.zeros(L, E, dtype=torch.float64)
+    usage_acc = [UsageAccumulator(E) for _ in range(L)]  # Eq. 16 over all the client's tokens
     imp_sum = torch.zeros(L, E, dtype=torch.float64)
     trained = torch.zeros(L, E, dtype=torch.bool)
     selected_counts = torch.zeros(L, E, dtype=torch.long)
-    num_tokens = 0
     num_batches_done = 0
     loss_sum = 0.0
     dense_flops_tok = flops_per_token_dense(mm)
@@ -194,11 +193,9 @@ def train_client(
                     opt.zero_grad(set_to_none=True)
                     chosen = [ctx.selected[l] for l in range(L)]
                 loss_sum += float(loss.detach())
-                n_tok = 0
                 for l in range(L):
                     r = cap.layer(l)
-                    n_tok = int(r.token_mask.sum())
-                    usage_sum[l] += expert_usage(r.gate_probs, r.token_mask).double() * n_tok
+                    usage_acc[l].update(r.gate_probs, r.token_mask)
                     imp_sum[l] += score_experts(r.gate_probs, r.token_mask, settings.lam).double()
                     topk = r.topk_idx[r.token_mask]  # (T_real, k)
                     sel = torch.as_tensor(chosen[l], dtype=torch.long)
@@ -215,7 +212,6 @@ def train_client(
                 tokens_padded = int(batch["attention_mask"].numel())
                 fwd_flops += dense_flops_tok * tokens_padded
                 bwd_flops += 2.0 * dense_flops_tok * tokens_padded
-                num_tokens += n_tok
                 num_batches_done += 1
                 step += 1
                 if progress is not None:
@@ -224,7 +220,8 @@ def train_client(
         for n, p in model.named_parameters():
             p.requires_grad_(saved_flags[n])
 
-    usage = (usage_sum / max(num_tokens, 1)).float()  # (L, E) token-weighted mean over batches
+    usage = torch.stack([acc.usage() for acc in usage_acc]).float()  # (L, E) token-weighted over batches
+    num_tokens = usage_acc[0].num_tokens
     importance = (imp_sum / max(num_batches_done, 1)).float()  # (L, E)
     experts = {}
     for l, e in trained.nonzero().tolist():
