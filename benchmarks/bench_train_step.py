@@ -22,7 +22,7 @@ import torch
 
 from hfedmoe.assets.datasets import load_vader
 from hfedmoe.config import ModelConfig
-from hfedmoe.models import build_model
+from hfedmoe.federation import build_model
 from hfedmoe.moe import wrap
 
 

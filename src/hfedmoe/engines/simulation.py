@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from hfedmoe.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
+from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
-from hfedmoe.federation import FederationData, build_federation, load_run_dataset
+from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo, Method
-from hfedmoe.models import build_model
+from hfedmoe.federation.model import build_model
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 
@@ -259,7 +259,7 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     """One client holding every client's training and validation data, with the profile of the
     most memory (the centralised upper bound: no privacy, no budget)."""
     from hfedmoe.core.budgets import DEVICE_PROFILES
-    from hfedmoe.federation import ClientData
+    from hfedmoe.federation.data import ClientData
 
     profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))

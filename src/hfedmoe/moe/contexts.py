@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from hfedmoe.moe.layouts import FamilySpec
+from hfedmoe.moe.protocol import AdapterCore
 
-if TYPE_CHECKING:
-    from hfedmoe.moe.adapter import MoEModel
 
 _MODES = ("no_grad", "detach")
 
@@ -85,7 +84,7 @@ def check_subsets(
     return out
 
 
-def _sizes(adapter: MoEModel) -> dict[str, int]:
+def _sizes(adapter: AdapterCore) -> dict[str, int]:
     return {"num_layers": adapter.num_layers, "num_experts": adapter.num_experts, "top_k": adapter.top_k}
 
 
@@ -101,7 +100,7 @@ class RoutingCapture:
         Per MoE layer: ``(T, E)`` float32, ``(T, k)`` long, ``(T,)`` bool (see :class:`LayerRouting`).
     """
 
-    def __init__(self, adapter: MoEModel, attention_mask: torch.Tensor | None):
+    def __init__(self, adapter: AdapterCore, attention_mask: torch.Tensor | None):
         self._adapter = adapter
         self.attention_mask = attention_mask
         self.gate_probs: dict[int, torch.Tensor] = {}
@@ -128,7 +127,7 @@ class RoutingCapture:
 class RoutingRestriction:
     """Tokens of MoE layer l may only be routed to ``subsets[l]`` while the context is active."""
 
-    def __init__(self, adapter: MoEModel, subsets: Sequence[Sequence[int] | None]):
+    def __init__(self, adapter: AdapterCore, subsets: Sequence[Sequence[int] | None]):
         self._adapter = adapter
         self.subsets = check_subsets(subsets, "restrict_routing", min_size=True, **_sizes(adapter))
         self.allowed_masks: list[torch.Tensor | None] = []
@@ -161,7 +160,7 @@ class TrainOnly:
 
     def __init__(
         self,
-        adapter: MoEModel,
+        adapter: AdapterCore,
         subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
         mode: str,
         attention_mask: torch.Tensor | None,

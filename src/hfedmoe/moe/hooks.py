@@ -5,15 +5,13 @@ With no adapter context active they call the class's own forward (outputs unchan
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from hfedmoe.moe import layouts
+from hfedmoe.moe.protocol import AdapterCore
 
-if TYPE_CHECKING:
-    from hfedmoe.moe.adapter import MoEModel
 
 _MODES = ("no_grad", "detach")
 
@@ -78,7 +76,7 @@ def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, ro
 class _MaskGrabber:
     """Forward pre-hook of the top-level model: remembers its attention masks while a context is on."""
 
-    def __init__(self, adapter: MoEModel):
+    def __init__(self, adapter: AdapterCore):
         self.adapter = adapter
         self._signature: inspect.Signature | None = None
 

@@ -18,6 +18,25 @@ import tomli_w
 from hfedmoe.errors import HFedMoEError
 
 
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "MethodConfig",
+    "ClientsConfig",
+    "FederationConfig",
+    "RunConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "read_toml",
+    "load_config",
+    "validate",
+    "dump_config",
+    "help_rows",
+]
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})

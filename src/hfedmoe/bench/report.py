@@ -14,7 +14,7 @@ import numpy as np
 from hfedmoe.report.metrics import read_metrics
 
 if TYPE_CHECKING:
-    from hfedmoe.bench import BenchConfig
+    from hfedmoe.bench.spec import BenchConfig
 
 #: what the hyper-parameter sweep maximises: mean client validation accuracy, never test accuracy
 SWEEP_SCORE = "client_val_accuracy_mean"

@@ -63,7 +63,7 @@ def _guard(fn):
 
 
 def _run_simulation(sim: Any, rounds: int | None, quiet: bool) -> None:
-    from hfedmoe.cli_progress import RunProgress
+    from hfedmoe.cli.progress import RunProgress
 
     with RunProgress(console, quiet=quiet) as progress:
         sim.on_event = progress.on_event

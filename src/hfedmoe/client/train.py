@@ -20,7 +20,7 @@ from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.core.importance import score_experts
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
-from hfedmoe.parts import dense_names_for
+from hfedmoe.client.parts import dense_names_for
 
 log = logging.getLogger(__name__)
 

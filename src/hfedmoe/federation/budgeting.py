@@ -24,7 +24,7 @@ from hfedmoe.core.budgets import DEVICE_PROFILES, GIB, BudgetError, CostModel, D
 from hfedmoe.core.budgets import transfer_seconds as _transfer_seconds
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.moe import MoEModel
-from hfedmoe.parts import dense_names_for
+from hfedmoe.client.parts import dense_names_for
 
 
 @dataclass

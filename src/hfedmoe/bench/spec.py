@@ -31,25 +31,19 @@ one resumes from its last checkpoint, so a crash loses at most the run in progre
 budgets and profiles depend only on the run config and seed, never on the method.
 """
 
+
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-import math
-import os
-import time
-import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-from hfedmoe.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_toml, validate
+from hfedmoe.config import RunConfig, apply_overrides, config_from_dict, read_toml, validate
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.report.bench_report import SWEEP_SCORE, run_stats, write_bench_report
-from hfedmoe.report.run_report import summarize
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +193,12 @@ def run_config(bench: BenchConfig, dataset: Dataset, method: str, seed: int,
 
 def sweep_config(bench: BenchConfig, dataset: Dataset, method: str, trial: dict[str, Any]) -> RunConfig:
     assert bench.sweep is not None
-    sets = bench.overrides + dataset.overrides + bench.sweep.overrides + _trial_sets(trial) + [
+    sets = bench.overrides + dataset.overrides + bench.sweep.overrides + trial_sets(trial) + [
         f"method.name={method}", f"seed={bench.sweep.seed}"]
     return _build(bench.base, sets, f"sweep {dataset.name}/{method}/{trial_id(trial)}")
 
 
-def _trial_sets(trial: dict[str, Any]) -> list[str]:
+def trial_sets(trial: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in trial.items()]
 
 
@@ -212,129 +206,3 @@ def trial_id(trial: dict[str, Any]) -> str:
     return "_".join(f"{k.split('.')[-1]}{v}" for k, v in trial.items()) or "default"
 
 
-# --- one run ------------------------------------------------------------------------------
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def run_once(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    """Run (or resume, or skip when finished) one simulation in ``out``; (summary, was_skipped)."""
-    from hfedmoe.config import dump_config
-    from hfedmoe.engines.simulation import Simulation
-
-    done = out / "summary.json"
-    cfg_path = out / "config.toml"
-    if cfg_path.is_file():
-        previous = tomllib.loads(cfg_path.read_text())
-        if previous != tomllib.loads(_dumps(cfg)):
-            raise HFedMoEError(f"{out}: holds a run with a different config (delete it to rerun)")
-    if done.is_file():
-        return json.loads(done.read_text()), True
-    out.mkdir(parents=True, exist_ok=True)
-    sim = Simulation(cfg, out)
-    start = sim.restore()
-    if start:
-        log.info("%s: resuming from round %d", out, start)
-    dump_config(cfg, cfg_path)
-    rows = sim.run()
-    summary = {
-        **summarize(rows),
-        "dataset": sim.fed.dataset.name,
-        "model": sim.model_description,
-        "majority_rate": sim.fed.majority_rate(),
-        "clients": [{"profile": c.profile, "budget": b.budget, "fits_full": b.fits_full,
-                     "num_train": int(len(c.train_idx))} for c, b in zip(sim.fed.clients, sim.budgets)],
-    }
-    _atomic_json(done, summary)
-    return summary, False
-
-
-def _dumps(cfg: RunConfig) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(config_to_dict(cfg))
-
-
-# --- the whole bench -----------------------------------------------------------------------
-
-Event = dict[str, Any]
-
-
-def run_bench(bench: BenchConfig, out: Path, on_event: Callable[[Event], None] | None = None) -> Path:
-    """Sweep (if configured), then every dataset x method x seed; then the report. Returns report.md."""
-    import torch
-
-    emit = on_event or (lambda e: None)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    # On shared cores, intra-op threads fight other processes: 1 thread ran a MiniLM-MoE
-    # evaluation 17x faster than 2 next to one busy neighbour. Runs are sequential anyway.
-    torch.set_num_threads(bench.threads)
-    try:
-        return _run_all(bench, out, emit, t0)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_all(bench: BenchConfig, out: Path, emit: Callable[[Event], None], t0: float) -> Path:
-    sweeps: dict[str, dict[str, Any]] = {}
-    for d in bench.datasets:
-        tuned_sets: dict[str, list[str]] = {}
-        if bench.sweep is not None:
-            sweeps[d.name] = _run_sweep(bench, d, out, emit)
-            for m, best in sweeps[d.name]["best"].items():
-                tuned_sets[m] = _trial_sets(best)
-        for m in bench.methods:
-            for s in bench.seeds:
-                cfg = run_config(bench, d, m, s, tuned_sets.get(_tuned_as(m, tuned_sets)))
-                run_dir = out / "runs" / d.name / m / f"seed{s}"
-                emit({"kind": "run_start", "dataset": d.name, "method": m, "seed": s})
-                t = time.perf_counter()
-                summary, skipped = run_once(cfg, run_dir)
-                emit({"kind": "run_end", "dataset": d.name, "method": m, "seed": s, "skipped": skipped,
-                      "seconds": time.perf_counter() - t, "final_test_accuracy": summary["final_test_accuracy"]})
-    _atomic_json(out / "sweep.json", sweeps)
-    path = write_bench_report(bench, out, sweeps)
-    log.info("bench finished in %.0f s", time.perf_counter() - t0)
-    return path
-
-
-def _tuned_as(method: str, tuned: dict[str, list[str]]) -> str:
-    """Which swept method's best values ``method`` uses: itself, else its family (hfedmoe-x -> hfedmoe)."""
-    if method in tuned:
-        return method
-    family = method.split("-")[0]
-    return family if family in tuned else method
-
-
-def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event], None]) -> dict[str, Any]:
-    assert bench.sweep is not None
-    trials_out: list[dict[str, Any]] = []
-    best: dict[str, dict[str, Any]] = {}
-    for m in bench.sweep.methods:
-        best_score = -math.inf
-        for trial in bench.sweep.trials():
-            tid = trial_id(trial)
-            emit({"kind": "run_start", "dataset": d.name, "method": m, "seed": f"sweep {tid}"})
-            t = time.perf_counter()
-            summary, skipped = run_once(sweep_config(bench, d, m, trial), out / "sweep" / d.name / m / tid)
-            score = summary.get(f"final_{SWEEP_SCORE}")
-            emit({"kind": "run_end", "dataset": d.name, "method": m, "seed": f"sweep {tid}", "skipped": skipped,
-                  "seconds": time.perf_counter() - t, "final_test_accuracy": None})
-            trials_out.append({"method": m, "trial": trial, "val_accuracy": score})
-            if score is not None and score > best_score:  # ties: the first trial in grid order
-                best_score, best[m] = score, trial
-    return {"trials": trials_out, "best": best, "score": SWEEP_SCORE}
-
-
-# --- report -------------------------------------------------------------------------------
-
-
-
-__all__ = ["BenchConfig", "load_bench_config", "run_bench", "run_once", "run_stats", "write_bench_report"]
