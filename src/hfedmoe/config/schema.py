@@ -127,7 +127,7 @@ class FederationConfig:
     clients_per_round: float = _f(1.0, "fraction (<= 1) or count (> 1) of clients sampled per round")
     eval_every: int = _f(1, "evaluate the global model on the test set every N rounds")
     checkpoint_every: int = _f(1, "write a checkpoint every N rounds (the last round always)")
-    keep_checkpoints: int = _f(0, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
+    keep_checkpoints: int = _f(2, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
 
 
 @dataclass

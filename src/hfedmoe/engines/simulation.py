@@ -22,7 +22,7 @@ from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
-from hfedmoe.methods.base import ClientInfo, Method
+from hfedmoe.methods.base import Aggregation, ClientInfo, Method
 from hfedmoe.federation.model import build_model
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
@@ -41,7 +41,28 @@ def derive_seed(*parts: int) -> int:
 class RoundResult:
     round: int
     row: dict[str, Any]
+    #: Not filled by the engine: updates are folded into the aggregation as they arrive and
+    #: dropped (the server holds O(1) updates). Kept for callers that build results themselves.
     updates: list[ClientUpdate] = field(default_factory=list)
+
+
+@dataclass
+class ClientSummary:
+    """What the round's metrics row needs from one update, kept after the update is dropped."""
+
+    client_id: int
+    train_loss: float
+    upload_bytes: int
+    backward_flops: float
+    selected_counts: list
+    trained: list
+    usage: list
+
+    @classmethod
+    def of(cls, upd: ClientUpdate) -> ClientSummary:
+        return cls(upd.client_id, float(upd.metrics["train_loss"]), int(upd.upload_bytes()),
+                   float(upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
+                   upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()])
 
 
 class Simulation:
@@ -158,7 +179,7 @@ class Simulation:
         global_state = {k: v.detach().clone() for k, v in mm.model.state_dict().items()}
         full_down = download_bytes(mm)
         down_total = 0
-        updates: list[ClientUpdate] = []
+        summaries: list[ClientSummary] = []
         failed: list[int] = []
         dropped: list[int] = []
         client_times: dict[int, float] = {}
@@ -176,6 +197,7 @@ class Simulation:
                 continue
             training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
         self.method.begin_round(mm, training, round_idx)
+        aggregation = self.method.start_aggregation(mm, round_idx)
         for cinfo in training:
             cid = cinfo.client_id
             info = self.budgets[cid]
@@ -192,30 +214,30 @@ class Simulation:
             )
             compute_s = (upd.metrics["forward_flops"] + upd.metrics["backward_flops"]) / info.flops_per_s
             client_times[cid] = compute_s + transfer_seconds(info, upd.upload_bytes(), down)
-            updates.append(upd)
+            summaries.append(ClientSummary.of(upd))
+            self.receive(aggregation, upd)
+            del upd  # the server keeps only the running sums
         mm.model.load_state_dict(global_state)
         del global_state
-        agg_metrics = self.method.aggregate(mm, updates, round_idx) if updates else {}
+        agg_metrics = aggregation.finish() if summaries else {}
         round_sim = max(client_times.values()) if client_times else 0.0
         self.sim_time_s += round_sim
         row: dict[str, Any] = {
             "round": round_idx,
             "method": self.method.name,
-            "train_loss": float(np.mean([u.metrics["train_loss"] for u in updates])) if updates else None,
+            "train_loss": float(np.mean([u.train_loss for u in summaries])) if summaries else None,
             "sim_time_s": self.sim_time_s,
             "round_sim_time_s": round_sim,
-            "upload_bytes": int(sum(u.upload_bytes() for u in updates)),
+            "upload_bytes": int(sum(u.upload_bytes for u in summaries)),
             "download_bytes": int(down_total),
             "failed_clients": failed,
             "dropped_clients": dropped,
             "sampled_clients": sampled,
-            "backward_flops_per_client": float(np.mean([u.metrics["backward_flops"] for u in updates])) if updates else 0.0,
-            "client_selected_experts": {
-                str(u.client_id): u.selected_counts.tolist() for u in updates
-            },
-            "client_trained": {str(u.client_id): u.trained.int().tolist() for u in updates},
-            "client_usage": {str(u.client_id): [[round(x, 5) for x in r] for r in u.usage.tolist()] for u in updates},
-            "client_train_loss": {str(u.client_id): u.metrics["train_loss"] for u in updates},
+            "backward_flops_per_client": float(np.mean([u.backward_flops for u in summaries])) if summaries else 0.0,
+            "client_selected_experts": {str(u.client_id): u.selected_counts for u in summaries},
+            "client_trained": {str(u.client_id): u.trained for u in summaries},
+            "client_usage": {str(u.client_id): u.usage for u in summaries},
+            "client_train_loss": {str(u.client_id): u.train_loss for u in summaries},
             **agg_metrics,
         }
         if round_idx % cfg.federation.eval_every == 0 or round_idx == cfg.federation.rounds:
@@ -224,7 +246,12 @@ class Simulation:
             row.update({"test_accuracy": None, "test_loss": None})
         self.wall_time_s += time.perf_counter() - t0
         row["wall_time_s"] = self.wall_time_s
-        return RoundResult(round_idx, row, updates)
+        return RoundResult(round_idx, row)
+
+    def receive(self, aggregation: Aggregation, update: ClientUpdate) -> None:
+        """The one place where the server receives a client's update: it is folded into the
+        round's running sums here (checks on incoming updates belong here, before ``add``)."""
+        aggregation.add(update)
 
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
         """Run (or continue) up to ``rounds`` rounds; returns all metric rows."""

@@ -8,11 +8,8 @@ import numpy as np
 import torch
 
 from hfedmoe.client import ClientUpdate
-from hfedmoe.methods.base import (
-    aggregate_dense_fedavg,
-    aggregate_experts_sparse,
-    aggregate_routers_fedavg,
-)
+from hfedmoe.methods.aggregation import DenseByData, Part, RoutersByData, SparseExperts
+from hfedmoe.methods.base import run_parts
 from hfedmoe.moe import MoEModel
 
 
@@ -31,13 +28,19 @@ def expert_bytes(mm: MoEModel) -> int:
     return int(sum(t.numel() * t.element_size() for t in mm.get_expert(0, 0).values()))
 
 
+def fedavg_trained_parts(mm: MoEModel, *, routers: bool = True) -> list[Part]:
+    """Streaming parts of :func:`fedavg_trained`."""
+    parts: list[Part] = [SparseExperts(mm, tau=0.0, usage_gate=False)]
+    if routers:
+        parts.append(RoutersByData(mm))
+    parts.append(DenseByData(mm))
+    return parts
+
+
 def fedavg_trained(mm: MoEModel, updates: Sequence[ClientUpdate], *, routers: bool = True) -> None:
     """FedAvg of each expert over the clients that trained it (experts nobody trained keep their
     value), of the routers over the senders (unless ``routers`` is False) and of the dense part."""
-    aggregate_experts_sparse(mm, updates, tau=0.0, usage_gate=False)
-    if routers:
-        aggregate_routers_fedavg(mm, updates)
-    aggregate_dense_fedavg(mm, updates)
+    run_parts(mm, updates, fedavg_trained_parts(mm, routers=routers))
 
 
 def scores_to_state(scores: dict[int, torch.Tensor]) -> dict[str, list]:

@@ -1,9 +1,12 @@
 """The method interface: what a client trains (a plan) and how the server aggregates.
 
 A method is a small class over the shared core functions. The engine calls, per round:
-``plan(...)`` for each sampled client, ``aggregate(...)`` once with all updates (the model then
-holds the global weights and the method writes the new ones into it), and ``state_dict()`` when
-it checkpoints.
+``plan(...)`` for each sampled client, ``start_aggregation(...)`` once, ``add(update)`` on the
+returned :class:`~hfedmoe.methods.aggregation.Aggregation` as each client's update arrives (the
+update can be dropped right after: the server holds O(1) updates), ``finish()`` once the model
+holds the global weights again (the method writes the new ones into it), and ``state_dict()``
+when it checkpoints. ``aggregate(mm, updates, r)`` is the same in one call (start, add each,
+finish), for callers that already hold every update.
 """
 
 from __future__ import annotations
@@ -15,8 +18,17 @@ from typing import Any
 import torch
 
 from hfedmoe.client import ClientUpdate, TrainPlan
-from hfedmoe.core.aggregation import aggregate_experts, fedavg
 from hfedmoe.core.selection import routed_experts
+from hfedmoe.methods.aggregation import (
+    Aggregation,
+    BufferedAggregation,
+    DenseByData,
+    Part,
+    Parts,
+    RoutersByData,
+    SparseExperts,
+    UniformExperts,
+)
 from hfedmoe.moe import MoEModel
 
 
@@ -31,7 +43,8 @@ class ClientInfo:
 
 
 class Method:
-    """Base class. Subclasses set ``name`` and override ``plan`` and/or ``aggregate``."""
+    """Base class. Subclasses set ``name`` and override ``plan`` and ``start_aggregation`` (streaming)
+    or, for a method not converted yet, ``aggregate`` (then the updates are buffered)."""
 
     name = "base"
     #: False for methods that train the whole model whatever the device (FedAvg): a client whose
@@ -60,8 +73,18 @@ class Method:
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         raise NotImplementedError
 
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        """A fresh streaming aggregation for round ``round_idx`` (see the module docstring)."""
+        if type(self).aggregate is not Method.aggregate:  # a stacked-only method: buffer its updates
+            return BufferedAggregation(lambda updates: self.aggregate(mm, updates, round_idx))
+        raise NotImplementedError(f"{type(self).__name__}: implement start_aggregation or aggregate")
+
     def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        raise NotImplementedError
+        """Aggregate a list of updates in one call: ``start_aggregation``, ``add`` each, ``finish``."""
+        agg = self.start_aggregation(mm, round_idx)
+        for u in updates:
+            agg.add(u)
+        return agg.finish()
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able method state for checkpoints (empty for stateless methods)."""
@@ -94,6 +117,14 @@ def stack_client_experts(
     return glob, clients
 
 
+def run_parts(mm: MoEModel, updates: Sequence[ClientUpdate], parts: Sequence[Part]) -> dict[str, float]:
+    """Aggregate ``updates`` through streaming ``parts`` in one call (the model holds the global weights)."""
+    agg = Parts(mm, parts)
+    for u in updates:
+        agg.add(u)
+    return agg.finish()
+
+
 def aggregate_experts_sparse(
     mm: MoEModel,
     updates: Sequence[ClientUpdate],
@@ -102,57 +133,23 @@ def aggregate_experts_sparse(
     usage_gate: bool = True,
 ) -> None:
     """Eq. 17 for every layer: each expert from the clients that trained it (and used it >= tau)."""
-    n = num_examples_of(updates)
-    for layer in range(mm.num_layers):
-        glob, clients = stack_client_experts(mm, layer, updates)
-        trained = torch.stack([u.trained[layer] for u in updates])  # (C, E)
-        usage = torch.stack([u.usage[layer] for u in updates]).to(torch.float64)  # (C, E)
-        if not usage_gate:
-            usage = torch.ones_like(usage)
-        new = {
-            name: aggregate_experts(glob[name], clients[name], usage.to(glob[name].dtype),
-                                    trained, n.to(glob[name].dtype), tau)
-            for name in glob
-        }
-        mm.set_experts(layer, new)
+    run_parts(mm, updates, [SparseExperts(mm, tau=tau, usage_gate=usage_gate)])
 
 
 def aggregate_experts_uniform(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
     """Plain FedAvg of whole expert tensors over all clients (the "avg" ablation): every client's
     copy counts, trained or not."""
-    n = num_examples_of(updates)
-    for layer in range(mm.num_layers):
-        _, clients = stack_client_experts(mm, layer, updates)
-        mm.set_experts(layer, {k: fedavg(v, n.to(v.dtype)) for k, v in clients.items()})
+    run_parts(mm, updates, [UniformExperts(mm)])
 
 
 def aggregate_routers_fedavg(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
     """Routers averaged by data size over the clients that sent one."""
-    senders = [u for u in updates if u.routers]
-    if not senders:
-        return
-    n = num_examples_of(senders)
-    for layer in range(mm.num_layers):
-        state = mm.router_state(layer)
-        new = {}
-        for name, g in state.items():
-            if all(name in u.routers[layer] for u in senders):
-                new[name] = fedavg(torch.stack([u.routers[layer][name] for u in senders]), n.to(g.dtype))
-            else:
-                new[name] = g
-        mm.set_router_state(layer, new)
+    run_parts(mm, updates, [RoutersByData(mm)])
 
 
 def aggregate_dense_fedavg(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
     """Every dense tensor averaged by data size over the clients that trained it."""
-    params = mm.dense_named_parameters()
-    names = sorted({k for u in updates for k in u.dense})
-    with torch.no_grad():
-        for name in names:
-            senders = [u for u in updates if name in u.dense]
-            n = num_examples_of(senders)
-            stacked = torch.stack([u.dense[name] for u in senders])
-            params[name].copy_(fedavg(stacked, n.to(stacked.dtype)))
+    run_parts(mm, updates, [DenseByData(mm)])
 
 
 def routed_mask(routing: Any, num_experts: int) -> torch.Tensor:

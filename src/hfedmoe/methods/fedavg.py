@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from hfedmoe.client import ClientUpdate, TrainPlan
-from hfedmoe.methods._common import fedavg_trained
+from hfedmoe.client import TrainPlan
+from hfedmoe.methods._common import fedavg_trained_parts
+from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, all_experts
 from hfedmoe.moe import MoEModel
 
@@ -27,9 +26,8 @@ class FedAvg(Method):
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         return TrainPlan(static_subsets=all_experts(mm))
 
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        fedavg_trained(mm, updates)
-        return {}
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        return Parts(mm, fedavg_trained_parts(mm))
 
 
 class FedAvgDrop(FedAvg):

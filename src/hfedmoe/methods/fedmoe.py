@@ -31,13 +31,8 @@ from hfedmoe.client import ClientUpdate, TrainPlan
 from hfedmoe.core.aggregation import aggregate_trained
 from hfedmoe.core.selection import select_experts
 from hfedmoe.methods._common import expert_bytes, per_layer_budget, scores_from_state, scores_to_state, seed_of
-from hfedmoe.methods.base import (
-    ClientInfo,
-    Method,
-    aggregate_dense_fedavg,
-    aggregate_experts_sparse,
-    num_examples_of,
-)
+from hfedmoe.methods.aggregation import Aggregation, DenseByData, Parts, RouterRowsByHolders, SparseExperts
+from hfedmoe.methods.base import ClientInfo, Method, num_examples_of
 from hfedmoe.moe import MoEModel
 
 
@@ -72,7 +67,17 @@ class SubMoEPlanner:
 
     def remember(self, updates: Sequence[ClientUpdate], key: str) -> None:
         for u in updates:
-            self.client_scores[u.client_id] = getattr(u, key).detach().float().clone()
+            self.client_scores[u.client_id] = getattr(u, key).detach().float().cpu().clone()
+
+    def remember_streaming(self, key: str):
+        """(on_add, on_finish) for :class:`~hfedmoe.methods.aggregation.Parts`: each update's ``key``
+        statistics (L, E) are collected as it arrives and remembered once the round is aggregated."""
+        seen: dict[int, torch.Tensor] = {}
+
+        def on_add(u: ClientUpdate) -> None:
+            seen[u.client_id] = getattr(u, key).detach().float().cpu().clone()
+
+        return on_add, lambda: self.client_scores.update(seen)
 
     def held_download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
         held = self.round_held.get(client.client_id)
@@ -138,12 +143,10 @@ class FedMoE(SubMoEPlanner, Method):
     def download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
         return self.held_download_bytes(mm, client, full_bytes)
 
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        aggregate_experts_sparse(mm, updates, tau=0.0, usage_gate=False)
-        aggregate_router_rows(mm, updates, self.round_held)
-        aggregate_dense_fedavg(mm, updates)
-        self.remember(updates, "usage")
-        return {}
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        on_add, on_finish = self.remember_streaming("usage")
+        parts = [SparseExperts(mm, tau=0.0, usage_gate=False), RouterRowsByHolders(mm, self.round_held), DenseByData(mm)]
+        return Parts(mm, parts, on_add=on_add, on_finish=on_finish)
 
     def state_dict(self) -> dict[str, Any]:
         return self.submoe_state()

@@ -30,7 +30,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hfedmoe.client import ClientUpdate, TrainPlan
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.methods._common import fedavg_trained, per_layer_budget, scores_from_state, scores_to_state, seed_of
+from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget, scores_from_state, scores_to_state, seed_of
+from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.moe import MoEModel
 
@@ -103,11 +104,14 @@ class FlexMoE(Method):
             self.begin_round(mm, [client], round_idx)
         return TrainPlan(static_subsets=self.assigned[client.client_id])
 
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        fedavg_trained(mm, updates, routers=False)
-        for u in updates:
-            self.client_usage[u.client_id] = u.usage.detach().float().clone()
-        return {}
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        seen: dict[int, torch.Tensor] = {}  # cid -> (L, E) usage, remembered once the round is aggregated
+
+        def on_add(u: ClientUpdate) -> None:
+            seen[u.client_id] = u.usage.detach().float().cpu().clone()
+
+        return Parts(mm, fedavg_trained_parts(mm, routers=False), on_add=on_add,
+                     on_finish=lambda: self.client_usage.update(seen))
 
     def state_dict(self) -> dict[str, Any]:
         return {"client_usage": scores_to_state(self.client_usage)}

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-from hfedmoe.client import ClientUpdate, TrainPlan
+from hfedmoe.client import TrainPlan
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained, per_layer_budget, seed_of
+from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget, seed_of
+from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.moe import MoEModel
 
@@ -39,9 +40,8 @@ class FluxFreq(Method):
 
         return TrainPlan(selector=selector)
 
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        fedavg_trained(mm, updates)
-        return {}
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        return Parts(mm, fedavg_trained_parts(mm))
 
 
 class RandomExperts(FluxFreq):

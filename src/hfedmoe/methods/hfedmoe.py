@@ -7,19 +7,20 @@ from collections.abc import Sequence
 
 import torch
 
-from hfedmoe.client import ClientUpdate, TrainPlan
-from hfedmoe.core.aggregation import aggregate_routers, routing_consistency
+from hfedmoe.client import TrainPlan
 from hfedmoe.core.importance import ib_scores
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods.base import (
-    ClientInfo,
-    Method,
-    aggregate_dense_fedavg,
-    aggregate_experts_sparse,
-    aggregate_experts_uniform,
-    aggregate_routers_fedavg,
-    routed_mask,
+from hfedmoe.methods.aggregation import (
+    Aggregation,
+    DenseByData,
+    Part,
+    Parts,
+    RoutersByData,
+    RoutersByImportance,
+    SparseExperts,
+    UniformExperts,
 )
+from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.moe import MoEModel
 
 
@@ -71,35 +72,15 @@ class HFedMoE(Method):
         return TrainPlan(batch_subsets=batch_subsets)
 
     # --- server side ---------------------------------------------------------------------
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        if self.expert_aggregation == "sparse":
-            aggregate_experts_sparse(mm, updates, tau=self.tau)
+    def aggregation_parts(self, mm: MoEModel) -> list[Part]:
+        """Experts (Eq. 17, or plain FedAvg for the "avg" ablation), routers (Eqs. 18-21, or by
+        data size for "uniform" gate weights), dense part by data size: all streaming."""
+        experts = SparseExperts(mm, tau=self.tau) if self.expert_aggregation == "sparse" else UniformExperts(mm)
+        if self.gate_weights == "uniform":
+            routers: Part = RoutersByData(mm)
         else:
-            aggregate_experts_uniform(mm, updates)
-        metrics: dict[str, float] = {}
-        senders = [u for u in updates if u.routers]
-        if senders and self.gate_weights == "uniform":
-            aggregate_routers_fedavg(mm, senders)
-        elif senders:
-            consistency = []
-            for layer in range(mm.num_layers):
-                usage = torch.stack([u.usage[layer] for u in senders])  # (C, E)
-                importance = torch.stack([u.importance[layer] for u in senders])  # (C, E)
-                state = mm.router_state(layer)
-                weight = state["weight"]
-                clients = torch.stack([u.routers[layer]["weight"] for u in senders])  # (C, E, H)
-                new_w, alpha = aggregate_routers(
-                    weight, clients, usage.to(weight.dtype), importance.to(weight.dtype), self.tau,
-                    normalize=self.gate_weights == "normalized",
-                )
-                state["weight"] = new_w
-                for name in state:  # router bias and the like follow the same client weights
-                    if name != "weight" and alpha.sum() > 0:
-                        stacked = torch.stack([u.routers[layer][name] for u in senders])
-                        a = alpha.to(stacked.dtype) / (alpha.sum() if self.gate_weights == "normalized" else 1)
-                        state[name] = torch.einsum("c,c...->...", a, stacked)
-                mm.set_router_state(layer, state)
-                consistency.append(routing_consistency(usage, self.tau).mean())
-            metrics["routing_consistency"] = float(torch.stack(consistency).mean())
-        aggregate_dense_fedavg(mm, updates)
-        return metrics
+            routers = RoutersByImportance(mm, tau=self.tau, normalize=self.gate_weights == "normalized")
+        return [experts, routers, DenseByData(mm)]
+
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        return Parts(mm, self.aggregation_parts(mm))

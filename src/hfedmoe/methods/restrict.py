@@ -8,10 +8,10 @@ experts per layer (routing needs ``top_k``). Round 1 / unseen clients: a seeded 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from hfedmoe.client import ClientUpdate, TrainPlan
+from hfedmoe.client import TrainPlan
+from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo
 from hfedmoe.methods.fedmoe import SubMoEPlanner
 from hfedmoe.methods.hfedmoe import HFedMoE
@@ -34,10 +34,9 @@ class HFedMoERestrict(SubMoEPlanner, HFedMoE):
     def download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
         return self.held_download_bytes(mm, client, full_bytes)
 
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        metrics = HFedMoE.aggregate(self, mm, updates, round_idx)
-        self.remember(updates, "importance")
-        return metrics
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        on_add, on_finish = self.remember_streaming("importance")
+        return Parts(mm, self.aggregation_parts(mm), on_add=on_add, on_finish=on_finish)
 
     def state_dict(self) -> dict[str, Any]:
         return self.submoe_state()

@@ -1,0 +1,222 @@
+"""Streaming forms of the aggregation equations: fold one client at a time into running sums.
+
+The stacked functions of :mod:`hfedmoe.core.aggregation` take every client at once as
+``(C, E, *P)`` tensors, so a server using them holds every update of the round. The
+accumulators here hold one running sum per tensor instead, so the server's memory does not grow
+with the number of clients, and give the same results (up to float rounding; the sums are kept
+in float64, so one client alone is reproduced bit for bit):
+
+* FedAvg: ``sum_c n_c x_c / sum_c n_c``: both sums are known client by client.
+* Eq. 17 (experts): ``w_c(e) = n_c q_c(e) / sum_j n_j q_j(e)``: the normaliser is a per-expert
+  sum of per-client terms, so ``sum_c n_c q_c(e) x_c(e)`` and ``sum_c n_c q_c(e)`` are kept per
+  expert and divided at the end.
+* Eqs. 18-21 (routers): ``alpha(c) = a_c / |S_global|`` with ``a_c = sum_{e in S_c} p_c(e)``
+  known per client. Normalised, ``|S_global|`` cancels: ``sum_c a_c G_c / sum_c a_c``.
+  Paper-literal, it is needed only at the end: ``S_global`` is kept as the union of the ``S_c``
+  seen so far, and ``sum_c a_c G_c / |S_global|`` is formed when the round is finished.
+
+Accumulators never mutate their inputs; results are new tensors in the dtype of the reference
+(global) tensors. Shapes: E experts of one layer, P any trailing parameter shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hfedmoe.core import _checks
+
+ACC_DTYPE = torch.float64  # running sums: exact for integer weights x float32 values of one client
+
+
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(ACC_DTYPE)
+
+
+class WeightedMean:
+    """``sum_c w_c x_c / sum_c w_c`` per tensor name, one client at a time (FedAvg).
+
+    Each name has its own weight total and count, so names some clients do not send (a dense
+    tensor only some clients trained) are averaged over the clients that sent them.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}  # name -> (*P) float64
+        self._weights: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        """Fold in one client's ``tensors`` with weight ``weight`` (>= 0, e.g. ``|D_c|``)."""
+        weight = _checks.real_number("weight", weight, 0.0)
+        for name, x in tensors.items():
+            x = _checks.float_tensor(name, x, None) if x.dim() else x
+            if name not in self._sums:
+                self._sums[name] = torch.zeros(x.shape, dtype=ACC_DTYPE, device=x.device)
+                self._weights[name], self._counts[name] = 0.0, 0
+            elif tuple(self._sums[name].shape) != tuple(x.shape):
+                raise ValueError(f"{name}: expected shape {_checks.shape_str(self._sums[name].shape)} "
+                                 f"as in earlier clients, got {_checks.shape_str(x.shape)}")
+            self._sums[name].add_(_acc(x), alpha=weight)
+            self._weights[name] += weight
+            self._counts[name] += 1
+
+    def names(self) -> list[str]:
+        return sorted(self._sums)
+
+    def count(self, name: str) -> int:
+        """Clients that sent ``name``."""
+        return self._counts.get(name, 0)
+
+    def weight(self, name: str) -> float:
+        return self._weights.get(name, 0.0)
+
+    def mean(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The weighted mean of ``name`` in ``dtype``; a ValueError when its weights sum to 0."""
+        total = self._weights.get(name, 0.0)
+        if total <= 0.0:
+            raise ValueError(f"num_examples: expected a positive total for {name}, got {total}")
+        return (self._sums[name] / total).to(dtype)
+
+
+class PerExpertMean:
+    """Per-expert (per-row) weighted means of one layer: Eq. 17 in one pass.
+
+    ``sums[name][e] = sum_c m_c(e) x_c(e)`` and ``mass[e] = sum_c m_c(e)`` with the per-client
+    masses ``m_c(e)`` (``|D_c| q_c(e)`` for Eq. 17). Every add must carry the same tensor names.
+    """
+
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = _checks.positive_int("num_experts", num_experts)
+        self._sums: dict[str, torch.Tensor] = {}  # name -> (E, *P) float64
+        self._names: tuple[str, ...] | None = None
+        self.mass = torch.zeros(self.num_experts, dtype=ACC_DTYPE)  # (E,)
+
+    def _check_names(self, tensors: dict[str, torch.Tensor]) -> None:
+        names = tuple(sorted(tensors))
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"tensors: expected names {list(self._names)} as in earlier clients, got {list(names)}")
+
+    def _sum(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        if name not in self._sums:
+            self._sums[name] = torch.zeros((self.num_experts, *shape), dtype=ACC_DTYPE, device=device)
+            self.mass = self.mass.to(device)
+        elif tuple(self._sums[name].shape[1:]) != tuple(shape):
+            raise ValueError(f"{name}: expected shape {_checks.shape_str(self._sums[name].shape[1:])} per expert "
+                             f"as in earlier clients, got {_checks.shape_str(shape)}")
+        return self._sums[name]
+
+    def add_expert(self, expert_idx: int, tensors: dict[str, torch.Tensor], mass: float) -> None:
+        """Fold in one client's copy of expert ``expert_idx`` (``{name: (*P)}``) with ``mass``."""
+        if not 0 <= int(expert_idx) < self.num_experts:
+            raise ValueError(f"expert_idx: expected an integer in [0, {self.num_experts}), got {expert_idx}")
+        mass = _checks.real_number("mass", mass, 0.0)
+        if mass == 0.0:
+            return
+        self._check_names(tensors)
+        for name, x in tensors.items():
+            self._sum(name, tuple(x.shape), x.device)[expert_idx].add_(_acc(x), alpha=mass)
+        self.mass[expert_idx] += mass
+
+    def add_rows(self, tensors: dict[str, torch.Tensor], masses: torch.Tensor) -> None:
+        """Fold in one client's ``{name: (E, *P)}`` with a mass per row ``masses`` (E,)."""
+        masses = _checks.float_tensor("masses", masses, 1, "(E,)")
+        _checks.check_dim("masses", masses, 0, self.num_experts, "(E,)", f"E={self.num_experts}")
+        _checks.check_finite_nonnegative("masses", masses)
+        self._check_names(tensors)
+        for name, x in tensors.items():
+            _checks.check_dim(name, x, 0, self.num_experts, "(E, ...)", f"E={self.num_experts}")
+            acc = self._sum(name, tuple(x.shape[1:]), x.device)
+            m = masses.to(device=acc.device, dtype=ACC_DTYPE).view((-1,) + (1,) * (x.dim() - 1))  # (E, 1...)
+            acc.add_(_acc(x) * m)
+        self.mass += masses.to(device=self.mass.device, dtype=ACC_DTYPE)
+
+    def mean(self, global_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per row: ``sums / mass`` where some client had mass, ``global_tensors`` bit for bit elsewhere."""
+        qualified = self.mass > 0  # (E,)
+        safe = torch.where(qualified, self.mass, torch.ones_like(self.mass))  # (E,)
+        out = {}
+        for name, g in global_tensors.items():
+            if name not in self._sums:
+                out[name] = g.clone()
+                continue
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            averaged = (self._sums[name] / safe.view(shape)).to(device=g.device, dtype=g.dtype)  # (E, *P)
+            out[name] = torch.where(qualified.to(g.device).view(shape), averaged, g)
+        return out
+
+    def mean_with_rest(self, global_tensors: dict[str, torch.Tensor], total_mass: float) -> dict[str, torch.Tensor]:
+        """``(sums + (total_mass - mass) * global) / total_mass`` per row: clients that did not
+        send a row count with the global value (the "avg" ablation: plain FedAvg over everyone)."""
+        total_mass = _checks.real_number("total_mass", total_mass, 0.0)
+        if total_mass <= 0.0:
+            raise ValueError(f"num_examples: expected a positive total, got {total_mass}")
+        out = {}
+        for name, g in global_tensors.items():
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            rest = (total_mass - self.mass.to(g.device)).clamp_min(0.0).view(shape)  # (E, 1...)
+            acc = self._sums[name] if name in self._sums else torch.zeros(g.shape, dtype=ACC_DTYPE, device=g.device)
+            out[name] = ((acc + rest * _acc(g)) / total_mass).to(g.dtype)
+        return out
+
+
+class RouterMean:
+    """Eqs. 18-21 for one layer in one pass: ``G = sum_c alpha(c) G_c``.
+
+    ``add`` takes one client's usage ``u_c`` (E,), importance ``s^c`` (E,) and router tensors; it
+    forms ``a_c = sum_{e in S_c} u_c(e) s^c(e)`` (``S_c = {e : u_c(e) >= tau}``), adds
+    ``a_c G_c`` and ``a_c`` to running sums and ``S_c`` to the union ``S_global``.
+    ``result(normalize=True)`` divides by ``sum_c a_c`` (``|S_global|`` cancels); ``False`` (the
+    paper-literal form) divides by ``|S_global|``, known only now. When ``S_global`` is empty or
+    every ``a_c`` is 0 the global router is returned unchanged (as :func:`aggregate_routers`).
+    """
+
+    def __init__(self, num_experts: int, tau: float) -> None:
+        self.num_experts = _checks.positive_int("num_experts", num_experts)
+        self.tau = _checks.real_number("tau", tau, 0.0, 1.0)
+        self.union = torch.zeros(self.num_experts, dtype=torch.bool)  # (E,) S_global so far
+        self.alpha_sum = 0.0  # sum_c a_c
+        self.num_clients = 0
+        self.selected_sum = 0  # sum_c |S_c|  (for the consistency metric, Eq. 19)
+        self._sums = WeightedMean()
+
+    def add(self, usage: torch.Tensor, importance: torch.Tensor, tensors: dict[str, torch.Tensor]) -> float:
+        """Fold in one client; returns its unnormalised ``a_c``."""
+        usage = _checks.float_tensor("usage", usage, 1, "(E,)")
+        _checks.check_dim("usage", usage, 0, self.num_experts, "(E,)", f"E={self.num_experts}")
+        _checks.check_finite_nonnegative("usage", usage)
+        importance = _checks.float_tensor("importance", importance, 1, "(E,)")
+        _checks.check_dim("importance", importance, 0, self.num_experts, "(E,)", f"E={self.num_experts}")
+        _checks.check_finite_nonnegative("importance", importance)
+        selected = (usage >= self.tau).cpu()  # (E,)  S_c, Eq. 18
+        p = usage.detach().cpu().to(ACC_DTYPE) * importance.detach().cpu().to(ACC_DTYPE)  # (E,) Eq. 20
+        a = float(torch.where(selected, p, torch.zeros_like(p)).sum())  # Eq. 21 numerator
+        self.union |= selected
+        self.selected_sum += int(selected.sum())
+        self.num_clients += 1
+        self.alpha_sum += a
+        self._sums.add(tensors, a)
+        return a
+
+    @property
+    def num_global(self) -> int:
+        """``|S_global|`` over the clients added so far."""
+        return int(self.union.sum())
+
+    def result(self, global_tensors: dict[str, torch.Tensor], *, normalize: bool = True) -> dict[str, torch.Tensor]:
+        if self.num_global == 0 or self.alpha_sum <= 0.0:
+            return {name: g.clone() for name, g in global_tensors.items()}
+        divisor = self.alpha_sum if normalize else float(self.num_global)
+        out = {}
+        for name, g in global_tensors.items():
+            if self._sums.count(name) != self.num_clients:
+                raise ValueError(f"{name}: expected every client to send it, got {self._sums.count(name)} "
+                                 f"of {self.num_clients}")
+            out[name] = (self._sums._sums[name] / divisor).to(device=g.device, dtype=g.dtype)
+        return out
+
+    def consistency(self) -> float:
+        """Mean over clients of ``r(c) = |S_c| / |S_global|`` (Eq. 19); 0 when ``S_global`` is empty."""
+        if self.num_clients == 0 or self.num_global == 0:
+            return 0.0
+        return self.selected_sum / self.num_clients / self.num_global
