@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from hfedmoe.core.aggregation import aggregate_experts, aggregate_routers, aggregate_trained, fedavg, routing_consistency
+from hfedmoe.core.aggregation import (
+    aggregate_experts,
+    aggregate_routers,
+    aggregate_trained,
+    fedavg,
+    routing_consistency,
+)
 
 
 def num_examples_of(updates):

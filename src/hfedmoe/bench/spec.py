@@ -164,6 +164,7 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     threads = raw.get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise HFedMoEError(f"threads: expected an integer >= 1, got {threads!r}")
+    overrides = [f"runtime.threads={threads}"] + overrides  # a file's `set` may still override it
     bench = BenchConfig(p, base, overrides, methods, list(seeds), datasets, float(target), sweep, quick,
                         _strings(notes, "notes") if notes else [], threads)
     for d in datasets:  # fail before running anything

@@ -62,6 +62,14 @@ def _guard(fn):
         _fail(str(exc))
 
 
+def _set_threads(cfg: Any) -> None:
+    """``runtime.threads`` for the whole process (model building and tokenising included)."""
+    if cfg.runtime.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.runtime.threads)
+
+
 def _run_simulation(sim: Any, rounds: int | None, quiet: bool) -> None:
     from hfedmoe.cli.progress import RunProgress
 
@@ -112,6 +120,7 @@ def run(
         from hfedmoe.engines.simulation import Simulation
 
         cfg = load_config(config, set_ or [])
+        _set_threads(cfg)
         if (out / "metrics.jsonl").exists():
             if not overwrite:
                 raise HFedMoEError(f"--out: {out} already holds a run (use `hfedmoe resume {out}` or --overwrite)")
@@ -149,6 +158,7 @@ def resume(
                 raise HFedMoEError(f"--rounds: expected an integer >= 1, got {rounds}")
             cfg.federation.rounds = rounds
         validate(cfg)
+        _set_threads(cfg)
         sim = Simulation(cfg, out)
         start = sim.restore()
         if not quiet:

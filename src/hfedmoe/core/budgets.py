@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from hfedmoe.core import _checks
+from hfedmoe.core.flops import BatchShape, FlopModel
 from hfedmoe.errors import HFedMoEError
 
 GIB = 2**30
@@ -182,6 +183,12 @@ class CostModel:
         Saved-for-backward bytes per token per layer outside the experts. None: estimate
         ``8 * H * bytes_per_param`` (Q, K, V, attention output, projections, norms; the
         seq_len x heads attention-probability term is not included: pass a measured value).
+    flops : FlopModel or None
+        The model's FLOP model (:mod:`hfedmoe.core.flops`, what clients count). With it (and
+        ``seq_len``) :meth:`step_flops` is that model on an expected batch; None: the lumped
+        estimate from the counts above.
+    seq_len : int
+        Padded length of the expected batch (``tokens_per_batch / seq_len`` sequences); 0 = unknown.
     """
 
     expert_params: int
@@ -198,6 +205,8 @@ class CostModel:
     embedding_params: int = 0
     expert_activation_bytes_per_token: int | None = None
     dense_activation_bytes_per_token: int | None = None
+    flops: FlopModel | None = None
+    seq_len: int = 0
 
     def __post_init__(self) -> None:
         for attr in ("expert_params", "num_layers", "num_experts", "top_k", "hidden_size",
@@ -301,6 +310,8 @@ class CostModel:
         trainable part (embedding gradients are a scatter: no matmul FLOPs).
         """
         num_trained_total, _ = self._trained(num_trainable_experts_per_layer, budget_scope)
+        if self.flops is not None and self.seq_len > 0:
+            return self._model_step_flops(num_trained_total)
         tokens = float(self.tokens_per_batch)
         dense_compute = self.dense_params - self.embedding_params
         forward = 2.0 * tokens * (dense_compute + self.num_layers * self.top_k * self.expert_params)
@@ -310,6 +321,16 @@ class CostModel:
         expert_backward = 2.0 * (2.0 * tokens * self.num_layers * self.top_k * trained_share * self.expert_params)
         dense_backward = 2.0 * tokens * (dense_compute + min(self.trainable_dense_params, dense_compute))
         return forward + expert_backward + dense_backward
+
+    def _model_step_flops(self, num_trained_total: int) -> float:
+        """:class:`FlopModel` on a full batch of ``tokens_per_batch`` real tokens, routed uniformly."""
+        assert self.flops is not None
+        L = self.num_layers
+        pairs = self.tokens_per_batch * self.top_k  # per layer
+        trained = round(pairs * num_trained_total / (L * self.num_experts))
+        shape = BatchShape(max(1, self.tokens_per_batch // self.seq_len), self.seq_len, [pairs] * L, [trained] * L)
+        forward, backward = self.flops.step(shape)
+        return forward + backward
 
     def _trained(self, num_trainable: int, budget_scope: str) -> tuple[int, int]:
         """(experts trained in the whole model, worst-case trained expert slots per token over all layers)."""

@@ -38,8 +38,9 @@ def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tens
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # Shared storage (tied weights) cannot be saved twice by safetensors: save contiguous clones.
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    # Shared storage (tied weights) cannot be saved twice by safetensors: save contiguous clones,
+    # always from CPU memory (a GPU run's checkpoint loads anywhere).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     save_file(tensors, str(tmp / MODEL_FILE))
     with open(tmp / STATE_FILE, "w") as fh:
         json.dump(server_state, fh, indent=1, sort_keys=True)
@@ -67,7 +68,7 @@ def complete_rounds(root: Path) -> list[int]:
 
 def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     d = root / f"round_{round_idx}"
-    tensors = load_file(str(d / MODEL_FILE))
+    tensors = load_file(str(d / MODEL_FILE), device="cpu")  # load_state_dict copies onto the model's device
     with open(d / STATE_FILE) as fh:
         state = json.load(fh)
     return tensors, state

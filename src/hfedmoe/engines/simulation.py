@@ -24,6 +24,7 @@ from hfedmoe.federation.data import FederationData, build_federation, load_run_d
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method
 from hfedmoe.federation.model import build_model
+from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 
@@ -54,6 +55,7 @@ class ClientSummary:
     train_loss: float
     upload_bytes: int
     backward_flops: float
+    flops: float  # forward + backward
     selected_counts: list
     trained: list
     usage: list
@@ -61,7 +63,8 @@ class ClientSummary:
     @classmethod
     def of(cls, upd: ClientUpdate) -> ClientSummary:
         return cls(upd.client_id, float(upd.metrics["train_loss"]), int(upd.upload_bytes()),
-                   float(upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
+                   float(upd.metrics["backward_flops"]),
+                   float(upd.metrics["forward_flops"] + upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
                    upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()])
 
 
@@ -83,6 +86,8 @@ class Simulation:
         self.method.seed = cfg.seed
         dataset = load_run_dataset(cfg)
         model, tokenizer, self.model_description = build_model(cfg.model, dataset.num_labels, cfg.seed)
+        set_attention_dropout(model, cfg.model.attention_dropout)
+        model, self.device = place_model(model, cfg)
         self.mm: MoEModel = wrap(model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
         num_federated = len(self.fed.clients)
@@ -106,6 +111,8 @@ class Simulation:
             self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
         self.round = 0
         self.sim_time_s = 0.0
+        self.sim_compute_s = 0.0  # the parts of sim_time_s spent computing and on the links
+        self.sim_comm_s = 0.0
         self.wall_time_s = 0.0
 
     # --- paths -----------------------------------------------------------------------------
@@ -124,6 +131,8 @@ class Simulation:
             "method": self.method.name,
             "method_state": self.method.state_dict(),
             "sim_time_s": self.sim_time_s,
+            "sim_compute_s": self.sim_compute_s,
+            "sim_comm_s": self.sim_comm_s,
             "wall_time_s": self.wall_time_s,
         }
 
@@ -139,6 +148,8 @@ class Simulation:
         self.method.load_state_dict(state["method_state"])
         self.round = int(state["round"])
         self.sim_time_s = float(state["sim_time_s"])
+        self.sim_compute_s = float(state.get("sim_compute_s", 0.0))
+        self.sim_comm_s = float(state.get("sim_comm_s", 0.0))
         self.wall_time_s = float(state["wall_time_s"])
         truncate_metrics(self.metrics_path, self.round)
         log.info("resumed from round %d", self.round)
@@ -156,9 +167,12 @@ class Simulation:
         rng = np.random.default_rng(derive_seed(self.cfg.seed, round_idx, 7))
         return sorted(rng.choice(n, size=count, replace=False).tolist())
 
-    def evaluate_global(self) -> dict[str, Any]:
+    def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
+        """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
         bs = self.cfg.train.eval_batch_size
         test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
+        if not clients:
+            return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
         per_client = [
             evaluate(self.mm, self.fed.tokens, c.val_idx, bs)["accuracy"] if len(c.val_idx) else float("nan")
             for c in self.fed.clients
@@ -182,7 +196,7 @@ class Simulation:
         summaries: list[ClientSummary] = []
         failed: list[int] = []
         dropped: list[int] = []
-        client_times: dict[int, float] = {}
+        client_times: dict[int, tuple[float, float]] = {}  # cid -> (compute s, link s)
         training: list[ClientInfo] = []
         for cid in sampled:
             info = self.budgets[cid]
@@ -212,22 +226,32 @@ class Simulation:
                 seed=derive_seed(cfg.seed, round_idx, cid),
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
+            # one FLOP count for every method: the client's, from the cost model (core/flops.py)
             compute_s = (upd.metrics["forward_flops"] + upd.metrics["backward_flops"]) / info.flops_per_s
-            client_times[cid] = compute_s + transfer_seconds(info, upd.upload_bytes(), down)
+            client_times[cid] = (compute_s, transfer_seconds(info, upd.upload_bytes(), down))
             summaries.append(ClientSummary.of(upd))
             self.receive(aggregation, upd)
             del upd  # the server keeps only the running sums
         mm.model.load_state_dict(global_state)
         del global_state
         agg_metrics = aggregation.finish() if summaries else {}
-        round_sim = max(client_times.values()) if client_times else 0.0
+        # the round lasts as long as its slowest client; its compute and link parts are reported apart
+        critical = max(client_times.values(), key=sum) if client_times else (0.0, 0.0)
+        round_sim = sum(critical)
         self.sim_time_s += round_sim
+        self.sim_compute_s += critical[0]
+        self.sim_comm_s += critical[1]
         row: dict[str, Any] = {
             "round": round_idx,
             "method": self.method.name,
             "train_loss": float(np.mean([u.train_loss for u in summaries])) if summaries else None,
             "sim_time_s": self.sim_time_s,
             "round_sim_time_s": round_sim,
+            "round_compute_time_s": critical[0],
+            "round_comm_time_s": critical[1],
+            "sim_compute_time_s": self.sim_compute_s,
+            "sim_comm_time_s": self.sim_comm_s,
+            "flops_per_client": float(np.mean([u.flops for u in summaries])) if summaries else 0.0,
             "upload_bytes": int(sum(u.upload_bytes for u in summaries)),
             "download_bytes": int(down_total),
             "failed_clients": failed,
@@ -240,8 +264,9 @@ class Simulation:
             "client_train_loss": {str(u.client_id): u.train_loss for u in summaries},
             **agg_metrics,
         }
-        if round_idx % cfg.federation.eval_every == 0 or round_idx == cfg.federation.rounds:
-            row.update(self.evaluate_global())
+        last = round_idx == cfg.federation.rounds
+        if round_idx % cfg.federation.eval_every == 0 or last:
+            row.update(self.evaluate_global(clients=last or round_idx % cfg.federation.client_eval_every == 0))
         else:
             row.update({"test_accuracy": None, "test_loss": None})
         self.wall_time_s += time.perf_counter() - t0
@@ -254,7 +279,12 @@ class Simulation:
         aggregation.add(update)
 
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
-        """Run (or continue) up to ``rounds`` rounds; returns all metric rows."""
+        """Run (or continue) up to ``rounds`` rounds with ``runtime.threads`` torch threads; returns
+        all metric rows."""
+        with torch_threads(self.cfg.runtime.threads):
+            return self._run(rounds)
+
+    def _run(self, rounds: int | None) -> list[dict[str, Any]]:
         cfg = self.cfg
         total = rounds if rounds is not None else cfg.federation.rounds
         self.out_dir.mkdir(parents=True, exist_ok=True)

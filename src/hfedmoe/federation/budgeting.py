@@ -24,6 +24,7 @@ from hfedmoe.core.budgets import DEVICE_PROFILES, GIB, BudgetError, CostModel, D
 from hfedmoe.core.budgets import transfer_seconds as _transfer_seconds
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.moe import MoEModel
+from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
 
 
@@ -65,6 +66,8 @@ def cost_model(mm: MoEModel, cfg: RunConfig) -> CostModel:
         optimizer_state_copies=2 if cfg.train.optimizer == "adamw" else (1 if cfg.train.momentum else 0),
         trainable_dense_params=trainable_dense,
         embedding_params=embedding,
+        flops=flop_model(mm, cfg.train.trainable),
+        seq_len=cfg.data.max_length,
     )
 
 

@@ -22,6 +22,7 @@ from hfedmoe.methods.aggregation import (
 )
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.moe import MoEModel
+from hfedmoe.moe.contexts import routing_ib_scores
 
 
 class HFedMoE(Method):
@@ -55,7 +56,7 @@ class HFedMoE(Method):
 
         if self.budget_scope == "layer":
             def selector(layer: int, routing) -> Sequence[int]:
-                scores = ib_scores(routing.gate_probs, routing.token_mask, lam, beta)  # (E,)
+                scores = routing_ib_scores(routing, lam, beta)  # (E,) Eq. 14; s_b reused by the client
                 return select_experts(scores, routed_mask(routing, E), budget).tolist()
 
             return TrainPlan(selector=selector)

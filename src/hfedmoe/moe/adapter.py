@@ -132,12 +132,13 @@ class MoEModel:
         gate_probs = gate_probs.detach().float()  # (T, E)
         topk_idx = topk_idx.detach().long()  # (T, k)
         num_tokens = gate_probs.shape[0]
+        memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
         for capture in captures:
             mask = self._token_mask(info, num_tokens, capture.attention_mask, gate_probs.device)
-            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask))
+            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
         if train is not None and train.selector is not None:
             mask = self._token_mask(info, num_tokens, train.attention_mask, gate_probs.device)
-            train._select(info, LayerRouting(gate_probs, topk_idx, mask))
+            train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
         return output
 
     # ----------------------------------------------------------------- expert access

@@ -16,7 +16,13 @@ from hfedmoe.moe.protocol import AdapterCore
 _MODES = ("no_grad", "detach")
 
 
-class LayerRouting(NamedTuple):
+class _RoutingFields(NamedTuple):
+    gate_probs: torch.Tensor
+    topk_idx: torch.Tensor
+    token_mask: torch.Tensor
+
+
+class LayerRouting(_RoutingFields):
     """Routing of one MoE layer for one forward.
 
     Attributes
@@ -27,11 +33,42 @@ class LayerRouting(NamedTuple):
         ``(T, k)`` long, the experts each token was routed to.
     token_mask : Tensor
         ``(T,)`` bool, True for real (non-padding) tokens.
+
+    Besides the three fields, an instance may carry ``memo``: a dict shared by every record of the
+    same layer and forward (the selector's and the capture's), so importance scores computed by a
+    selector are reused by the client (:func:`routing_scores`) instead of computed twice.
     """
 
-    gate_probs: torch.Tensor
-    topk_idx: torch.Tensor
-    token_mask: torch.Tensor
+    def with_memo(self, memo: dict) -> LayerRouting:
+        self.memo = memo
+        return self
+
+
+def routing_scores(routing: LayerRouting, lam: float) -> torch.Tensor:
+    """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`,
+    computed once per layer and forward (memoised on the routing's ``memo`` when it has one)."""
+    from hfedmoe.core.importance import score_experts
+
+    memo = getattr(routing, "memo", None)
+    if memo is None:
+        return score_experts(routing.gate_probs, routing.token_mask, lam)
+    for (mask, key_lam), scores in memo.get("scores", []):
+        if key_lam == lam and (mask is routing.token_mask or torch.equal(mask, routing.token_mask)):
+            return scores
+    scores = score_experts(routing.gate_probs, routing.token_mask, lam)
+    memo.setdefault("scores", []).append(((routing.token_mask, lam), scores))
+    return scores
+
+
+def routing_ib_scores(routing: LayerRouting, lam: float, beta: float) -> torch.Tensor:
+    """Eq. 14 scores of this routing, equal to :func:`~hfedmoe.core.importance.ib_scores` but
+    reusing :func:`routing_scores` (the ``s_b`` term)."""
+    from hfedmoe.core.importance import compression_kl
+
+    scores = routing_scores(routing, lam)
+    if beta == 0:
+        return scores.clone()
+    return scores - beta * compression_kl(routing.gate_probs, routing.token_mask)
 
 
 @dataclass
@@ -106,15 +143,21 @@ class RoutingCapture:
         self.gate_probs: dict[int, torch.Tensor] = {}
         self.topk_idx: dict[int, torch.Tensor] = {}
         self.token_mask: dict[int, torch.Tensor] = {}
+        self.memos: dict[int, dict] = {}
 
     def layer(self, layer: int) -> LayerRouting:
         """The routing of MoE layer ``layer`` in the last forward."""
         if layer not in self.gate_probs:
             raise KeyError(f"no routing captured for MoE layer {layer} (run a forward inside the context)")
-        return LayerRouting(self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer])
+        routing = LayerRouting(self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer])
+        memo = self.memos.get(layer)
+        return routing if memo is None else routing.with_memo(memo)
 
     def _record(self, layer: int, routing: LayerRouting) -> None:
         self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer] = routing
+        memo = getattr(routing, "memo", None)
+        if memo is not None:
+            self.memos[layer] = memo
 
     def __enter__(self) -> RoutingCapture:
         self._adapter._push("capture", self)

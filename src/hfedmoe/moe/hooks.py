@@ -1,6 +1,9 @@
 """Forwards that ``wrap`` installs on routers and expert modules, and the attention-mask grabber.
 
-With no adapter context active they call the class's own forward (outputs unchanged)."""
+With no adapter context active they call the class's own forward (outputs unchanged). Inside
+``train_only`` padding tokens skip the experts (``adapter.skip_padding``, default True): their
+expert output is 0 instead of computed. Real tokens never attend to padding, so their outputs
+are unchanged, and the expert FLOPs follow the real tokens only."""
 
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
     selected = train._selected_sets.get(layer)
     leaves = adapter._leaves[layer]
     names = info.param_names
+    pad = _padding(adapter, info, train, hidden_states)
+    if pad is not None:  # index num_experts = "no expert": the loop skips it
+        top_k_index = top_k_index.masked_fill(pad.unsqueeze(1), self.num_experts)
 
     def run(expert_idx: int, x: torch.Tensor) -> torch.Tensor:
         if selected is None or expert_idx in selected:
@@ -54,6 +60,9 @@ def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, ro
     if train is None:
         return type(self).forward(self, hidden_states, selected_experts, routing_weights)
     selected = train._selected_sets.get(layer)
+    pad = _padding(adapter, adapter._layers[layer], train, hidden_states)
+    if pad is not None:  # padding rows hit no expert
+        selected_experts = selected_experts.masked_fill(pad.view(-1, 1, 1), 0)
     final = torch.zeros_like(hidden_states)  # (T, H)
     expert_mask = selected_experts.permute(2, 1, 0)  # (E, 1, T)
     expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
@@ -71,6 +80,17 @@ def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, ro
         out = out * routing_weights[token_idx, pos, None]
         final.index_add_(0, token_idx, out.to(hidden_states.dtype))
     return final
+
+
+def _padding(adapter, info, train, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    """(T,) bool, True for padding tokens, or None when nothing is padding (or skipping is off)."""
+    if not getattr(adapter, "skip_padding", True):
+        return None
+    num_tokens = hidden_states.shape[0]
+    real = adapter._token_mask(info, num_tokens, train.attention_mask, hidden_states.device)  # (T,)
+    if bool(real.all()):
+        return None
+    return ~real
 
 
 class _MaskGrabber:

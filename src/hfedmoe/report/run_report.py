@@ -26,6 +26,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "final_client_val_accuracy_min": last.get("client_val_accuracy_min"),
         "final_client_val_accuracy_mean": last.get("client_val_accuracy_mean"),
         "sim_time_s": rows[-1]["sim_time_s"] if rows else 0.0,
+        "sim_compute_time_s": rows[-1].get("sim_compute_time_s", 0.0) if rows else 0.0,
+        "sim_comm_time_s": rows[-1].get("sim_comm_time_s", 0.0) if rows else 0.0,
         "wall_time_s": rows[-1]["wall_time_s"] if rows else 0.0,
         "upload_bytes_per_round": (sum(r["upload_bytes"] for r in trained_rounds) / len(trained_rounds))
         if trained_rounds else 0,
@@ -86,7 +88,9 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         "",
         f"- model: {s.get('model', '-')}",
         f"- data: {s.get('dataset', '-')}",
-        f"- rounds: {s['rounds']}, simulated time {s['sim_time_s']:.1f} s, wall time {s['wall_time_s']:.1f} s",
+        f"- rounds: {s['rounds']}, simulated time {s['sim_time_s']:.1f} s (compute {s.get('sim_compute_time_s', 0):.1f} s, "
+        f"communication {s.get('sim_comm_time_s', 0):.1f} s, on each round's slowest client), "
+        f"wall time {s['wall_time_s']:.1f} s",
         f"- test accuracy: round 0 {_fmt(s['initial_test_accuracy'], True)} -> final "
         f"{_fmt(s['final_test_accuracy'], True)} (best {_fmt(s['best_test_accuracy'], True)}); "
         f"majority-class rate {_fmt(s.get('majority_rate'), True)}",
@@ -103,11 +107,12 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
             lines.append(f"| {c['client_id']} | {c['profile']} | {c['num_train']} | {c['num_val']} | "
                          f"{c['budget']} | {'yes' if c['fits_full'] else 'no'} |")
         lines.append("")
-    lines += ["## Rounds", "", "| round | test acc | test loss | train loss | sim time (s) | failed |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Rounds", "", "| round | test acc | test loss | train loss | sim time (s) | compute (s) | "
+              "communication (s) | failed |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['round']} | {_fmt(r.get('test_accuracy'), True)} | {_fmt(r.get('test_loss'))} | "
-                     f"{_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | {len(r['failed_clients'])} |")
+                     f"{_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | {r.get('round_compute_time_s', 0.0):.2f} | "
+                     f"{r.get('round_comm_time_s', 0.0):.2f} | {len(r['failed_clients'])} |")
     lines.append("")
     lines += ["## Plots", ""]
     for name, path in plots.items():

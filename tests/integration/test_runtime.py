@@ -1,0 +1,87 @@
+"""runtime.* (threads, device, dtype), attention dropout, client validation cadence, the
+compute/communication split of the simulated time, and the cost model's FLOPs."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfedmoe.config import load_config
+from hfedmoe.core.flops import BatchShape
+from hfedmoe.engines.simulation import Simulation
+from hfedmoe.errors import HFedMoEError
+from hfedmoe.federation.budgeting import cost_model
+from hfedmoe.federation.runtime import resolve_device, set_attention_dropout
+
+from .conftest import FAST, TINY
+
+
+def test_bfloat16_run_checkpoints_and_resumes_bit_identically(tmp_path):
+    sets = FAST + ["federation.rounds=2", "runtime.dtype=bfloat16", "runtime.device=cpu"]
+    full = Simulation(load_config(TINY, sets), tmp_path / "full")
+    assert {p.dtype for p in full.mm.model.parameters()} == {torch.bfloat16}
+    full.run()
+    half = Simulation(load_config(TINY, sets), tmp_path / "half")
+    half.run(1)
+    resumed = Simulation(load_config(TINY, sets), tmp_path / "half")
+    assert resumed.restore() == 1
+    resumed.run(2)
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "round_2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "half" / "checkpoints" / "round_2" / "model.safetensors"))
+    assert {t.dtype for t in a.values() if t.is_floating_point()} == {torch.bfloat16}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error_and_auto_is_cpu():
+    with pytest.raises(HFedMoEError, match=r"runtime.device: .*cuda"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_run_uses_the_configured_threads_and_restores_them(tmp_path, monkeypatch):
+    seen = []
+    sim = Simulation(load_config(TINY, FAST + ["federation.rounds=1", "runtime.threads=2"]), tmp_path / "t")
+    original = sim.run_round
+    monkeypatch.setattr(sim, "run_round", lambda r: seen.append(torch.get_num_threads()) or original(r))
+    before = torch.get_num_threads()
+    sim.run()
+    assert seen == [2] and torch.get_num_threads() == before
+
+
+def test_client_validation_every_n_rounds_and_at_the_end(tmp_path):
+    sets = FAST + ["federation.rounds=3", "federation.client_eval_every=2"]
+    rows = Simulation(load_config(TINY, sets), tmp_path / "e").run()
+    has_val = [r["round"] for r in rows if "client_val_accuracy" in r]
+    assert has_val == [0, 2, 3]
+    assert all(r["test_accuracy"] is not None for r in rows)
+
+
+def test_sim_time_is_compute_plus_communication(tmp_path):
+    rows = Simulation(load_config(TINY, FAST + ["federation.rounds=2"]), tmp_path / "s").run()
+    for r in rows[1:]:
+        assert r["round_compute_time_s"] > 0 and r["round_comm_time_s"] > 0
+        assert r["round_compute_time_s"] + r["round_comm_time_s"] == pytest.approx(r["round_sim_time_s"])
+        assert r["sim_compute_time_s"] + r["sim_comm_time_s"] == pytest.approx(r["sim_time_s"])
+        assert r["flops_per_client"] > r["backward_flops_per_client"] > 0
+
+
+def test_attention_dropout_option(tmp_path):
+    sim = Simulation(load_config(TINY, FAST + ["model.attention_dropout=0.0"]), tmp_path / "d")
+    ps = [m.dropout.p for m in sim.mm.model.modules() if type(m).__name__.endswith("SelfAttention")]
+    assert ps and all(p == 0.0 for p in ps)
+    keep = Simulation(load_config(TINY, FAST), tmp_path / "k")
+    assert set_attention_dropout(keep.mm.model, -1.0) == 0  # -1 leaves the checkpoint's value
+
+
+def test_cost_model_step_flops_is_the_flop_model_on_an_expected_batch(tmp_path):
+    cfg = load_config(TINY, FAST)
+    sim = Simulation(cfg, tmp_path / "c")
+    cost = cost_model(sim.mm, cfg)
+    assert cost.flops is not None and cost.seq_len == cfg.data.max_length
+    steps = [cost.step_flops(n) for n in range(sim.mm.num_experts + 1)]
+    assert steps == sorted(steps) and steps[0] < steps[-1]  # more trained experts cost more
+    shape = BatchShape(cfg.train.batch_size, cfg.data.max_length,
+                       [cost.tokens_per_batch * cost.top_k] * cost.num_layers, [0] * cost.num_layers)
+    fwd_only = cost.flops.forward(shape)
+    assert steps[0] > fwd_only  # the dense part still trains (head, routers)
