@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench clean-venv
+.PHONY: install demo test test-slow bench perf clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,17 @@ bench: install
 	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
 	$(BIN)/hfedmoe bench --config configs/bench-bbc.toml --out runs/bench-bbc
 	$(BIN)/hfedmoe bench --config configs/bench-trec.toml --out runs/bench-trec
+
+# Performance ratios, each measured in one process with one torch thread (benchmarks/RESULTS.md).
+# About 8 minutes on a shared 2-core machine. BIN=/path/to/venv/bin make perf to use another venv.
+PERF := OMP_NUM_THREADS=1 PYTHONPATH=src $(BIN)/python
+perf: install
+	$(PERF) benchmarks/bench_train_step.py --repeats 4
+	$(PERF) benchmarks/bench_overhead.py --repeats 4
+	$(PERF) benchmarks/bench_aggregation.py --clients 10 100 --repeats 3
+	$(PERF) benchmarks/bench_memory.py --clients 4 50
+	$(PERF) benchmarks/bench_experts.py --repeats 5
+	$(PERF) benchmarks/bench_eval.py
 
 clean-venv:
 	rm -rf $(VENV)

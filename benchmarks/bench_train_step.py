@@ -1,41 +1,45 @@
-"""MiniLM-MoE training step: 2 of 8 experts per layer trainable vs all 8, alternating in one run.
+"""Budgeted vs full training step of the default model on real dynamic-padded batches, next to
+its compute-only floor; the step's FLOP rate vs this machine's matmul rate, measured in one run.
 
-E = 8 experts per layer, top-2 routing, batch 16 x 128 tokens of real VADER text, AdamW over
-experts + routers + task head (attention and embeddings frozen, as in the default preset).
+MiniLM-MoE (E = 8 per layer, top-2), batches of 16 real VADER sentences padded to their longest
+(max 48 tokens, the default preset), AdamW over experts + routers + head (attention and
+embeddings frozen), dropout as the model is configured (``--attention-dropout``: -1 keeps the
+checkpoint's 0.1). Budget = 2 of 8 experts per layer trainable vs all 8, alternating A/B.
 
-Prints the median step-time ratio (budget / full) and three memory ratios measured exactly from
-the tensors of the step, not from the process RSS (which only grows and cannot alternate):
-- saved activations: bytes autograd keeps for backward (saved_tensors_hooks), peak of the step;
-- gradients: bytes of every .grad after backward;
-- optimizer state: bytes of AdamW's exp_avg / exp_avg_sq after the step.
+- time ratio budget/full (medians) and the FLOP ratio of the same batches from the project's
+  FLOP model (the compute-only floor: the best a budget can do when time follows FLOPs);
+- peak trainable bytes ratio: saved activations + gradients + optimizer state of the step;
+- step FLOP/s (the FLOP model's count / median time) vs a one-thread fp32 matmul measured here.
 
-    python benchmarks/bench_train_step.py [--repeats 10] [--threads 2]
+    python benchmarks/bench_train_step.py [--repeats 6] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _bench import alternate, default_batches, matmul_rate
 
-from hfedmoe.assets.datasets import load_vader
+from hfedmoe.client.flops import flop_model
 from hfedmoe.config import ModelConfig
+from hfedmoe.core.flops import BatchShape
 from hfedmoe.federation import build_model
+from hfedmoe.federation.runtime import set_attention_dropout
 from hfedmoe.moe import wrap
 
+PARTS = ("experts", "routers", "head")
 
-def tensor_bytes(t: torch.Tensor) -> int:
+
+def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
 class SavedBytes:
-    """Counts bytes autograd saves for backward inside the context."""
+    """Bytes autograd saves for backward inside the context (each storage once)."""
 
     def __init__(self) -> None:
-        self.total = 0
-        self._seen: set[int] = set()
+        self.total, self._seen = 0, set()
 
     def pack(self, t: torch.Tensor):
         key = t.untyped_storage().data_ptr()
@@ -54,72 +58,93 @@ class SavedBytes:
 
 
 class TrainStepBench:
-    """The default model, one batch of 16 x 128 real tokens, and one AdamW per mode."""
+    """The default model, real dynamic-padded batches, and one AdamW per mode."""
 
-    def __init__(self, budget: int = 2, seq_len: int = 128, batch_size: int = 16) -> None:
-        model, tok, self.description = build_model(
-            ModelConfig(name="minilm-moe", num_experts=8, top_k=2), num_labels=2, seed=0)
+    def __init__(self, budget: int = 2, num_batches: int = 8, attention_dropout: float = -1.0) -> None:
+        model, _, self.description = build_model(ModelConfig(name="minilm-moe", num_experts=8, top_k=2), 2, seed=0)
+        set_attention_dropout(model, attention_dropout)
         self.mm = mm = wrap(model)
-        ds = load_vader()
-        batch = tok(ds.texts[:batch_size], padding="max_length", max_length=seq_len, truncation=True,
-                    return_tensors="pt")
-        batch["labels"] = torch.as_tensor(ds.labels[:batch_size])
-        self.batch = batch
+        model.train()
+        self.batches = default_batches(num_batches)
         for p in model.parameters():
             p.requires_grad_(False)
-        head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+        head = [p for n, p in model.named_parameters() if n.startswith("classifier") or "pooler" in n]
         for p in head + mm.router_parameters():
             p.requires_grad_(True)
         L = mm.num_layers
         self.modes = {"full": [None] * L, "budget": [list(range(budget))] * L}
         leaves = [t for ls in mm.expert_leaves().values() for t in ls]
         self.opts = {m: torch.optim.AdamW(leaves + mm.router_parameters() + head, lr=1e-5) for m in self.modes}
-        self.memory: dict[str, dict[str, int]] = {}
+        self.flops = flop_model(mm, PARTS)
+        self.memory: dict[str, int] = {}
+        self.step_flops: dict[str, float] = {m: 0.0 for m in self.modes}
+        self._i = {m: 0 for m in self.modes}
 
     def step(self, mode: str) -> None:
         mm, opt = self.mm, self.opts[mode]
-        with mm.train_only(self.modes[mode]):
-            with SavedBytes() as saved:  # counts what the forward saves for backward
-                out = mm.model(**self.batch)
+        batch_idx = self._i[mode] % len(self.batches)
+        batch = self.batches[batch_idx]
+        self._i[mode] += 1
+        subsets = self.modes[mode]
+        if isinstance(subsets, tuple):  # per batch: subsets[batch_idx]
+            subsets = subsets[batch_idx]
+        with mm.train_only(subsets) as ctx, mm.capture_routing(batch["attention_mask"]) as cap:
+            with SavedBytes() as saved:
+                out = mm.model(**batch)
             out.loss.backward()
-        grads = sum(tensor_bytes(p.grad) for g in opt.param_groups for p in g["params"] if p.grad is not None)
+        grads = sum(nbytes(p.grad) for g in opt.param_groups for p in g["params"] if p.grad is not None)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        state = sum(tensor_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
-        self.memory[mode] = {"saved_activations": saved.total, "gradients": grads, "optimizer_state": state}
+        state = sum(nbytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
+        self.memory[mode] = max(self.memory.get(mode, 0), saved.total + grads + state)
+        pairs, trained = [], []
+        for layer in range(mm.num_layers):
+            r = cap.layer(layer)
+            topk = r.topk_idx[r.token_mask]
+            sel = torch.as_tensor(sorted(ctx.selected[layer]), dtype=torch.long)
+            pairs.append(topk.numel())
+            trained.append(int(torch.isin(topk, sel).sum()))
+        B, S = batch["attention_mask"].shape
+        f, b = self.flops.step(BatchShape(int(B), int(S), pairs, trained))
+        self.step_flops[mode] += f + b
 
-    def time_steps(self, repeats: int) -> dict[str, float]:
-        """Median seconds per step of each mode, alternating modes (A, B, A, B, ...)."""
-        for mode in self.modes:  # warm-up
-            self.step(mode)
-        times: dict[str, list[float]] = {m: [] for m in self.modes}
-        for _ in range(repeats):
-            for mode in self.modes:
-                t0 = time.perf_counter()
-                self.step(mode)
-                times[mode].append(time.perf_counter() - t0)
-        return {m: statistics.median(v) for m, v in times.items()}
+    def run(self, repeats: int) -> dict[str, float]:
+        """Median seconds per step of each mode over ``repeats`` passes over the batches."""
+        n = len(self.batches)
+        med = alternate({m: (lambda m=m: [self.step(m) for _ in range(n)]) for m in self.modes}, repeats)
+        return {m: t / n for m, t in med.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=int, default=2)
+    ap.add_argument("--attention-dropout", type=float, default=-1.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    bench = TrainStepBench(args.budget)
-    med = bench.time_steps(args.repeats)
-    mem, E = bench.memory, bench.mm.num_experts
-    print(f"{bench.description}; batch 16 x 128 tokens; torch threads {args.threads}; "
+    bench = TrainStepBench(args.budget, attention_dropout=args.attention_dropout)
+    med = bench.run(args.repeats)
+    steps = {m: bench._i[m] for m in bench.modes}
+    flops = {m: bench.step_flops[m] / steps[m] for m in bench.modes}  # mean FLOPs per step
+    rate = matmul_rate()
+    real = sum(int(b["attention_mask"].sum()) for b in bench.batches)
+    padded = sum(b["attention_mask"].numel() for b in bench.batches)
+    E = bench.mm.num_experts
+    t_ratio = med["budget"] / med["full"]
+    f_ratio = flops["budget"] / flops["full"]
+    m_ratio = bench.memory["budget"] / bench.memory["full"]
+    print(f"{bench.description}; {len(bench.batches)} real VADER batches of 16, dynamic padding "
+          f"({real} real of {padded} positions); attention dropout "
+          f"{'as built' if args.attention_dropout < 0 else args.attention_dropout}; threads {args.threads}; "
           f"{args.repeats} alternating repeats")
-    print(f"median step time: full {med['full']:.3f} s, {args.budget}/{E} trainable {med['budget']:.3f} s, "
-          f"ratio {med['budget'] / med['full']:.3f}")
-    for key in ("saved_activations", "gradients", "optimizer_state"):
-        a, b = mem["full"][key], mem["budget"][key]
-        print(f"{key:>18}: full {a / 2**20:8.2f} MiB, budget {b / 2**20:8.2f} MiB, ratio {b / max(a, 1):.3f}")
-    ta, tb = sum(mem["full"].values()), sum(mem["budget"].values())
-    print(f"{'trainable state':>18}: full {ta / 2**20:8.2f} MiB, budget {tb / 2**20:8.2f} MiB, ratio {tb / ta:.3f}")
+    print(f"step time budget {args.budget}/{E} vs full: ratio {t_ratio:.3f} "
+          f"(compute-only floor by FLOPs {f_ratio:.3f}; time/floor {t_ratio / f_ratio:.3f}, goal <= 1.1)")
+    print(f"peak trainable bytes (saved activations + grads + AdamW state): full {bench.memory['full'] / 2**20:.1f} MiB, "
+          f"budget {bench.memory['budget'] / 2**20:.1f} MiB, ratio {m_ratio:.3f}")
+    for m in bench.modes:
+        print(f"step FLOP rate ({m}): {flops[m] / med[m] / 1e9:.2f} GFLOP/s = "
+              f"{flops[m] / med[m] / rate:.2f} of the measured matmul rate {rate / 1e9:.2f} GFLOP/s (goal >= 0.70)")
 
 
 if __name__ == "__main__":

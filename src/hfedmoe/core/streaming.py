@@ -4,7 +4,7 @@ The stacked functions of :mod:`hfedmoe.core.aggregation` take every client at on
 ``(C, E, *P)`` tensors, so a server using them holds every update of the round. The
 accumulators here hold one running sum per tensor instead, so the server's memory does not grow
 with the number of clients, and give the same results (up to float rounding; the sums are kept
-in float64, so one client alone is reproduced bit for bit):
+as running means, see below):
 
 * FedAvg: ``sum_c n_c x_c / sum_c n_c``: both sums are known client by client.
 * Eq. 17 (experts): ``w_c(e) = n_c q_c(e) / sum_j n_j q_j(e)``: the normaliser is a per-expert
@@ -15,8 +15,10 @@ in float64, so one client alone is reproduced bit for bit):
   Paper-literal, it is needed only at the end: ``S_global`` is kept as the union of the ``S_c``
   seen so far, and ``sum_c a_c G_c / |S_global|`` is formed when the round is finished.
 
-Accumulators never mutate their inputs; results are new tensors in the dtype of the reference
-(global) tensors. Shapes: E experts of one layer, P any trailing parameter shape.
+The sums are kept as running weighted means (``mean += w_c / W_c (x_c - mean)``, one fused
+``lerp`` per tensor), so each update is read once, without float64 copies, and a single client is
+reproduced bit for bit. Accumulators never mutate their inputs; results are new tensors in the
+dtype of the reference (global) tensors. Shapes: E experts of one layer, P any trailing parameter shape.
 """
 
 from __future__ import annotations
@@ -25,22 +27,31 @@ import torch
 
 from hfedmoe.core import _checks
 
-ACC_DTYPE = torch.float64  # running sums: exact for integer weights x float32 values of one client
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Running means are kept in float32 (float64 for float64 inputs): bf16 rounding happens once."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _acc(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(ACC_DTYPE)
+def _fold(mean: torch.Tensor, x: torch.Tensor, share: float | torch.Tensor) -> None:
+    """``mean += share * (x - mean)`` in place, one fused pass (``torch.lerp``); ``share = w_c / W``
+    with ``W`` the weight so far, so the first client (share 1) is copied bit for bit."""
+    x = x.detach()
+    if x.dtype != mean.dtype:
+        x = x.to(mean.dtype)
+    mean.lerp_(x, share)
 
 
 class WeightedMean:
     """``sum_c w_c x_c / sum_c w_c`` per tensor name, one client at a time (FedAvg).
 
+    Kept as a running mean (``mean += w_c / W_c * (x_c - mean)``, ``W_c`` the weight so far): one
+    pass over each update, no float64 copies, and one client alone is reproduced bit for bit.
     Each name has its own weight total and count, so names some clients do not send (a dense
     tensor only some clients trained) are averaged over the clients that sent them.
     """
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}  # name -> (*P) float64
+        self._means: dict[str, torch.Tensor] = {}  # name -> (*P)
         self._weights: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
@@ -48,19 +59,19 @@ class WeightedMean:
         """Fold in one client's ``tensors`` with weight ``weight`` (>= 0, e.g. ``|D_c|``)."""
         weight = _checks.real_number("weight", weight, 0.0)
         for name, x in tensors.items():
-            x = _checks.float_tensor(name, x, None) if x.dim() else x
-            if name not in self._sums:
-                self._sums[name] = torch.zeros(x.shape, dtype=ACC_DTYPE, device=x.device)
+            if name not in self._means:
+                self._means[name] = torch.zeros(x.shape, dtype=acc_dtype(x.dtype), device=x.device)
                 self._weights[name], self._counts[name] = 0.0, 0
-            elif tuple(self._sums[name].shape) != tuple(x.shape):
-                raise ValueError(f"{name}: expected shape {_checks.shape_str(self._sums[name].shape)} "
+            elif tuple(self._means[name].shape) != tuple(x.shape):
+                raise ValueError(f"{name}: expected shape {_checks.shape_str(self._means[name].shape)} "
                                  f"as in earlier clients, got {_checks.shape_str(x.shape)}")
-            self._sums[name].add_(_acc(x), alpha=weight)
-            self._weights[name] += weight
             self._counts[name] += 1
+            if weight > 0.0:
+                self._weights[name] += weight
+                _fold(self._means[name], x, weight / self._weights[name])
 
     def names(self) -> list[str]:
-        return sorted(self._sums)
+        return sorted(self._means)
 
     def count(self, name: str) -> int:
         """Clients that sent ``name``."""
@@ -74,21 +85,31 @@ class WeightedMean:
         total = self._weights.get(name, 0.0)
         if total <= 0.0:
             raise ValueError(f"num_examples: expected a positive total for {name}, got {total}")
-        return (self._sums[name] / total).to(dtype)
+        return self._means[name].to(dtype)
+
+    def scaled(self, name: str, factor: float, dtype: torch.dtype) -> torch.Tensor:
+        """``factor x`` the weighted mean (the weighted sum divided by something else than ``W``)."""
+        return (self._means[name] * factor).to(dtype)
 
 
 class PerExpertMean:
     """Per-expert (per-row) weighted means of one layer: Eq. 17 in one pass.
 
-    ``sums[name][e] = sum_c m_c(e) x_c(e)`` and ``mass[e] = sum_c m_c(e)`` with the per-client
-    masses ``m_c(e)`` (``|D_c| q_c(e)`` for Eq. 17). Every add must carry the same tensor names.
+    Row ``e`` holds the running mean of ``x_c(e)`` weighted by the per-client masses ``m_c(e)``
+    (``|D_c| q_c(e)`` for Eq. 17) and ``mass[e] = sum_c m_c(e)``. Every add must carry the same
+    tensor names.
     """
 
     def __init__(self, num_experts: int) -> None:
         self.num_experts = _checks.positive_int("num_experts", num_experts)
-        self._sums: dict[str, torch.Tensor] = {}  # name -> (E, *P) float64
+        self._means: dict[str, torch.Tensor] = {}  # name -> (E, *P)
         self._names: tuple[str, ...] | None = None
-        self.mass = torch.zeros(self.num_experts, dtype=ACC_DTYPE)  # (E,)
+        self._mass = [0.0] * self.num_experts
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """(E,) float64: the total mass each row received."""
+        return torch.tensor(self._mass, dtype=torch.float64)
 
     def _check_names(self, tensors: dict[str, torch.Tensor]) -> None:
         names = tuple(sorted(tensors))
@@ -97,26 +118,48 @@ class PerExpertMean:
         elif names != self._names:
             raise ValueError(f"tensors: expected names {list(self._names)} as in earlier clients, got {list(names)}")
 
-    def _sum(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        if name not in self._sums:
-            self._sums[name] = torch.zeros((self.num_experts, *shape), dtype=ACC_DTYPE, device=device)
-            self.mass = self.mass.to(device)
-        elif tuple(self._sums[name].shape[1:]) != tuple(shape):
-            raise ValueError(f"{name}: expected shape {_checks.shape_str(self._sums[name].shape[1:])} per expert "
+    def _mean(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in self._means:
+            self._means[name] = torch.zeros((self.num_experts, *shape), dtype=acc_dtype(x.dtype), device=x.device)
+        elif tuple(self._means[name].shape[1:]) != tuple(shape):
+            raise ValueError(f"{name}: expected shape {_checks.shape_str(self._means[name].shape[1:])} per expert "
                              f"as in earlier clients, got {_checks.shape_str(shape)}")
-        return self._sums[name]
+        return self._means[name]
 
     def add_expert(self, expert_idx: int, tensors: dict[str, torch.Tensor], mass: float) -> None:
-        """Fold in one client's copy of expert ``expert_idx`` (``{name: (*P)}``) with ``mass``."""
-        if not 0 <= int(expert_idx) < self.num_experts:
+        """Fold in one client's copy of expert ``expert_idx`` (``{name: (*P)}``) with ``mass`` >= 0."""
+        if not 0 <= expert_idx < self.num_experts:
             raise ValueError(f"expert_idx: expected an integer in [0, {self.num_experts}), got {expert_idx}")
-        mass = _checks.real_number("mass", mass, 0.0)
-        if mass == 0.0:
-            return
+        if not mass > 0.0:  # also refuses NaN
+            if mass == 0.0:
+                return
+            raise ValueError(f"mass: expected a number >= 0, got {mass!r}")
         self._check_names(tensors)
+        self._mass[expert_idx] += mass
+        share = mass / self._mass[expert_idx]
         for name, x in tensors.items():
-            self._sum(name, tuple(x.shape), x.device)[expert_idx].add_(_acc(x), alpha=mass)
-        self.mass[expert_idx] += mass
+            _fold(self._mean(name, x, tuple(x.shape))[expert_idx], x, share)
+
+    def plan_experts(self, items: list[tuple[int, dict[str, torch.Tensor]]], mass: float,
+                     targets: list[torch.Tensor], sources: list[torch.Tensor], shares: list[float]) -> None:
+        """Like :meth:`add_expert` for several experts of one client, but only append the
+        (running mean, update, share) triples to the lists, so the caller folds a whole update
+        in one :func:`fold_all` call (one kernel launch instead of one per tensor)."""
+        if not mass > 0.0:
+            if mass == 0.0:
+                return
+            raise ValueError(f"mass: expected a number >= 0, got {mass!r}")
+        for expert_idx, tensors in items:
+            if not 0 <= expert_idx < self.num_experts:
+                raise ValueError(f"expert_idx: expected an integer in [0, {self.num_experts}), got {expert_idx}")
+            self._check_names(tensors)
+            self._mass[expert_idx] += mass
+            share = mass / self._mass[expert_idx]
+            for name, x in tensors.items():
+                acc = self._mean(name, x, tuple(x.shape))
+                targets.append(acc[expert_idx])
+                sources.append(x.detach() if x.dtype == acc.dtype else x.detach().to(acc.dtype))
+                shares.append(share)
 
     def add_rows(self, tensors: dict[str, torch.Tensor], masses: torch.Tensor) -> None:
         """Fold in one client's ``{name: (E, *P)}`` with a mass per row ``masses`` (E,)."""
@@ -124,40 +167,70 @@ class PerExpertMean:
         _checks.check_dim("masses", masses, 0, self.num_experts, "(E,)", f"E={self.num_experts}")
         _checks.check_finite_nonnegative("masses", masses)
         self._check_names(tensors)
+        m = masses.detach().cpu().to(torch.float64)  # (E,)
+        totals = self.mass + m  # (E,)
+        shares = torch.where(totals > 0, m / torch.where(totals > 0, totals, torch.ones_like(totals)),
+                             torch.zeros_like(totals))  # (E,)
+        self._mass = totals.tolist()
         for name, x in tensors.items():
             _checks.check_dim(name, x, 0, self.num_experts, "(E, ...)", f"E={self.num_experts}")
-            acc = self._sum(name, tuple(x.shape[1:]), x.device)
-            m = masses.to(device=acc.device, dtype=ACC_DTYPE).view((-1,) + (1,) * (x.dim() - 1))  # (E, 1...)
-            acc.add_(_acc(x) * m)
-        self.mass += masses.to(device=self.mass.device, dtype=ACC_DTYPE)
+            acc = self._mean(name, x, tuple(x.shape[1:]))
+            w = shares.to(device=acc.device, dtype=acc.dtype).view((-1,) + (1,) * (x.dim() - 1))  # (E, 1...)
+            _fold(acc, x, w.expand_as(acc))
 
     def mean(self, global_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per row: ``sums / mass`` where some client had mass, ``global_tensors`` bit for bit elsewhere."""
+        """Per row: the weighted mean where some client had mass, ``global_tensors`` bit for bit elsewhere."""
         qualified = self.mass > 0  # (E,)
-        safe = torch.where(qualified, self.mass, torch.ones_like(self.mass))  # (E,)
+        every = bool(qualified.all())
         out = {}
         for name, g in global_tensors.items():
-            if name not in self._sums:
+            if name not in self._means:
                 out[name] = g.clone()
                 continue
             shape = (-1,) + (1,) * (g.dim() - 1)
-            averaged = (self._sums[name] / safe.view(shape)).to(device=g.device, dtype=g.dtype)  # (E, *P)
-            out[name] = torch.where(qualified.to(g.device).view(shape), averaged, g)
+            averaged = self._means[name].to(device=g.device, dtype=g.dtype)  # (E, *P)
+            out[name] = averaged if every else torch.where(qualified.to(g.device).view(shape), averaged, g)
         return out
 
+    def qualified_all(self) -> bool:
+        """Whether every row received some mass (then :meth:`mean` needs no global values)."""
+        return all(m > 0 for m in self._mass)
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """The running means by name (E, *P) (read-only use: shapes and dtypes)."""
+        return self._means
+
     def mean_with_rest(self, global_tensors: dict[str, torch.Tensor], total_mass: float) -> dict[str, torch.Tensor]:
-        """``(sums + (total_mass - mass) * global) / total_mass`` per row: clients that did not
-        send a row count with the global value (the "avg" ablation: plain FedAvg over everyone)."""
+        """``(sum_c m_c x_c + (total_mass - mass) * global) / total_mass`` per row: clients that did
+        not send a row count with the global value (the "avg" ablation: plain FedAvg over everyone)."""
         total_mass = _checks.real_number("total_mass", total_mass, 0.0)
         if total_mass <= 0.0:
             raise ValueError(f"num_examples: expected a positive total, got {total_mass}")
         out = {}
         for name, g in global_tensors.items():
+            if name not in self._means:
+                out[name] = g.clone()
+                continue
             shape = (-1,) + (1,) * (g.dim() - 1)
-            rest = (total_mass - self.mass.to(g.device)).clamp_min(0.0).view(shape)  # (E, 1...)
-            acc = self._sums[name] if name in self._sums else torch.zeros(g.shape, dtype=ACC_DTYPE, device=g.device)
-            out[name] = ((acc + rest * _acc(g)) / total_mass).to(g.dtype)
+            acc = self._means[name]
+            share = (self.mass / total_mass).clamp(max=1.0).to(device=acc.device, dtype=acc.dtype).view(shape)
+            out[name] = torch.lerp(g.to(acc.dtype), acc, share.expand_as(acc)).to(g.dtype)
         return out
+
+
+def fold_all(targets: list[torch.Tensor], sources: list[torch.Tensor], shares: list[float]) -> None:
+    """``targets[i] += shares[i] * (sources[i] - targets[i])`` for every i, in one fused call."""
+    if not targets:
+        return
+    foreach = getattr(torch, "_foreach_lerp_", None)
+    if foreach is not None and all(t.device == targets[0].device for t in targets):
+        try:
+            foreach(targets, sources, shares)
+            return
+        except (RuntimeError, TypeError):  # an older torch without the scalar-list overload
+            pass
+    for t, s, w in zip(targets, sources, shares, strict=True):
+        t.lerp_(s, w)
 
 
 class RouterMean:
@@ -189,7 +262,7 @@ class RouterMean:
         _checks.check_dim("importance", importance, 0, self.num_experts, "(E,)", f"E={self.num_experts}")
         _checks.check_finite_nonnegative("importance", importance)
         selected = (usage >= self.tau).cpu()  # (E,)  S_c, Eq. 18
-        p = usage.detach().cpu().to(ACC_DTYPE) * importance.detach().cpu().to(ACC_DTYPE)  # (E,) Eq. 20
+        p = usage.detach().cpu().double() * importance.detach().cpu().double()  # (E,) Eq. 20
         a = float(torch.where(selected, p, torch.zeros_like(p)).sum())  # Eq. 21 numerator
         self.union |= selected
         self.selected_sum += int(selected.sum())
@@ -212,7 +285,8 @@ class RouterMean:
             if self._sums.count(name) != self.num_clients:
                 raise ValueError(f"{name}: expected every client to send it, got {self._sums.count(name)} "
                                  f"of {self.num_clients}")
-            out[name] = (self._sums._sums[name] / divisor).to(device=g.device, dtype=g.dtype)
+            # the running mean is sum_c a_c G_c / sum_c a_c: rescale for the literal divisor
+            out[name] = self._sums.scaled(name, self.alpha_sum / divisor, g.dtype).to(g.device)
         return out
 
     def consistency(self) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from hfedmoe.client import ClientUpdate
-from hfedmoe.core.streaming import PerExpertMean, RouterMean, WeightedMean
+from hfedmoe.core.streaming import PerExpertMean, RouterMean, WeightedMean, fold_all
 from hfedmoe.moe import MoEModel
 
 
@@ -108,16 +108,26 @@ class SparseExperts(Part):
         n = float(update.num_examples)
         if n <= 0:
             return
+        qualifies = update.trained.bool().cpu()  # (L, E)
+        if self.usage_gate:
+            qualifies = qualifies & (update.usage.cpu() >= self.tau)
+        q = qualifies.tolist()
+        by_layer: dict[int, list] = {}
         for (layer, e), tensors in update.experts.items():
-            if not bool(update.trained[layer, e]):
-                continue
-            if self.usage_gate and not bool(update.usage[layer, e] >= self.tau):
-                continue
-            self.sums[layer].add_expert(e, tensors, n)
+            if q[layer][e]:
+                by_layer.setdefault(layer, []).append((e, tensors))
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
+        shares: list[float] = []
+        for layer, items in by_layer.items():
+            self.sums[layer].plan_experts(items, n, targets, sources, shares)
+        fold_all(targets, sources, shares)  # the whole update in one fused pass
 
     def finish(self, mm: MoEModel) -> dict[str, float]:
         for layer, acc in enumerate(self.sums):
-            if bool((acc.mass > 0).any()):
+            if acc.qualified_all():  # no global value needed: skip reading it
+                mm.set_experts(layer, acc.mean({k: v for k, v in acc.shapes().items()}))
+            elif bool((acc.mass > 0).any()):
                 mm.set_experts(layer, acc.mean(mm.get_experts(layer)))
         return {}
 
