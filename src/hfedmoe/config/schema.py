@@ -25,6 +25,7 @@ __all__ = [
     "MethodConfig",
     "ClientsConfig",
     "FederationConfig",
+    "EngineConfig",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -131,6 +132,20 @@ class FederationConfig:
 
 
 @dataclass
+class EngineConfig:
+    name: str = _f(
+        "simulation",
+        "simulation (in-process, the default and the reference) | flower-sim (the same run through "
+        "Flower's Simulation Engine on Ray: one ClientApp per client, records over Flower messages)",
+    )
+    num_actors: int = _f(1, "flower-sim: Ray actors running ClientApps at the same time (num_cpus=1 each)")
+    round_timeout_s: float = _f(
+        600.0, "Flower: seconds the server waits for a round's replies; a client that has not replied by "
+        "then counts as failed for the round",
+    )
+
+
+@dataclass
 class RunConfig:
     seed: int = _f(0, "seed for partitions, sampling, model building and training")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -139,6 +154,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -149,6 +165,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.budget_scope": ("layer", "model"),
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
+    "engine.name": ("simulation", "flower-sim"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -319,6 +336,11 @@ def validate(cfg: RunConfig) -> None:
          fed.clients_per_round)
     need(fed.eval_every >= 1, "federation.eval_every", "an integer >= 1", fed.eval_every)
     need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
+    need(cfg.engine.num_actors >= 1, "engine.num_actors", "an integer >= 1", cfg.engine.num_actors)
+    need(cfg.engine.round_timeout_s > 0, "engine.round_timeout_s", "a float > 0", cfg.engine.round_timeout_s)
+    need(cfg.engine.name == "simulation" or cfg.method.name != "centralized",
+         "engine.name", "'simulation' for method.name = 'centralized' (pooled data has no clients to federate)",
+         cfg.engine.name)
     need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
     if p:
         raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))
