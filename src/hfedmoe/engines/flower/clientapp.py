@@ -19,7 +19,13 @@ from flwr.clientapp import ClientApp
 
 from hfedmoe.client import train_client
 from hfedmoe.config import RunConfig, config_from_dict, validate
-from hfedmoe.engines.flower.codec import CodecError, load_model_record, plan_from_json, plan_rule, update_to_record
+from hfedmoe.engines.flower.codec import (
+    CodecError,
+    load_model_record,
+    plan_from_json,
+    plan_rule,
+    update_to_record,
+)
 from hfedmoe.engines.simulation import client_val_accuracy, train_settings
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset

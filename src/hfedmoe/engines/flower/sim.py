@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import hfedmoe
-from hfedmoe.config import RunConfig
 from hfedmoe.errors import HFedMoEError
 
 log = logging.getLogger(__name__)
@@ -55,25 +54,3 @@ def run_flower_simulation(run: Any) -> Any:
         raise HFedMoEError("engine.name = 'flower-sim': the Flower simulation stopped before the last round "
                            "(see the log above)")
     return run
-
-
-def make_run(cfg: RunConfig, out_dir: Path, **kw: Any) -> Any:
-    """The run object of ``cfg``'s engine: a Simulation, or a FlowerRun for flower-sim."""
-    if cfg.engine.name == "flower-sim":
-        quiet_offline_env()
-        from hfedmoe.engines.flower.serverapp import FlowerRun
-
-        return FlowerRun(cfg, out_dir, **kw)
-    from hfedmoe.engines.simulation import Simulation
-
-    return Simulation(cfg, out_dir, **kw)
-
-
-def drive(run: Any, rounds: int | None = None) -> None:
-    """Run ``run`` to ``rounds`` (default: the config's) on its engine."""
-    if run.cfg.engine.name == "flower-sim":
-        if rounds is not None:
-            run.cfg.federation.rounds = rounds
-        run_flower_simulation(run)
-    else:
-        run.run(rounds)
