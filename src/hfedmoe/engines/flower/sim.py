@@ -22,6 +22,9 @@ def quiet_offline_env() -> None:
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_DEDUP_LOGS"] = "0"
+    # Ray's memory monitor kills workers when the whole machine is above 95% memory, even when
+    # other programs hold it (a shared box); a ClientApp here needs a few hundred MB. Off unless set.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     src = str(Path(hfedmoe.__file__).resolve().parents[1])
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
