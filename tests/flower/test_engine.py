@@ -20,7 +20,7 @@ from hfedmoe.engines.simulation import Simulation
 from tests.flower.conftest import FAST, TINY
 from tests.flower.loopback import LoopbackGrid
 
-ENGINE_ONLY = ("wall_time_s", "wire_download_bytes", "wire_upload_bytes")
+ENGINE_ONLY = ("wall_time_s", "wire_download_bytes", "wire_upload_bytes", "failed_reasons")
 
 
 def rows(out: Path) -> list[dict]:

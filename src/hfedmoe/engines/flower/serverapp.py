@@ -66,6 +66,7 @@ class FlowerRun(Simulation):
                                    st.dropped, st.agg_metrics)
         result.row["wire_download_bytes"] = {str(c): b for c, b in st.wire_down.items()}
         result.row["wire_upload_bytes"] = {str(c): b for c, b in st.wire_up.items()}
+        result.row["failed_reasons"] = {str(c): r for c, r in st.reasons.items()}
         return result
 
     def client_val_accuracies(self) -> list[float]:

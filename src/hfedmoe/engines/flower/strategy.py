@@ -105,6 +105,7 @@ class RoundState:
     agg_metrics: dict[str, Any] = field(default_factory=dict)
     wire_down: dict[int, int] = field(default_factory=dict)  # cid -> serialised bytes sent
     wire_up: dict[int, int] = field(default_factory=dict)  # cid -> serialised bytes received
+    reasons: dict[int, str] = field(default_factory=dict)  # cid -> why it failed the round
 
 
 class HFedMoEStrategy(Strategy):
@@ -162,6 +163,7 @@ class HFedMoEStrategy(Strategy):
             cid = cinfo.client_id
             if self.node_of.get(cid) not in live:
                 st.failed.append(cid)
+                st.reasons[cid] = "node offline"
                 run.on_event({"kind": "client_failed", "round": server_round, "client": cid,
                               "reason": "node offline"})
                 continue
@@ -221,6 +223,7 @@ class HFedMoEStrategy(Strategy):
     def _reject(self, server_round: int, cid: int, reason: str) -> None:
         log.warning("round %d: client %d failed: %s", server_round, cid, reason)
         self.state.failed.append(cid)
+        self.state.reasons[cid] = reason
         self.run.on_event({"kind": "client_failed", "round": server_round, "client": cid, "reason": reason})
 
     # --- evaluation ----------------------------------------------------------------------
