@@ -72,10 +72,11 @@ def _set_threads(cfg: Any) -> None:
 
 def _run_simulation(sim: Any, rounds: int | None, quiet: bool) -> None:
     from hfedmoe.cli.progress import RunProgress
+    from hfedmoe.engines.runner import drive
 
     with RunProgress(console, quiet=quiet) as progress:
         sim.on_event = progress.on_event
-        sim.run(rounds)
+        drive(sim, rounds)  # the config's engine: in-process, or Flower's Simulation Engine
 
 
 def _report(sim: Any) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def run(
 
     def go() -> None:
         from hfedmoe.config import load_config
-        from hfedmoe.engines.simulation import Simulation
+        from hfedmoe.engines.runner import make_run
 
         cfg = load_config(config, set_ or [])
         _set_threads(cfg)
@@ -125,7 +126,7 @@ def run(
             if not overwrite:
                 raise HFedMoEError(f"--out: {out} already holds a run (use `hfedmoe resume {out}` or --overwrite)")
             shutil.rmtree(out)
-        sim = Simulation(cfg, out)
+        sim = make_run(cfg, out)
         if not quiet:
             console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
                           f"{len(sim.fed.clients)} clients, budgets {[b.budget for b in sim.budgets]}")
@@ -147,7 +148,7 @@ def resume(
 
     def go() -> None:
         from hfedmoe.config import config_from_dict, validate
-        from hfedmoe.engines.simulation import Simulation
+        from hfedmoe.engines.runner import make_run
 
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
@@ -159,7 +160,7 @@ def resume(
             cfg.federation.rounds = rounds
         validate(cfg)
         _set_threads(cfg)
-        sim = Simulation(cfg, out)
+        sim = make_run(cfg, out)
         start = sim.restore()
         if not quiet:
             console.print(f"[bold]resume[/] {out} from round {start} to {cfg.federation.rounds}")

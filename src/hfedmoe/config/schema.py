@@ -26,6 +26,7 @@ __all__ = [
     "ClientsConfig",
     "FederationConfig",
     "RuntimeConfig",
+    "EngineConfig",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -156,6 +157,20 @@ class RuntimeConfig:
 
 
 @dataclass
+class EngineConfig:
+    name: str = _f(
+        "simulation",
+        "simulation (in-process, the default and the reference) | flower-sim (the same run through "
+        "Flower's Simulation Engine on Ray: one ClientApp per client, records over Flower messages)",
+    )
+    num_actors: int = _f(1, "flower-sim: Ray actors running ClientApps at the same time (num_cpus=1 each)")
+    round_timeout_s: float = _f(
+        600.0, "Flower: seconds the server waits for a round's replies; a client that has not replied by "
+        "then counts as failed for the round",
+    )
+
+
+@dataclass
 class RunConfig:
     seed: int = _f(0, "seed for partitions, sampling, model building and training")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -165,6 +180,7 @@ class RunConfig:
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -177,6 +193,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.grad_mode": ("no_grad", "detach"),
     "runtime.device": ("auto", "cpu", "cuda"),
     "runtime.dtype": ("float32", "bfloat16"),
+    "engine.name": ("simulation", "flower-sim"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -347,6 +364,11 @@ def validate(cfg: RunConfig) -> None:
          fed.clients_per_round)
     need(fed.eval_every >= 1, "federation.eval_every", "an integer >= 1", fed.eval_every)
     need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
+    need(cfg.engine.num_actors >= 1, "engine.num_actors", "an integer >= 1", cfg.engine.num_actors)
+    need(cfg.engine.round_timeout_s > 0, "engine.round_timeout_s", "a float > 0", cfg.engine.round_timeout_s)
+    need(cfg.engine.name == "simulation" or cfg.method.name != "centralized",
+         "engine.name", "'simulation' for method.name = 'centralized' (pooled data has no clients to federate)",
+         cfg.engine.name)
     need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
     need(fed.client_eval_every >= 1, "federation.client_eval_every", "an integer >= 1", fed.client_eval_every)
     need(m.attention_dropout == -1.0 or 0.0 <= m.attention_dropout < 1.0, "model.attention_dropout",

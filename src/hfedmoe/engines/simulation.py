@@ -94,18 +94,7 @@ class Simulation:
         if self.method.pools_data:
             self.fed = pool_clients(self.fed, cfg)
         self.budgets: list[ClientBudget] = compute_budgets(cfg, self.mm, self.fed)
-        self.settings = TrainSettings(
-            local_epochs=cfg.train.local_epochs,
-            local_steps=cfg.train.local_steps,
-            batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr,
-            optimizer=cfg.train.optimizer,
-            weight_decay=cfg.train.weight_decay,
-            momentum=cfg.train.momentum,
-            trainable=tuple(cfg.train.trainable),
-            grad_mode=cfg.method.grad_mode,
-            lam=cfg.method.lam,
-        )
+        self.settings = train_settings(cfg)
         if self.method.pools_data and cfg.train.local_steps:
             # the pooled client sees as many examples per round as all sampled clients together
             self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
@@ -173,10 +162,7 @@ class Simulation:
         test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
         if not clients:
             return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
-        per_client = [
-            evaluate(self.mm, self.fed.tokens, c.val_idx, bs)["accuracy"] if len(c.val_idx) else float("nan")
-            for c in self.fed.clients
-        ]
+        per_client = self.client_val_accuracies()
         finite = [a for a in per_client if a == a]
         return {
             "test_accuracy": test["accuracy"],
@@ -186,17 +172,32 @@ class Simulation:
             "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
         }
 
+    def client_val_accuracies(self) -> list[float]:
+        """Accuracy of the global model on each client's validation split (NaN: no split)."""
+        bs = self.cfg.train.eval_batch_size
+        return [client_val_accuracy(self.mm, self.fed, c.client_id, bs) for c in self.fed.clients]
+
     def run_round(self, round_idx: int) -> RoundResult:
         t0 = time.perf_counter()
-        mm, cfg = self.mm, self.cfg
+        sampled, training, failed, dropped = self.plan_round(round_idx)
+        aggregation = self.method.start_aggregation(self.mm, round_idx)
+        summaries, client_times, down_total = self.train_clients(round_idx, training, aggregation)
+        agg_metrics = aggregation.finish() if summaries else {}
+        return self.finish_round(round_idx, t0, sampled, summaries, client_times, down_total,
+                                 failed, dropped, agg_metrics)
+
+    def receive(self, aggregation: Aggregation, update: ClientUpdate) -> None:
+        """The one place where the server receives a client's update, on every engine: it is
+        folded into the round's running sums here (checks on incoming updates belong here)."""
+        aggregation.add(update)
+
+    def plan_round(self, round_idx: int) -> tuple[list[int], list[ClientInfo], list[int], list[int]]:
+        """Sample the round's clients, set aside those whose training state does not fit (failed, or
+        dropped by FedAvg-drop), and let the method make its joint decisions (``begin_round``).
+        Shared by both engines. Returns (sampled, training, failed, dropped)."""
         sampled = self.sample_clients(round_idx)
-        global_state = {k: v.detach().clone() for k, v in mm.model.state_dict().items()}
-        full_down = download_bytes(mm)
-        down_total = 0
-        summaries: list[ClientSummary] = []
         failed: list[int] = []
         dropped: list[int] = []
-        client_times: dict[int, tuple[float, float]] = {}  # cid -> (compute s, link s)
         training: list[ClientInfo] = []
         for cid in sampled:
             info = self.budgets[cid]
@@ -210,11 +211,35 @@ class Simulation:
                                "reason": "training state does not fit memory"})
                 continue
             training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
-        self.method.begin_round(mm, training, round_idx)
-        aggregation = self.method.start_aggregation(mm, round_idx)
+        self.method.begin_round(self.mm, training, round_idx)
+        return sampled, training, failed, dropped
+
+    def client_seed(self, round_idx: int, cid: int) -> int:
+        """The training seed of client ``cid`` in round ``round_idx`` (the same on every engine)."""
+        return derive_seed(self.cfg.seed, round_idx, cid)
+
+    def client_sim_seconds(self, cid: int, upd: ClientUpdate, down: int) -> tuple[float, float]:
+        """Simulated (compute, link) seconds of one client's round: its FLOPs (one FLOP count for
+        every method: the cost model's, core/flops.py) / its FLOP/s, and bytes / its bandwidth."""
+        info = self.budgets[cid]
+        compute_s = (upd.metrics["forward_flops"] + upd.metrics["backward_flops"]) / info.flops_per_s
+        return compute_s, transfer_seconds(info, upd.upload_bytes(), down)
+
+    def train_clients(
+        self, round_idx: int, training: list[ClientInfo], aggregation: Aggregation
+    ) -> tuple[list[ClientSummary], dict[int, tuple[float, float]], int]:
+        """In-process local training: each client in turn on the one shared model, its update
+        folded into ``aggregation`` and dropped (the server holds O(1) updates). Returns (summaries,
+        simulated (compute, link) seconds per client, download bytes); the model holds the global
+        weights again afterwards, ready for ``aggregation.finish()``."""
+        mm = self.mm
+        global_state = {k: v.detach().clone() for k, v in mm.model.state_dict().items()}
+        full_down = download_bytes(mm)
+        down_total = 0
+        summaries: list[ClientSummary] = []
+        client_times: dict[int, tuple[float, float]] = {}
         for cinfo in training:
             cid = cinfo.client_id
-            info = self.budgets[cid]
             client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
             plan = self.method.plan(mm, cinfo, round_idx)
@@ -223,18 +248,31 @@ class Simulation:
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
             upd = train_client(
                 mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                seed=derive_seed(cfg.seed, round_idx, cid),
+                seed=self.client_seed(round_idx, cid),
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
-            # one FLOP count for every method: the client's, from the cost model (core/flops.py)
-            compute_s = (upd.metrics["forward_flops"] + upd.metrics["backward_flops"]) / info.flops_per_s
-            client_times[cid] = (compute_s, transfer_seconds(info, upd.upload_bytes(), down))
+            client_times[cid] = self.client_sim_seconds(cid, upd, down)
             summaries.append(ClientSummary.of(upd))
             self.receive(aggregation, upd)
             del upd  # the server keeps only the running sums
         mm.model.load_state_dict(global_state)
-        del global_state
-        agg_metrics = aggregation.finish() if summaries else {}
+        return summaries, client_times, down_total
+
+    def finish_round(
+        self,
+        round_idx: int,
+        t0: float,
+        sampled: list[int],
+        summaries: list[ClientSummary],
+        client_times: dict[int, tuple[float, float]],
+        down_total: int,
+        failed: list[int],
+        dropped: list[int],
+        agg_metrics: dict[str, Any],
+    ) -> RoundResult:
+        """The round's metrics row (after aggregation): times, bytes, per-client statistics and,
+        every ``eval_every`` rounds, the evaluation. Shared by both engines."""
+        cfg = self.cfg
         # the round lasts as long as its slowest client; its compute and link parts are reported apart
         critical = max(client_times.values(), key=sum) if client_times else (0.0, 0.0)
         round_sim = sum(critical)
@@ -273,11 +311,6 @@ class Simulation:
         row["wall_time_s"] = self.wall_time_s
         return RoundResult(round_idx, row)
 
-    def receive(self, aggregation: Aggregation, update: ClientUpdate) -> None:
-        """The one place where the server receives a client's update: it is folded into the
-        round's running sums here (checks on incoming updates belong here, before ``add``)."""
-        aggregation.add(update)
-
     def run(self, rounds: int | None = None) -> list[dict[str, Any]]:
         """Run (or continue) up to ``rounds`` rounds with ``runtime.threads`` torch threads; returns
         all metric rows."""
@@ -310,6 +343,28 @@ class Simulation:
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
         return read_metrics(self.metrics_path)
+
+
+def train_settings(cfg: RunConfig) -> TrainSettings:
+    """The local-training settings of a run (the same on every engine)."""
+    return TrainSettings(
+        local_epochs=cfg.train.local_epochs,
+        local_steps=cfg.train.local_steps,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        optimizer=cfg.train.optimizer,
+        weight_decay=cfg.train.weight_decay,
+        momentum=cfg.train.momentum,
+        trainable=tuple(cfg.train.trainable),
+        grad_mode=cfg.method.grad_mode,
+        lam=cfg.method.lam,
+    )
+
+
+def client_val_accuracy(mm: MoEModel, fed: FederationData, cid: int, batch_size: int) -> float:
+    """Accuracy of ``mm`` on client ``cid``'s validation split (NaN when it has none)."""
+    c = fed.clients[cid]
+    return evaluate(mm, fed.tokens, c.val_idx, batch_size)["accuracy"] if len(c.val_idx) else float("nan")
 
 
 def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:

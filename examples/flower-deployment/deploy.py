@@ -1,0 +1,223 @@
+"""Run an hfedmoe experiment on Flower's Deployment Engine, all on loopback (127.0.0.1):
+
+1. ``gen-certs.sh``: a private CA + server certificate (TLS) and one ECDSA key pair per SuperNode;
+2. a SuperLink (TLS, ``--enable-supernode-auth``, ``--disable-runtime-dependency-installation``);
+3. each SuperNode's public key registered with ``flwr supernode register`` (only those may join);
+4. N SuperNodes as separate processes, each with its own ``--node-config`` (partition, profile)
+   and its private key;
+5. the run submitted as users do: ``flwr run app/ <connection>`` with a Flower config file
+   (``$FLWR_HOME/config.toml``: address + root certificate) written into the work directory;
+6. wait for the run folder to hold the last round's checkpoint, then stop everything started here,
+   by process id (terminate, then kill after a bounded wait).
+
+``--kill-node K`` kills SuperNode K (and its ClientApp) while round 1 trains, to show that one lost
+client does not stop the run. Usage (from the repository root, with the venv's Python)::
+
+    PYTHONPATH=src python examples/flower-deployment/deploy.py --nodes 3 --rounds 2 --work /tmp/hfd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """SuperLink + SuperNodes on loopback; every process it starts is stopped by :meth:`close`."""
+
+    def __init__(self, work: Path, nodes: int, profiles: list[str] | None = None) -> None:
+        self.work = Path(work)
+        self.nodes = nodes
+        self.profiles = profiles
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = free_port()
+        self.certs = self.work / "certs"
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.work / "flwr-home"),  # not the user's ~/.flwr
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "OMP_NUM_THREADS": "1",
+            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # flower-superexec, flwr-*
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
+
+    # --- processes -----------------------------------------------------------------------
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.work / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
+)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, wait_s: float = 15.0) -> None:
+        """Stop process ``name`` and every process it started (flwr starts its app and SuperExec
+        processes detached, in sessions of their own), by process id: ``sig``, then SIGKILL."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for p in family:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=wait_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=wait_s)
+        proc.wait(timeout=wait_s)
+
+    def close(self) -> None:
+        for name in [n for n in self.procs if n.startswith(("supernode", "serverapp"))] + ["superlink"]:
+            self.stop(name)
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.work, capture_output=True,
+                              text=True, timeout=timeout)
+
+    # --- steps ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bash", str(HERE / "gen-certs.sh"), str(self.certs), str(self.nodes)], check=True,
+                       capture_output=True, timeout=120)
+        home = self.work / "flwr-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "hfedmoe-local"\n\n[superlink.hfedmoe-local]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.certs / "ca.crt"}"\n')
+
+    def start_superlink(self, timeout_s: float = 60) -> None:
+        c = self.certs
+        self._start("superlink", [
+            str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+            "--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.pem"),
+            "--ssl-keyfile", str(c / "server.key"), "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",  # in-memory state (SQLite locks under load)
+        ])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"superlink exited: see {self.work / 'superlink.log'}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"superlink did not listen on 127.0.0.1:{self.port} within {timeout_s} s")
+
+    def register_supernodes(self) -> list[str]:
+        out = []
+        for i in range(self.nodes):
+            r = self._flwr("supernode", "register", str(self.certs / f"supernode_{i}.pub"), "hfedmoe-local")
+            if r.returncode != 0:
+                raise RuntimeError(f"flwr supernode register {i} failed: {r.stdout[-800:]} {r.stderr[-800:]}")
+            out.append(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "")
+        return out
+
+    def start_supernodes(self) -> None:
+        for i in range(self.nodes):
+            node_config = f"partition-id={i} num-partitions={self.nodes}"
+            if self.profiles:
+                node_config += f' profile="{self.profiles[i % len(self.profiles)]}"'
+            self._start(f"supernode{i}", [
+                str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                "--root-certificates", str(self.certs / "ca.crt"),
+                "--auth-supernode-private-key", str(self.certs / f"supernode_{i}"),
+                "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port()),
+            ])
+
+    def submit(self, config: Path, out: Path, overrides: list[str]) -> str:
+        app = self.work / "app"
+        shutil.copytree(HERE / "app", app, dirs_exist_ok=True)
+        run_config = f'config="{config}" out="{out}" overrides="{";".join(overrides)}"'
+        r = self._flwr("run", str(app), "hfedmoe-local", "--run-config", run_config, "--format", "json")
+        if r.returncode != 0:
+            raise RuntimeError(f"flwr run failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+        run_id = str(json.loads(r.stdout)["run-id"])
+        # the ServerApp's log, streamed into the work directory (stopped with everything else)
+        self._start("serverapp-log", [str(BIN / "flwr"), "log", run_id, "hfedmoe-local", "--stream"])
+        return r.stdout
+
+    def wait_for(self, out: Path, rounds: int, timeout_s: float, kill_node: int | None = None) -> float:
+        """Until ``out`` holds the last round's checkpoint; returns seconds waited. With
+        ``kill_node``, that SuperNode is killed (SIGKILL) once round 1 has started."""
+        t0 = time.monotonic()
+        killed = kill_node is None
+        final = out / "checkpoints" / f"round_{rounds}" / "server_state.json"
+        while time.monotonic() - t0 < timeout_s:
+            if not killed and (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip():
+                time.sleep(1.0)  # round-1 models are on their way to the nodes
+                self.stop(f"supernode{kill_node}", sig=signal.SIGKILL)
+                killed = True
+                print(f"killed supernode{kill_node} during round 1", flush=True)
+            if final.is_file():
+                return time.monotonic() - t0
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"superlink exited: see {self.work / 'superlink.log'}")
+            time.sleep(0.5)
+        raise TimeoutError(f"no round-{rounds} checkpoint in {out} after {timeout_s} s; logs in {self.work}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny.toml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, as hfedmoe run --set")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/hfedmoe-flower-deployment"))
+    ap.add_argument("--kill-node", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    out = args.work / "run"
+    shutil.rmtree(args.work, ignore_errors=True)
+    overrides = [*args.overrides, f"federation.rounds={args.rounds}"]
+    with Deployment(args.work, args.nodes) as d:
+        d.setup()
+        d.start_superlink()
+        print("superlink on 127.0.0.1:%d (TLS, SuperNode authentication)" % d.port, flush=True)
+        d.register_supernodes()
+        print(f"registered {args.nodes} SuperNode public keys", flush=True)
+        d.start_supernodes()
+        print(d.submit(args.config.resolve(), out, overrides).strip(), flush=True)
+        waited = d.wait_for(out, args.rounds, args.timeout, args.kill_node)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        print(json.dumps({k: r.get(k) for k in ("round", "test_accuracy", "train_loss", "failed_clients",
+                                                "sampled_clients")}))
+    print(f"done in {waited:.0f} s; run folder {out}; every process stopped")
+
+
+if __name__ == "__main__":
+    main()

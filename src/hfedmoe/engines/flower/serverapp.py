@@ -1,0 +1,111 @@
+"""The Flower ServerApp: the in-process engine's run loop (sampling, budgets, metrics.jsonl,
+checkpoints, resume, report inputs) with local training replaced by Flower messages.
+
+:class:`FlowerRun` is a :class:`~hfedmoe.engines.simulation.Simulation` whose ``run_round`` sends
+the round through :class:`~hfedmoe.engines.flower.strategy.HFedMoEStrategy` and whose per-client
+validation is federated evaluation; everything else (planning, the metrics row, evaluation on the
+test set, checkpoints) is the in-process engine's code.
+
+``app`` is the ServerApp that ``flwr run`` starts (run config keys: ``config`` = a TOML preset,
+``out`` = the run directory, ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from hfedmoe.config import RunConfig, load_config
+from hfedmoe.engines.flower.strategy import HFedMoEStrategy
+from hfedmoe.engines.simulation import ClientSummary, RoundResult, Simulation
+from hfedmoe.errors import HFedMoEError
+from hfedmoe.federation.budgeting import compute_budgets
+
+log = logging.getLogger(__name__)
+
+
+class FlowerRun(Simulation):
+    """One federated run whose clients are Flower nodes (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, **kw: Any) -> None:
+        super().__init__(cfg, out_dir, **kw)
+        if self.method.pools_data:
+            raise HFedMoEError(f"engine.name: expected 'simulation' for method.name = {cfg.method.name!r}, got "
+                               f"{cfg.engine.name!r}")
+        self.strategy = HFedMoEStrategy(self)
+        self.grid: Grid | None = None
+
+    def set_profiles(self, profiles: dict[int, str]) -> None:
+        """Device profiles reported by the nodes (node config ``profile``); budgets follow them."""
+        changed = {c: p for c, p in profiles.items() if self.fed.clients[c].profile != p}
+        if changed:
+            log.info("flower: node profiles differ from the config's cycle: %s", changed)
+            for c, p in changed.items():
+                self.fed.clients[c].profile = p
+            self.budgets = compute_budgets(self.cfg, self.mm, self.fed)
+
+    def _grid(self) -> Grid:
+        if self.grid is None:
+            raise HFedMoEError("flower: the run has no Grid (start it through HFedMoEStrategy.start)")
+        return self.grid
+
+    def run_round(self, round_idx: int) -> RoundResult:
+        t0 = time.perf_counter()
+        grid, s = self._grid(), self.strategy
+        msgs = s.configure_train(round_idx, ArrayRecord(), ConfigRecord(), grid)
+        replies = grid.send_and_receive(msgs, timeout=self.cfg.engine.round_timeout_s)
+        s.aggregate_train(round_idx, replies)
+        st = s.state
+        summaries = [ClientSummary.of(u) for u in st.updates]
+        result = self.finish_round(round_idx, t0, st.sampled, summaries, st.client_times,
+                                   sum(st.down[u.client_id] for u in st.updates), sorted(st.failed),
+                                   st.dropped, st.agg_metrics)
+        result.row["wire_download_bytes"] = {str(c): b for c, b in st.wire_down.items()}
+        result.row["wire_upload_bytes"] = {str(c): b for c, b in st.wire_up.items()}
+        result.row["failed_reasons"] = {str(c): r for c, r in st.reasons.items()}
+        return result
+
+    def client_val_accuracies(self) -> list[float]:
+        grid, s = self._grid(), self.strategy
+        msgs = s.configure_evaluate(self.round, ArrayRecord(), ConfigRecord(), grid)
+        replies = grid.send_and_receive(msgs, timeout=self.cfg.engine.round_timeout_s)
+        metrics = s.aggregate_evaluate(self.round, replies)
+        return list(metrics["client_val_accuracy"])
+
+
+def make_server_app(run: FlowerRun, holder: dict[str, Any]) -> ServerApp:
+    """A ServerApp for ``run_simulation`` that drives the prepared (possibly restored) ``run``;
+    ``holder["error"]`` receives any exception it raised (the simulation runs it in a thread)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        del context
+        try:
+            run.strategy.start(grid, num_rounds=run.cfg.federation.rounds)
+        except BaseException as exc:
+            holder["error"] = exc
+            raise
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Deployment entry point (``flwr run``): the run config names the preset and the run folder."""
+    rc = context.run_config
+    overrides = [x for x in str(rc.get("overrides", "")).split(";") if x.strip()]
+    cfg = load_config(str(rc["config"]), overrides)
+    out = Path(str(rc["out"]))
+    run = FlowerRun(cfg, out)
+    if bool(rc.get("resume", False)):
+        run.restore()
+    run.strategy.start(grid, num_rounds=cfg.federation.rounds)
