@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 import tomli_w
 
+from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
 
 
@@ -139,6 +140,9 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -320,6 +324,7 @@ def validate(cfg: RunConfig) -> None:
     need(fed.eval_every >= 1, "federation.eval_every", "an integer >= 1", fed.eval_every)
     need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
     need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
+    check_safety(cfg, need)
     if p:
         raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))
 

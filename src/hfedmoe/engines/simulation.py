@@ -19,6 +19,8 @@ import numpy as np
 from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
+from hfedmoe.client.train import trainable_dense_names
+from hfedmoe.engines.guard import RoundGuard
 from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
@@ -83,6 +85,8 @@ class Simulation:
         if self.method.pools_data and cfg.train.local_steps:
             # the pooled client sees as many examples per round as all sampled clients together
             self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
+        self.guard = RoundGuard(cfg, self.method, self.settings,
+                                trainable_dense_names(self.mm, list(self.settings.trainable)))
         self.round = 0
         self.sim_time_s = 0.0
         self.wall_time_s = 0.0
@@ -104,6 +108,7 @@ class Simulation:
             "method_state": self.method.state_dict(),
             "sim_time_s": self.sim_time_s,
             "wall_time_s": self.wall_time_s,
+            "guard": self.guard.state_dict(),
         }
 
     def restore(self) -> int:
@@ -176,6 +181,8 @@ class Simulation:
                 continue
             training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
         self.method.begin_round(mm, training, round_idx)
+        self.guard.begin_round(mm)
+        errors: list[Exception] = []
         for cinfo in training:
             cid = cinfo.client_id
             info = self.budgets[cid]
@@ -185,17 +192,35 @@ class Simulation:
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
-            upd = train_client(
-                mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                seed=derive_seed(cfg.seed, round_idx, cid),
+            # The one place an update is received: faults, caught exceptions, DP, validation.
+            outcome = self.guard.run_client(
+                round_idx, mm, cinfo, plan,
+                train=lambda prog, cid=cid, client=client, plan=plan: train_client(
+                    mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
+                    seed=derive_seed(cfg.seed, round_idx, cid), progress=prog),
+                seconds_of=lambda u, info=info, down=down: (
+                    (u.metrics["forward_flops"] + u.metrics["backward_flops"]) / info.flops_per_s
+                    + transfer_seconds(info, u.upload_bytes(), down)),
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
-            compute_s = (upd.metrics["forward_flops"] + upd.metrics["backward_flops"]) / info.flops_per_s
-            client_times[cid] = compute_s + transfer_seconds(info, upd.upload_bytes(), down)
-            updates.append(upd)
+            if outcome.seconds is not None:
+                client_times[cid] = outcome.seconds
+            if outcome.failed is not None:
+                failed.append(cid)
+                self.on_event({"kind": "client_failed", "round": round_idx, "client": cid, "reason": outcome.failed})
+                if outcome.error is not None:
+                    errors.append(outcome.error)
+                continue
+            if outcome.update is not None:
+                updates.append(outcome.update)
+        if training and len(errors) == len(training):
+            raise errors[0]  # every client raised: a defect of the run, not of one client
         mm.model.load_state_dict(global_state)
         del global_state
         agg_metrics = self.method.aggregate(mm, updates, round_idx) if updates else {}
+        guard_row = self.guard.end_round()
+        for c in failed:  # the memory failures decided before training
+            guard_row["failed_reasons"].setdefault(str(c), "training state does not fit memory")
         round_sim = max(client_times.values()) if client_times else 0.0
         self.sim_time_s += round_sim
         row: dict[str, Any] = {
@@ -217,6 +242,7 @@ class Simulation:
             "client_usage": {str(u.client_id): [[round(x, 5) for x in r] for r in u.usage.tolist()] for u in updates},
             "client_train_loss": {str(u.client_id): u.metrics["train_loss"] for u in updates},
             **agg_metrics,
+            **guard_row,
         }
         if round_idx % cfg.federation.eval_every == 0 or round_idx == cfg.federation.rounds:
             row.update(self.evaluate_global())
