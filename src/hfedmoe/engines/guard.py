@@ -88,12 +88,15 @@ class RoundGuard:
         s = self.settings
         steps = s.local_steps or s.local_epochs * num_batches(cinfo.num_examples, s.batch_size)
         bounded = self.method.respects_budget
+        per_layer = self.cfg.method.budget_scope == "layer"
+        # model scope: the baselines give every layer at least one expert (methods/_common.py)
+        per_batch = cinfo.budget if per_layer else max(cinfo.budget, mm.num_layers)
         return Allowance(
             num_examples=cinfo.num_examples,
             experts=allowed_experts(mm.num_layers, mm.num_experts, plan.static_subsets, plan.restrict)
             if "experts" in s.trainable else torch.zeros(mm.num_layers, mm.num_experts, dtype=torch.bool),
-            max_selections=cinfo.budget * steps if bounded else None,
-            per_layer=self.cfg.method.budget_scope == "layer",
+            max_selections=per_batch * steps if bounded else None,
+            per_layer=per_layer,
             routers="routers" in s.trainable and plan.train_routers,
             dense=frozenset(self.dense_names),
         )

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.engines.guard import RoundGuard
-from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
+from hfedmoe.engines.checkpoint import (
+    CheckpointError, complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint, set_aside,
+)
+from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo, Method
@@ -112,21 +116,61 @@ class Simulation:
         }
 
     def restore(self) -> int:
-        """Load the last complete checkpoint (if any); return its round."""
-        rounds = complete_rounds(self.ckpt_root)
-        if not rounds:
-            truncate_metrics(self.metrics_path, 0)
-            return 0
-        last = rounds[-1]
-        tensors, state = load_checkpoint(self.ckpt_root, last)
-        self.mm.model.load_state_dict(tensors, strict=True)
-        self.method.load_state_dict(state["method_state"])
-        self.round = int(state["round"])
-        self.sim_time_s = float(state["sim_time_s"])
-        self.wall_time_s = float(state["wall_time_s"])
-        truncate_metrics(self.metrics_path, self.round)
-        log.info("resumed from round %d", self.round)
-        return self.round
+        """Load the newest complete checkpoint that verifies (checksums, tensors of this model,
+        state of this method); return its round. Untrusted newer ones are renamed
+        ``round_<N>.invalid`` and each fallback is logged and kept in ``restore_notes``.
+
+        Raises HFedMoEError, before anything is written, when metrics.jsonl lacks rows up to the
+        checkpoint (resuming would rewrite the report with less)."""
+        self.restore_notes: list[str] = []
+        rows = read_metrics(self.metrics_path)
+        for r in reversed(complete_rounds(self.ckpt_root)):
+            try:
+                tensors, state = load_checkpoint(self.ckpt_root, r)
+                self._check_checkpoint(tensors, state)
+            except CheckpointError as exc:
+                moved = set_aside(self.ckpt_root, r)
+                self.restore_notes.append(f"checkpoint of round {r} is not usable ({exc}); moved to {moved.name}")
+                log.warning("%s", self.restore_notes[-1])
+                continue
+            missing = sorted(set(range(r + 1)) - {int(x["round"]) for x in rows})
+            if missing:
+                raise HFedMoEError(
+                    f"{self.metrics_path}: expected metric rows for rounds 0..{r}, rows {_span(missing)} are missing; "
+                    "resuming would rewrite the report with less (restore the file, or start over with --overwrite)")
+            self.mm.model.load_state_dict(tensors, strict=True)
+            self.method.load_state_dict(state["method_state"])
+            self.guard.load_state_dict(state.get("guard", {}))
+            self.round = int(state["round"])
+            self.sim_time_s = float(state["sim_time_s"])
+            self.wall_time_s = float(state["wall_time_s"])
+            truncate_metrics(self.metrics_path, self.round)
+            if self.restore_notes:
+                self.restore_notes.append(f"resuming from round {self.round}, the newest valid checkpoint")
+            log.info("resumed from round %d", self.round)
+            return self.round
+        if self.restore_notes:
+            self.restore_notes.append("no valid checkpoint left: starting again from round 0")
+        truncate_metrics(self.metrics_path, 0)
+        return 0
+
+    def _check_checkpoint(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        """CheckpointError unless ``tensors`` are exactly this model's and ``state`` this method's."""
+        own = self.mm.model.state_dict()
+        if set(tensors) != set(own):
+            extra, lack = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
+            raise CheckpointError(f"tensors of another model (unknown {extra[:2]}, missing {lack[:2]})")
+        for k, t in own.items():
+            if tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
+                raise CheckpointError(f"tensor {k}: {tensors[k].dtype} {tuple(tensors[k].shape)}, "
+                                      f"expected {t.dtype} {tuple(t.shape)}")
+            if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):
+                raise CheckpointError(f"tensor {k}: non-finite values")
+        if state.get("method") != self.method.name:
+            raise CheckpointError(f"server state of method {state.get('method')!r}, expected {self.method.name!r}")
+        for key in ("method_state", "sim_time_s", "wall_time_s"):
+            if key not in state:
+                raise CheckpointError(f"server state without {key!r}")
 
     # --- rounds ----------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> list[int]:
@@ -279,6 +323,10 @@ class Simulation:
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
         return read_metrics(self.metrics_path)
+
+
+def _span(rounds: list[int]) -> str:
+    return f"{rounds[0]}..{rounds[-1]}" if len(rounds) > 1 else str(rounds[0])
 
 
 def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
