@@ -7,7 +7,7 @@ the round is aggregated from the others.
 
 Norm rule (decided per update, no view of the current round needed): the update's distance to
 the global model, ``||u - g||_2`` over every tensor it carries, must not exceed
-``norm_factor x median`` of the distances of the updates accepted in the previous ``window``
+``norm_factor x median`` (``torch.median``: the lower middle value for an even count) of the distances of the updates accepted in the previous ``window``
 rounds. While there is no history (the first round, or after rounds where nothing was accepted),
 the distance must not exceed ``first_round_factor x ||g||_2`` over the same tensors (no honest
 round moves the weights it trains by many times their own size). With client-level DP the

@@ -141,7 +141,7 @@ class RoundGuard:
         if fault == "straggler":
             seconds *= self.cfg.faults.straggler_factor
             return self._fail(round_idx, cid, f"straggler (injected): answered after the round deadline "
-                                              f"({seconds:.3g} s simulated)", seconds if deadline > 0 else None)
+                                              f"({seconds:.3g} s simulated)", deadline if deadline > 0 else None)
         if deadline > 0 and seconds > deadline:
             return self._fail(round_idx, cid, f"straggler: {seconds:.3g} s > round deadline {deadline:.3g} s", deadline)
         reason = self.receive(round_idx, mm, cinfo, plan, upd)
