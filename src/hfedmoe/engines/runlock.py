@@ -46,6 +46,15 @@ class RunLock:
         return self.dir / LOCK_FILE
 
     def acquire(self) -> RunLock:
+        try:
+            return self._acquire()
+        except OSError as exc:
+            self.release()
+            raise HFedMoEError(f"{self.what}: cannot lock {self.dir}: {exc.strerror or exc}") from None
+
+    def _acquire(self) -> RunLock:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise HFedMoEError(f"{self.what}: expected a directory, got an existing file {self.dir}")
         if not self.dir.exists():
             self.dir.mkdir(parents=True)
             self._created_dir = True
