@@ -70,13 +70,63 @@ def _set_threads(cfg: Any) -> None:
         torch.set_num_threads(cfg.runtime.threads)
 
 
-def _run_simulation(sim: Any, rounds: int | None, quiet: bool) -> None:
+def _run_simulation(sim: Any, rounds: int | None, quiet: bool, also: Any = None) -> None:
     from hfedmoe.cli.progress import RunProgress
     from hfedmoe.engines.runner import drive
 
     with RunProgress(console, quiet=quiet) as progress:
-        sim.on_event = progress.on_event
+        if also is None:
+            sim.on_event = progress.on_event
+        else:
+            def both(e: dict[str, Any]) -> None:
+                progress.on_event(e)
+                also(e)
+            sim.on_event = both
         drive(sim, rounds)  # the config's engine: in-process, or Flower's Simulation Engine
+
+
+def _banner(sim: Any, cfg: Any, quiet: bool) -> None:
+    if not quiet:
+        console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
+                      f"{len(sim.fed.clients)} clients, budgets {[b.budget for b in sim.budgets]}")
+
+
+def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
+    """``run --overwrite`` of a folder holding a run: the new run starts in ``.<name>.new-<pid>``
+    next to it and replaces the old one only once its round-0 row is written (model, data and
+    first evaluation all worked); a failure before that leaves the old run untouched."""
+    from hfedmoe.engines.runlock import RunLock
+    from hfedmoe.engines.runner import make_run
+
+    staging = out.parent / f".{out.name}.new-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    with RunLock(out) as old_lock:
+        if staging.exists():
+            shutil.rmtree(staging)
+        new_lock = RunLock(staging).acquire()
+        swapped = False
+        try:
+            sim = make_run(cfg, staging)
+            _banner(sim, cfg, quiet)
+
+            def swap(e: dict[str, Any]) -> None:
+                nonlocal swapped
+                if swapped or e["kind"] != "round_end":
+                    return
+                os.replace(out, old)
+                old_lock.moved_to(old)
+                os.replace(staging, out)
+                new_lock.moved_to(out)
+                sim.out_dir = out
+                swapped = True
+                shutil.rmtree(old, ignore_errors=True)
+
+            _run_simulation(sim, None, quiet, also=swap)
+            _final_lines(_report(sim), out, quiet)
+        finally:
+            new_lock.release()
+            if not swapped:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _report(sim: Any) -> dict[str, Any]:
@@ -118,6 +168,7 @@ def run(
 
     def go() -> None:
         from hfedmoe.config import load_config
+        from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
 
         cfg = load_config(config, set_ or [])
@@ -125,13 +176,13 @@ def run(
         if (out / "metrics.jsonl").exists():
             if not overwrite:
                 raise HFedMoEError(f"--out: {out} already holds a run (use `hfedmoe resume {out}` or --overwrite)")
-            shutil.rmtree(out)
-        sim = make_run(cfg, out)
-        if not quiet:
-            console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
-                          f"{len(sim.fed.clients)} clients, budgets {[b.budget for b in sim.budgets]}")
-        _run_simulation(sim, None, quiet)
-        _final_lines(_report(sim), out, quiet)
+            _run_replacing(cfg, out, quiet)
+            return
+        with RunLock(out):
+            sim = make_run(cfg, out)
+            _banner(sim, cfg, quiet)
+            _run_simulation(sim, None, quiet)
+            _final_lines(_report(sim), out, quiet)
 
     _guard(go)
 
@@ -148,24 +199,36 @@ def resume(
 
     def go() -> None:
         from hfedmoe.config import config_from_dict, validate
+        from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
+        from hfedmoe.report.metrics import read_metrics
 
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
             raise HFedMoEError(f"DIR: expected a run directory with config.toml, got {out}")
         cfg = config_from_dict(tomllib.loads(cfg_path.read_text()))
+        done = max((int(r["round"]) for r in read_metrics(out / "metrics.jsonl")), default=0)
         if rounds is not None:
             if rounds < 1:
                 raise HFedMoEError(f"--rounds: expected an integer >= 1, got {rounds}")
+            if rounds < done:
+                raise HFedMoEError(f"--rounds: expected at least {done} (the rounds this run has done), got {rounds}")
             cfg.federation.rounds = rounds
         validate(cfg)
         _set_threads(cfg)
-        sim = make_run(cfg, out)
-        start = sim.restore()
-        if not quiet:
-            console.print(f"[bold]resume[/] {out} from round {start} to {cfg.federation.rounds}")
-        _run_simulation(sim, cfg.federation.rounds, quiet)
-        _final_lines(_report(sim), out, quiet)
+        with RunLock(out, what="DIR"):
+            if done >= cfg.federation.rounds and (out / "report.md").is_file():
+                if not quiet:
+                    console.print(f"{out}: finished at round {done}; nothing to do")
+                return
+            sim = make_run(cfg, out)
+            start = sim.restore()
+            for note in sim.restore_notes:  # even with --quiet: the run is not resumed from where it stopped
+                err_console.print(f"resume: {note}", highlight=False, soft_wrap=True)
+            if not quiet:
+                console.print(f"[bold]resume[/] {out} from round {start} to {cfg.federation.rounds}")
+            _run_simulation(sim, cfg.federation.rounds, quiet)
+            _final_lines(_report(sim), out, quiet)
 
     _guard(go)
 

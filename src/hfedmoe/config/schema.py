@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 import tomli_w
 
+from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
 
 
@@ -181,6 +182,9 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -374,6 +378,10 @@ def validate(cfg: RunConfig) -> None:
     need(m.attention_dropout == -1.0 or 0.0 <= m.attention_dropout < 1.0, "model.attention_dropout",
          "-1 (the checkpoint's value) or a float in [0, 1)", m.attention_dropout)
     need(cfg.runtime.threads >= 0, "runtime.threads", "an integer >= 0 (0 = torch's default)", cfg.runtime.threads)
+    check_safety(cfg, need)
+    need(cfg.engine.name == "simulation" or (not cfg.privacy.enabled and cfg.faults.rate == 0),
+         "engine.name", "'simulation' with privacy.enabled or faults.rate > 0 (client-side DP and fault "
+         "injection run in the in-process engine only)", cfg.engine.name)
     if p:
         raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))
 

@@ -1,9 +1,12 @@
-"""Atomic checkpoints: ``checkpoints/round_<N>/`` holds the global model (safetensors) and the
-server state (JSON). Each is written into a temporary folder and renamed into place, so a kill at
-any moment leaves the last complete checkpoint usable."""
+"""Atomic checkpoints: ``checkpoints/round_<N>/`` holds the global model (safetensors), the
+server state (JSON) and ``checksums.json`` (SHA-256 of both). Each is written into a temporary
+folder and renamed into place, so a kill at any moment leaves the last complete checkpoint usable;
+:func:`load_checkpoint` verifies the checksums and parses everything before the caller trusts it,
+raising :class:`CheckpointError` with the reason otherwise."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +20,19 @@ from safetensors.torch import load_file, save_file
 _ROUND_DIR = re.compile(r"^round_(\d+)$")
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "server_state.json"
+SUMS_FILE = "checksums.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be trusted (damaged, truncated, foreign): the message says why."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,6 +62,11 @@ def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tens
         json.dump(server_state, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
+    sums = {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+    with open(tmp / SUMS_FILE, "w") as fh:
+        json.dump(sums, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -66,12 +87,53 @@ def complete_rounds(root: Path) -> list[int]:
     return sorted(rounds)
 
 
-def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def verify_checkpoint(root: Path, round_idx: int) -> None:
+    """Raise :class:`CheckpointError` unless both files match ``checksums.json``."""
     d = root / f"round_{round_idx}"
-    tensors = load_file(str(d / MODEL_FILE), device="cpu")  # load_state_dict copies onto the model's device
-    with open(d / STATE_FILE) as fh:
-        state = json.load(fh)
+    try:
+        sums = json.loads((d / SUMS_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{SUMS_FILE} missing (no checksum to verify)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{SUMS_FILE} unreadable: {exc}") from None
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{SUMS_FILE}: expected an object, got {type(sums).__name__}")
+    for name in (MODEL_FILE, STATE_FILE):
+        try:
+            actual = _sha256(d / name)
+        except OSError as exc:
+            raise CheckpointError(f"{name} unreadable: {exc}") from None
+        if sums.get(name) != actual:
+            raise CheckpointError(f"{name}: checksum mismatch (damaged or replaced)")
+
+
+def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The verified tensors and server state of round ``round_idx``; :class:`CheckpointError`
+    when the checksums do not match or a file does not parse."""
+    d = root / f"round_{round_idx}"
+    verify_checkpoint(root, round_idx)
+    try:
+        tensors = load_file(str(d / MODEL_FILE), device="cpu")  # load_state_dict copies onto the model's device
+    except Exception as exc:  # safetensors raises its own error types on a damaged header
+        raise CheckpointError(f"{MODEL_FILE} does not load: {exc}") from None
+    try:
+        state = json.loads((d / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{STATE_FILE} does not parse: {exc}") from None
+    if not isinstance(state, dict) or state.get("round") != round_idx:
+        raise CheckpointError(f"{STATE_FILE}: expected a server state of round {round_idx}")
     return tensors, state
+
+
+def set_aside(root: Path, round_idx: int) -> Path:
+    """Rename an untrusted ``round_<N>`` to ``round_<N>.invalid`` (kept for inspection, never
+    loaded or pruned as a checkpoint) and return the new path."""
+    src = root / f"round_{round_idx}"
+    dst = root / f"round_{round_idx}.invalid"
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+    return dst
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:

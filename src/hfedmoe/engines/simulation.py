@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
-from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
+from hfedmoe.client.train import trainable_dense_names
+from hfedmoe.engines.guard import RoundGuard
+from hfedmoe.engines.checkpoint import (
+    CheckpointError, complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint, set_aside,
+)
+from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method
@@ -98,6 +104,8 @@ class Simulation:
         if self.method.pools_data and cfg.train.local_steps:
             # the pooled client sees as many examples per round as all sampled clients together
             self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
+        self.guard = RoundGuard(cfg, self.method, self.settings,
+                                trainable_dense_names(self.mm, list(self.settings.trainable)))
         self.round = 0
         self.sim_time_s = 0.0
         self.sim_compute_s = 0.0  # the parts of sim_time_s spent computing and on the links
@@ -123,26 +131,67 @@ class Simulation:
             "sim_compute_s": self.sim_compute_s,
             "sim_comm_s": self.sim_comm_s,
             "wall_time_s": self.wall_time_s,
+            "guard": self.guard.state_dict(),
         }
 
     def restore(self) -> int:
-        """Load the last complete checkpoint (if any); return its round."""
-        rounds = complete_rounds(self.ckpt_root)
-        if not rounds:
-            truncate_metrics(self.metrics_path, 0)
-            return 0
-        last = rounds[-1]
-        tensors, state = load_checkpoint(self.ckpt_root, last)
-        self.mm.model.load_state_dict(tensors, strict=True)
-        self.method.load_state_dict(state["method_state"])
-        self.round = int(state["round"])
-        self.sim_time_s = float(state["sim_time_s"])
-        self.sim_compute_s = float(state.get("sim_compute_s", 0.0))
-        self.sim_comm_s = float(state.get("sim_comm_s", 0.0))
-        self.wall_time_s = float(state["wall_time_s"])
-        truncate_metrics(self.metrics_path, self.round)
-        log.info("resumed from round %d", self.round)
-        return self.round
+        """Load the newest complete checkpoint that verifies (checksums, tensors of this model,
+        state of this method); return its round. Untrusted newer ones are renamed
+        ``round_<N>.invalid`` and each fallback is logged and kept in ``restore_notes``.
+
+        Raises HFedMoEError, before anything is written, when metrics.jsonl lacks rows up to the
+        checkpoint (resuming would rewrite the report with less)."""
+        self.restore_notes: list[str] = []
+        rows = read_metrics(self.metrics_path)
+        for r in reversed(complete_rounds(self.ckpt_root)):
+            try:
+                tensors, state = load_checkpoint(self.ckpt_root, r)
+                self._check_checkpoint(tensors, state)
+            except CheckpointError as exc:
+                moved = set_aside(self.ckpt_root, r)
+                self.restore_notes.append(f"checkpoint of round {r} is not usable ({exc}); moved to {moved.name}")
+                log.warning("%s", self.restore_notes[-1])
+                continue
+            missing = sorted(set(range(r + 1)) - {int(x["round"]) for x in rows})
+            if missing:
+                raise HFedMoEError(
+                    f"{self.metrics_path}: expected metric rows for rounds 0..{r}, rows {_span(missing)} are missing; "
+                    "resuming would rewrite the report with less (restore the file, or start over with --overwrite)")
+            self.mm.model.load_state_dict(tensors, strict=True)
+            self.method.load_state_dict(state["method_state"])
+            self.guard.load_state_dict(state.get("guard", {}))
+            self.round = int(state["round"])
+            self.sim_time_s = float(state["sim_time_s"])
+            self.sim_compute_s = float(state.get("sim_compute_s", 0.0))
+            self.sim_comm_s = float(state.get("sim_comm_s", 0.0))
+            self.wall_time_s = float(state["wall_time_s"])
+            truncate_metrics(self.metrics_path, self.round)
+            if self.restore_notes:
+                self.restore_notes.append(f"resuming from round {self.round}, the newest valid checkpoint")
+            log.info("resumed from round %d", self.round)
+            return self.round
+        if self.restore_notes:
+            self.restore_notes.append("no valid checkpoint left: starting again from round 0")
+        truncate_metrics(self.metrics_path, 0)
+        return 0
+
+    def _check_checkpoint(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        """CheckpointError unless ``tensors`` are exactly this model's and ``state`` this method's."""
+        own = self.mm.model.state_dict()
+        if set(tensors) != set(own):
+            extra, lack = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
+            raise CheckpointError(f"tensors of another model (unknown {extra[:2]}, missing {lack[:2]})")
+        for k, t in own.items():
+            if tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
+                raise CheckpointError(f"tensor {k}: {tensors[k].dtype} {tuple(tensors[k].shape)}, "
+                                      f"expected {t.dtype} {tuple(t.shape)}")
+            if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):
+                raise CheckpointError(f"tensor {k}: non-finite values")
+        if state.get("method") != self.method.name:
+            raise CheckpointError(f"server state of method {state.get('method')!r}, expected {self.method.name!r}")
+        for key in ("method_state", "sim_time_s", "wall_time_s"):
+            if key not in state:
+                raise CheckpointError(f"server state without {key!r}")
 
     # --- rounds ----------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> list[int]:
@@ -181,14 +230,14 @@ class Simulation:
         t0 = time.perf_counter()
         sampled, training, failed, dropped = self.plan_round(round_idx)
         aggregation = self.method.start_aggregation(self.mm, round_idx)
-        summaries, client_times, down_total = self.train_clients(round_idx, training, aggregation)
+        summaries, client_times, down_total, faulted = self.train_clients(round_idx, training, aggregation)
         agg_metrics = aggregation.finish() if summaries else {}
         return self.finish_round(round_idx, t0, sampled, summaries, client_times, down_total,
-                                 failed, dropped, agg_metrics)
+                                 failed + faulted, dropped, agg_metrics)
 
     def receive(self, aggregation: Aggregation, update: ClientUpdate) -> None:
-        """The one place where the server receives a client's update, on every engine: it is
-        folded into the round's running sums here (checks on incoming updates belong here)."""
+        """The one place where the server folds an accepted update into the round's running sums,
+        on every engine (the round guard has validated it before)."""
         aggregation.add(update)
 
     def plan_round(self, round_idx: int) -> tuple[list[int], list[ClientInfo], list[int], list[int]]:
@@ -227,17 +276,21 @@ class Simulation:
 
     def train_clients(
         self, round_idx: int, training: list[ClientInfo], aggregation: Aggregation
-    ) -> tuple[list[ClientSummary], dict[int, tuple[float, float]], int]:
-        """In-process local training: each client in turn on the one shared model, its update
-        folded into ``aggregation`` and dropped (the server holds O(1) updates). Returns (summaries,
-        simulated (compute, link) seconds per client, download bytes); the model holds the global
-        weights again afterwards, ready for ``aggregation.finish()``."""
+    ) -> tuple[list[ClientSummary], dict[int, tuple[float, float]], int, list[int]]:
+        """In-process local training: each client in turn on the one shared model, through the
+        round guard (injected faults, a client's exception caught, DP on the upload, validation of
+        the update as it arrives); an accepted update is folded into ``aggregation`` and dropped
+        (the server holds O(1) updates). Returns (summaries, simulated (compute, link) seconds per
+        client, download bytes, failed clients); the model holds the global weights again."""
         mm = self.mm
         global_state = {k: v.detach().clone() for k, v in mm.model.state_dict().items()}
         full_down = download_bytes(mm)
         down_total = 0
         summaries: list[ClientSummary] = []
         client_times: dict[int, tuple[float, float]] = {}
+        failed: list[int] = []
+        errors: list[Exception] = []
+        self.guard.begin_round(mm)
         for cinfo in training:
             cid = cinfo.client_id
             client = self.fed.clients[cid]
@@ -246,17 +299,36 @@ class Simulation:
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
-            upd = train_client(
-                mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                seed=self.client_seed(round_idx, cid),
+            parts: dict[int, tuple[float, float]] = {}
+
+            def seconds_of(u: ClientUpdate, cid: int = cid, down: int = down) -> float:
+                parts[cid] = self.client_sim_seconds(cid, u, down)
+                return sum(parts[cid])
+
+            outcome = self.guard.run_client(
+                round_idx, mm, cinfo, plan,
+                train=lambda prog, cid=cid, client=client, plan=plan: train_client(
+                    mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
+                    seed=self.client_seed(round_idx, cid), progress=prog),
+                seconds_of=seconds_of,
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
-            client_times[cid] = self.client_sim_seconds(cid, upd, down)
-            summaries.append(ClientSummary.of(upd))
-            self.receive(aggregation, upd)
-            del upd  # the server keeps only the running sums
+            if outcome.seconds is not None:
+                client_times[cid] = _split_seconds(outcome.seconds, parts.get(cid))
+            if outcome.failed is not None:
+                failed.append(cid)
+                self.on_event({"kind": "client_failed", "round": round_idx, "client": cid, "reason": outcome.failed})
+                if outcome.error is not None:
+                    errors.append(outcome.error)
+                continue
+            if outcome.update is not None:
+                summaries.append(ClientSummary.of(outcome.update))
+                self.receive(aggregation, outcome.update)
+            del outcome  # the server keeps only the running sums
+        if training and len(errors) == len(training):
+            raise errors[0]  # every client raised: a defect of the run, not of one client
         mm.model.load_state_dict(global_state)
-        return summaries, client_times, down_total
+        return summaries, client_times, down_total, failed
 
     def finish_round(
         self,
@@ -273,6 +345,9 @@ class Simulation:
         """The round's metrics row (after aggregation): times, bytes, per-client statistics and,
         every ``eval_every`` rounds, the evaluation. Shared by both engines."""
         cfg = self.cfg
+        guard_row = self.guard.end_round()
+        for c in failed:  # failures decided outside the guard (memory) keep a reason too
+            guard_row["failed_reasons"].setdefault(str(c), "training state does not fit memory")
         # the round lasts as long as its slowest client; its compute and link parts are reported apart
         critical = max(client_times.values(), key=sum) if client_times else (0.0, 0.0)
         round_sim = sum(critical)
@@ -301,6 +376,7 @@ class Simulation:
             "client_usage": {str(u.client_id): u.usage for u in summaries},
             "client_train_loss": {str(u.client_id): u.train_loss for u in summaries},
             **agg_metrics,
+            **guard_row,
         }
         last = round_idx == cfg.federation.rounds
         if round_idx % cfg.federation.eval_every == 0 or last:
@@ -365,6 +441,19 @@ def client_val_accuracy(mm: MoEModel, fed: FederationData, cid: int, batch_size:
     """Accuracy of ``mm`` on client ``cid``'s validation split (NaN when it has none)."""
     c = fed.clients[cid]
     return evaluate(mm, fed.tokens, c.val_idx, batch_size)["accuracy"] if len(c.val_idx) else float("nan")
+
+
+def _split_seconds(total: float, parts: tuple[float, float] | None) -> tuple[float, float]:
+    """(compute, link) seconds summing to ``total``: the client's own split scaled (a straggler's
+    extra wait or a deadline cut applies to both), or all compute when it sent nothing."""
+    if not parts or sum(parts) <= 0:
+        return (total, 0.0)
+    f = total / sum(parts)
+    return (parts[0] * f, parts[1] * f)
+
+
+def _span(rounds: list[int]) -> str:
+    return f"{rounds[0]}..{rounds[-1]}" if len(rounds) > 1 else str(rounds[0])
 
 
 def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:

@@ -34,6 +34,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "download_bytes_per_round": (sum(r["download_bytes"] for r in trained_rounds) / len(trained_rounds))
         if trained_rounds else 0,
         "failed_client_rounds": sum(len(r["failed_clients"]) for r in rows),
+        "rejected_client_rounds": sum(len(r.get("rejected_clients") or {}) for r in rows),
+        "dp_epsilon": rows[-1].get("dp_epsilon") if rows else None,
+        "dp_delta": rows[-1].get("dp_delta") if rows else None,
     }
 
 
@@ -98,6 +101,9 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"{_fmt(s['final_client_val_accuracy_min'], True)}, mean {_fmt(s['final_client_val_accuracy_mean'], True)}",
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
         f"and download {s['download_bytes_per_round'] / 1e6:.2f} MB per round",
+        f"- rejected client updates: {s.get('rejected_client_rounds', 0)}"
+        + (f"; client-level DP: epsilon {s['dp_epsilon']:.3g} at delta {s['dp_delta']:.0e} (worst client, "
+           f"Opacus RDP accountant)" if s.get("dp_epsilon") is not None else "; no differential privacy"),
         "",
     ]
     if clients:

@@ -103,6 +103,7 @@ class RoundState:
 
     sampled: list[int] = field(default_factory=list)
     infos: dict[int, ClientInfo] = field(default_factory=dict)  # cid -> what was sent
+    plans: dict[int, Any] = field(default_factory=dict)  # cid -> its TrainPlan (what it may train)
     down: dict[int, int] = field(default_factory=dict)  # cid -> modelled download bytes
     failed: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
@@ -161,6 +162,7 @@ class HFedMoEStrategy(Strategy):
         del arrays, config  # the global model lives in the run's model; per-node records are built here
         run, mm = self.run, self.run.mm
         sampled, training, failed, dropped = run.plan_round(server_round)
+        run.guard.begin_round(mm)  # the global reference replies are checked against
         st = RoundState(sampled=sampled, failed=failed, dropped=dropped)
         live = self._live(grid)
         full_down = download_bytes(mm)
@@ -174,6 +176,7 @@ class HFedMoEStrategy(Strategy):
                               "reason": "node offline"})
                 continue
             plan = run.method.plan(mm, cinfo, server_round)
+            st.plans[cid] = plan
             cfg = ConfigRecord({
                 "run_config": self._config_toml, "round": server_round, "client_id": cid,
                 "budget": int(cinfo.budget), "num_examples": int(cinfo.num_examples), "profile": cinfo.profile,
@@ -210,6 +213,8 @@ class HFedMoEStrategy(Strategy):
                 self._reject(server_round, cid, f"malformed reply: {exc}")
                 continue
             reason = _validate(upd, run.mm, st.infos[cid])
+            if reason is None:  # the in-process engine's checks (core/validation.py) as well
+                reason = run.guard.receive(server_round, run.mm, st.infos[cid], st.plans[cid], upd)
             if reason is not None:
                 self._reject(server_round, cid, f"invalid update: {reason}")
                 continue
