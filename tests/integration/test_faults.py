@@ -1,6 +1,7 @@
-import logging
 """Client faults (injected crashes, stragglers, silent clients, real exceptions) cost only the
 faulted clients: the round completes with the others and the metrics say who failed and why."""
+
+import logging
 
 import pytest
 import torch
