@@ -143,9 +143,15 @@ class Simulation:
             for c in self.fed.clients
         ]
         finite = [a for a in per_client if a == a]
+        from hfedmoe.report.classes import class_metrics
+
+        classes = class_metrics(test["confusion"])
         return {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
+            "test_macro_f1": classes["macro_f1"],
+            "test_class_accuracy": classes["class_accuracy"],
+            "test_pred_share": classes["pred_share"],
             "client_val_accuracy": per_client,
             "client_val_accuracy_min": min(finite) if finite else None,
             "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
