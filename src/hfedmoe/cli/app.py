@@ -126,7 +126,8 @@ def _report(sim: Any) -> dict[str, Any]:
     ]
     context = {"model": sim.model_description, "dataset": sim.fed.dataset.name, "clients": clients,
                "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
-               "label_names": list(sim.fed.dataset.label_names),
+               "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
+               "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
                "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients))}
     return write_run_report(sim.out_dir, context)
 

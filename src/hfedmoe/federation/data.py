@@ -164,6 +164,9 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
                 f"least 2; {fix}"
             ) from None
         clients.append(ClientData(cid, np.sort(tr), np.sort(va), profiles[cid % len(profiles)], names[cid]))
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 1_000_000 and d.max_length > limit:  # HF uses ~1e30 for "unknown"
+        raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
     tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
     return FederationData(ds, tokens, np.sort(test_idx), clients)
