@@ -276,7 +276,7 @@ def bench(
 
 def _parse_seeds(text: str) -> list[int]:
     """``--seeds 0,1,2``: a non-empty list of integers in [0, 2^32)."""
-    from hfedmoe.config.validate import SEED_LIMIT
+    from hfedmoe.config.ranges import SEED_LIMIT
 
     items = [x.strip() for x in text.split(",")]
     try:

@@ -5,7 +5,7 @@ field with its type, default and help (``--markdown``: the README's table, from 
 and the presets in ``configs/`` use the same names. Dotted overrides (``--set method.beta=0.2``)
 address any field. Type errors and value errors are collected in one pass
 (:func:`config_from_data`); every message starts with the dotted field name. Range checks live in
-:mod:`hfedmoe.config.validate`.
+:mod:`hfedmoe.config.ranges`.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     """Check every field; raise one HFedMoEError listing all problems (``prior``: type errors
     found while building ``cfg``; their fields are not checked again)."""
-    from hfedmoe.config.validate import range_problems
+    from hfedmoe.config.ranges import range_problems
 
     p: list[str] = list(prior)
     reported = {x.split(":", 1)[0] for x in p}
