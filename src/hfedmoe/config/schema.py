@@ -64,7 +64,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = _f("vader", "vader | sms_spam | trec | bbc | local")
-    path: str = _f("", "local CSV / JSONL / Parquet file (dataset = 'local')")
+    path: str = _f("", "local CSV / TSV / JSON Lines / JSON array / Parquet file, format read from the content "
+                       "(dataset = 'local')")
     text_column: str = _f("text", "text column of a local file")
     label_column: str = _f("label", "label column of a local file")
     group_column: str = _f("", "column for the natural split of a local file (domain, outlet, author)")
@@ -85,7 +86,11 @@ class DataConfig:
     max_examples: int = _f(0, "use a stratified random subset of this many examples (0 = all)")
     test_fraction: float = _f(0.2, "held-out global test set, fixed per run seed")
     val_fraction: float = _f(0.1, "per-client validation split")
-    partition: str = _f("natural-dirichlet", "natural | dirichlet | iid | shards | natural-dirichlet")
+    partition: str = _f(
+        "natural-dirichlet",
+        "natural (one client per group) | dirichlet (label skew, concentration data.alpha) | iid | shards | "
+        "natural-dirichlet (each group split by label skew into clients_per_group clients)",
+    )
     num_clients: int = _f(8, "number of clients for dirichlet | iid | shards (natural schemes: one client per group, or clients_per_group per group)")
     clients_per_group: int = _f(2, "natural-dirichlet: clients per group, label skew inside a group")
     alpha: float = _f(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
