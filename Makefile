@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench clean-venv
+.PHONY: install demo test test-slow bench clean-venv docs-results docs-config
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,15 @@ bench: install
 	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
 	$(BIN)/hfedmoe bench --config configs/bench-bbc.toml --out runs/bench-bbc
 	$(BIN)/hfedmoe bench --config configs/bench-trec.toml --out runs/bench-trec
+
+# Rerun the demo and write its numbers into README.md and docs/results/demo/ (~8 min alone on 2 cores),
+# so the README cannot drift from the code. `scripts/docs_results.py --from DIR` re-renders without a rerun.
+docs-results: install
+	$(BIN)/python scripts/docs_results.py
+
+# Only the README's config table (after adding or changing a config field).
+docs-config: install
+	$(BIN)/python scripts/docs_results.py --config-table-only
 
 clean-venv:
 	rm -rf $(VENV)
