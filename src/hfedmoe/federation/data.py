@@ -104,8 +104,10 @@ def _user_terms(msg: str, natural: bool) -> str:
                "partition": "data.partition"}
     if natural and field == "num_clients":
         field = "data.min_client_size" if "min_size" in rest else "data.clients_per_group"
+        rest += ("; raise data.min_group_size to merge small groups, or lower data.clients_per_group / "
+                 "data.min_client_size")
         rest = rest.replace("lower num_clients/min_size", "lower data.clients_per_group/data.min_client_size")
-    rest = rest.replace("min_size", "data.min_client_size")
+    rest = rest.replace("min_size", "data.min_client_size").replace("lower num_clients", "lower data.num_clients")
     return f"{mapping.get(field, field)}: {rest}" if rest else msg
 
 
