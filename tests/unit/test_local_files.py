@@ -112,7 +112,7 @@ def test_five_hundred_group_natural_split(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
 
     sets = ['data.dataset="local"', f'data.path="{path}"', 'data.group_column="movie"', 'data.partition="natural"',
-            "data.min_group_size=20", "data.max_clients=60", "data.val_fraction=0.1"]
+            "data.min_group_size=10", "data.max_clients=60", "data.val_fraction=0.1"]
     cfg = load_config(None, sets)
     from hfedmoe.assets.models import load_minilm_tokenizer
 
