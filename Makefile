@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench perf clean-venv
+.PHONY: install demo test test-slow bench perf clean-venv docs-results docs-config
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,15 @@ perf: install
 	$(PERF) benchmarks/bench_memory.py --clients 4 50
 	$(PERF) benchmarks/bench_experts.py --repeats 5
 	$(PERF) benchmarks/bench_eval.py
+
+# Rerun the demo and write its numbers into README.md and docs/results/demo/ (~8 min alone on 2 cores),
+# so the README cannot drift from the code. `scripts/docs_results.py --from DIR` re-renders without a rerun.
+docs-results: install
+	$(BIN)/python scripts/docs_results.py
+
+# Only the README's config table (after adding or changing a config field).
+docs-config: install
+	$(BIN)/python scripts/docs_results.py --config-table-only
 
 clean-venv:
 	rm -rf $(VENV)

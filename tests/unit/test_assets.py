@@ -279,14 +279,14 @@ def test_local_int_labels_with_names(tmp_path, suffix):
 
 
 def test_local_missing_file(tmp_path):
-    with pytest.raises(HFedMoEError, match="path: file not found"):
+    with pytest.raises(HFedMoEError, match="data.path: file not found"):
         load_local(tmp_path / "nope.csv")
 
 
 def test_local_unknown_extension(tmp_path):
     path = tmp_path / "data.xlsx"
-    path.write_text("x")
-    with pytest.raises(HFedMoEError, match=r"path: unknown extension '\.xlsx'"):
+    path.write_bytes(b"PK\x03\x04" + bytes(60))  # a zip (what .xlsx is): not a format we read
+    with pytest.raises(HFedMoEError, match=r"data.path: cannot read data.xlsx: binary content"):
         load_local(path)
 
 
@@ -297,7 +297,7 @@ def test_local_missing_column_lists_available(tmp_path, field):
     with pytest.raises(HFedMoEError) as info:
         load_local(path, **options)
     message = str(info.value)
-    assert message.startswith(f"{field}: column 'oops'")
+    assert message.startswith(f"data.{field}: column 'oops'")
     assert "review, sentiment, stars, site" in message
 
 
@@ -305,7 +305,7 @@ def test_local_missing_column_lists_available(tmp_path, field):
 def test_local_empty_file(tmp_path, content):
     path = tmp_path / "empty.csv"
     path.write_text(content)
-    with pytest.raises(HFedMoEError, match="path: .* is empty"):
+    with pytest.raises(HFedMoEError, match="data.path: .* is empty"):
         load_local(path, "review", "sentiment")
 
 
@@ -322,7 +322,7 @@ def test_local_null_values_are_counted(tmp_path, column, field, suffix):
     frame = FRAME.copy()
     frame.loc[[0, 3], column] = None
     path = _write(frame, tmp_path / f"r{suffix}")
-    with pytest.raises(HFedMoEError, match=rf"{field}: column '{column}' .* has 2 null values"):
+    with pytest.raises(HFedMoEError, match=rf"data.{field}: column '{column}' .* has 2 null .*rows 1, 4\)"):
         load_local(path, "review", "sentiment")
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hfedmoe.assets.registry import asset_path
+from hfedmoe.data.files import read_table, short_list
 from hfedmoe.data.types import LabeledTexts
 from hfedmoe.errors import HFedMoEError
 
@@ -157,77 +158,71 @@ def load_bbc() -> LabeledTexts:
     )
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            # Only empty fields are missing: a text "NA" or "null" stays a text.
-            return pd.read_csv(path, keep_default_na=False, na_values=[""])
-        if suffix in (".jsonl", ".json"):
-            try:
-                return pd.read_json(path, lines=True)
-            except ValueError:
-                if suffix == ".jsonl":
-                    raise
-                return pd.read_json(path)  # a plain JSON array of records
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except ValueError as exc:
-        if path.stat().st_size == 0 or not path.read_bytes().strip():
-            return pd.DataFrame()
-        raise HFedMoEError(f"path: cannot parse {path} as {suffix[1:]}: {exc}") from exc
-    raise HFedMoEError(
-        f"path: unknown extension {suffix or '(none)'!r} for {path}; "
-        "expected .csv, .jsonl, .json (JSON lines) or .parquet"
-    )
+#: More distinct labels than this in a local file is almost always the wrong column (or free text).
+MAX_LABELS = 1000
 
 
 def _column(frame: pd.DataFrame, field: str, column: str, path: Path) -> pd.Series:
     if column not in frame.columns:
-        available = ", ".join(map(str, frame.columns))
         raise HFedMoEError(
-            f"{field}: column {column!r} not in {path.name}; available columns: {available}"
+            f"{field}: column {column!r} not in {path.name}; available columns: "
+            f"{short_list(list(map(str, frame.columns)))}"
         )
-    series = frame[column]
-    num_null = int(series.isna().sum())
-    if num_null:
-        raise HFedMoEError(
-            f"{field}: column {column!r} of {path.name} has {num_null} null values "
-            f"out of {len(series)}"
-        )
-    return series
+    return frame[column]
+
+
+def _rows(mask: np.ndarray) -> str:
+    """1-based data row numbers (header not counted) of the True entries, cut to a few."""
+    rows = (np.flatnonzero(mask) + 1).tolist()
+    return f"row{'s' if len(rows) > 1 else ''} {short_list(rows, limit=5)}"
+
+
+def _invalid_rows(frame: pd.DataFrame, columns: dict[str, str], text_column: str) -> dict[str, np.ndarray]:
+    """field -> (N,) bool mask of rows with a null cell (or, for the text, an empty/whitespace text)."""
+    out: dict[str, np.ndarray] = {}
+    for field, column in columns.items():
+        series = frame[column]
+        bad = series.isna().to_numpy()
+        if column == text_column:
+            as_text = series.astype(str).str.strip()
+            bad = bad | (as_text == "").to_numpy()
+        out[field] = bad
+    return out
 
 
 def _encode_labels(
     series: pd.Series, label_names: Sequence[str] | None, path: Path
 ) -> tuple[np.ndarray, list[str]]:
-    """Integer labels as they are; anything else mapped through sorted unique strings."""
+    """Dense integer ids 0..K-1 as they are; any other labels (strings, sparse or huge integers)
+    mapped through their sorted unique values."""
     values = series.to_numpy()
-    if values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):
+    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(np.mod(values, 1) == 0):
         values = values.astype(np.int64)
     if values.dtype.kind in "iu":
-        if values.min() < 0:
-            raise HFedMoEError(
-                f"label_column: integer labels must be >= 0, got {values.min()} in {path.name}"
-            )
-        num_labels = int(values.max()) + 1
-        if label_names is None:
-            return values.astype(np.int64), [str(i) for i in range(num_labels)]
-        if len(label_names) < num_labels:
-            raise HFedMoEError(
-                f"label_names: {len(label_names)} names given, labels go up to {num_labels - 1} "
-                f"in {path.name}"
-            )
-        return values.astype(np.int64), list(label_names)
+        distinct = np.unique(values)
+        dense = distinct.min() == 0 and distinct.max() == len(distinct) - 1
+        if label_names is not None:
+            if distinct.min() < 0 or distinct.max() >= len(label_names):
+                raise HFedMoEError(
+                    f"data.label_column: integer labels must be ids in [0, {len(label_names)}) for "
+                    f"{len(label_names)} label_names, got range [{distinct.min()}, {distinct.max()}] in {path.name}"
+                )
+            return values.astype(np.int64), list(label_names)
+        if dense:
+            return values.astype(np.int64), [str(i) for i in range(len(distinct))]
+        # sparse ids (e.g. 1 and 1000000000) are names, not head widths: map them densely
+        log_map = ", ".join(f"{v}->{i}" for i, v in enumerate(distinct[:5].tolist()))
+        logger.info("%s: integer labels are not 0..K-1; mapped densely in sorted order (%s)", path.name, log_map)
+        ids = np.searchsorted(distinct, values)
+        return ids.astype(np.int64), [str(v) for v in distinct.tolist()]
     as_text = series.astype(str).str.strip()
     names = sorted(set(as_text)) if label_names is None else list(label_names)
     ids = {name: i for i, name in enumerate(names)}
     unknown = sorted(set(as_text) - ids.keys())
     if unknown:
         raise HFedMoEError(
-            f"label_names: labels {unknown[:5]} in {path.name} are not in label_names {names}"
+            f"data.label_column: labels {short_list(unknown, 5)} in {path.name} are not in label_names "
+            f"{short_list(names)}"
         )
     return as_text.map(ids).to_numpy(dtype=np.int64), names
 
@@ -238,8 +233,9 @@ def load_local(
     label_column: str = "label",
     group_column: str | None = None,
     label_names: Sequence[str] | None = None,
+    drop_invalid: bool = False,
 ) -> LabeledTexts:
-    """Load a user's CSV, JSONL (``.jsonl``/``.json`` lines) or Parquet file, chosen by extension.
+    """Load a user's CSV, TSV, JSON Lines, JSON array or Parquet file (format from the content).
 
     Parameters
     ----------
@@ -250,8 +246,12 @@ def load_local(
     group_column : str or None
         Optional column with a group per row (e.g. domain or user) for natural partitions.
     label_names : sequence of str or None
-        Names of the classes. Integer labels are used as ids as they are; string labels are
-        mapped to their position in ``label_names`` (default: sorted unique labels).
+        Names of the classes. Dense integer labels 0..K-1 are used as ids as they are; string
+        labels and sparse integers are mapped to their position in ``label_names`` (default:
+        sorted unique labels).
+    drop_invalid : bool
+        Drop rows with a null text/label/group cell or an empty/whitespace-only text (counted in
+        the log) instead of raising.
 
     Returns
     -------
@@ -261,19 +261,53 @@ def load_local(
     Raises
     ------
     HFedMoEError
-        Missing file, unknown extension, missing column, empty file, null texts/labels/groups.
+        Missing or unreadable file, missing column, empty file, invalid rows (with their row
+        numbers), fewer than 2 or more than :data:`MAX_LABELS` classes; always one line.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise HFedMoEError(f"path: file not found: {path}")
-    frame = _read_table(path)
+        raise HFedMoEError(f"data.path: file not found: {path}")
+    frame = read_table(path)
     if frame.empty:
-        raise HFedMoEError(f"path: {path} is empty (no rows)")
-    texts = _column(frame, "text_column", text_column, path).astype(str).tolist()
-    labels, names = _encode_labels(_column(frame, "label_column", label_column, path), label_names, path)
+        raise HFedMoEError(f"data.path: {path} is empty (no rows)")
+    columns = {"data.text_column": text_column, "data.label_column": label_column}
+    if group_column is not None:
+        columns["data.group_column"] = group_column
+    for field, column in columns.items():
+        _column(frame, field, column, path)
+    invalid = _invalid_rows(frame, columns, text_column)
+    any_bad = np.zeros(len(frame), dtype=bool)
+    for mask in invalid.values():
+        any_bad |= mask
+    if any_bad.any():
+        what = {f: int(m.sum()) for f, m in invalid.items() if m.any()}
+        if not drop_invalid:
+            field, mask = next((f, m) for f, m in invalid.items() if m.any())
+            kind = "null or empty/whitespace-only texts" if field == "data.text_column" else "null cells"
+            raise HFedMoEError(
+                f"{field}: column {columns[field]!r} of {path.name} has {int(mask.sum())} {kind} "
+                f"({_rows(mask)}) out of {len(frame)} rows; fix them or set data.drop_invalid = true"
+            )
+        logger.warning("%s: dropped %d of %d rows (%s)", path.name, int(any_bad.sum()), len(frame),
+                       ", ".join(f"{n} invalid in {f}" for f, n in what.items()))
+        frame = frame[~any_bad].reset_index(drop=True)
+        if frame.empty:
+            raise HFedMoEError(f"data.path: every row of {path.name} is invalid (null or empty)")
+    texts = frame[text_column].astype(str).tolist()
+    labels, names = _encode_labels(frame[label_column], label_names, path)
+    num_distinct = len(np.unique(labels))
+    if num_distinct < 2:
+        raise HFedMoEError(
+            f"data.label_column: expected at least 2 classes, got 1 ({names[int(labels[0])]!r}) in {path.name}"
+        )
+    if len(names) > MAX_LABELS:
+        raise HFedMoEError(
+            f"data.label_column: expected at most {MAX_LABELS} classes, got {len(names)} in column "
+            f"{label_column!r} of {path.name} (is it the right column?)"
+        )
     groups = None
     if group_column is not None:
-        groups = _column(frame, "group_column", group_column, path).astype(str).to_numpy(dtype=str)
+        groups = frame[group_column].astype(str).to_numpy(dtype=str)
     logger.info("loaded %d rows, %d labels from %s", len(texts), len(names), path)
     return LabeledTexts(texts=texts, labels=labels, label_names=names, groups=groups, name=path.stem)
 
@@ -300,7 +334,7 @@ def load_dataset(name: str, **options: Any) -> LabeledTexts:
     """
     if name not in _LOADERS:
         raise HFedMoEError(
-            f"dataset: unknown name {name!r}; expected one of {', '.join(DATASET_NAMES)}"
+            f"data.dataset: unknown name {name!r}; expected one of {', '.join(DATASET_NAMES)}"
         )
     loader = _LOADERS[name]
     accepted = inspect.signature(loader).parameters

@@ -36,16 +36,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
-from hfedmoe.config import RunConfig, apply_overrides, config_from_dict, read_toml, validate
+from hfedmoe.config import RunConfig, apply_overrides, config_from_data, read_toml
 from hfedmoe.errors import HFedMoEError
 
 log = logging.getLogger(__name__)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 
@@ -137,6 +139,9 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     for i, d in enumerate(datasets_raw):
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
             raise HFedMoEError(f"datasets[{i}]: expected a table with a name, got {d!r}")
+        if not _SAFE_NAME.fullmatch(d["name"]):  # it becomes a folder under --out: no "..", no "/"
+            raise HFedMoEError(f"datasets[{i}].name: expected letters, digits, '.', '_' or '-' (a folder name "
+                               f"inside --out, not starting with '.'), got {d['name']!r}")
         datasets.append(Dataset(d["name"], _strings(d.get("set", []), f"datasets[{i}].set")))
     if len({d.name for d in datasets}) != len(datasets):
         raise HFedMoEError(f"datasets: names must be unique, got {[d.name for d in datasets]}")
@@ -179,8 +184,7 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
 
 def _build(data: dict[str, Any], overrides: list[str], where: str) -> RunConfig:
     try:
-        cfg = config_from_dict(apply_overrides(data, overrides))
-        validate(cfg)
+        cfg = config_from_data(apply_overrides(data, overrides))
     except HFedMoEError as exc:
         raise HFedMoEError(f"{where}: {exc}") from None
     return cfg

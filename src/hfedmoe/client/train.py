@@ -286,12 +286,20 @@ def evaluate(mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, batch_size
     correct = 0
     loss_sum = 0.0
     n = 0
+    confusion = None  # (K, K) counts: rows = true class, columns = predicted class
     for batch in iter_batches(data, length_sorted(data, indices), batch_size, shuffle=False):
         batch = to_device(batch, device)
         out = model(**batch)
         b = batch["labels"].shape[0]
         loss_sum += float(out.loss) * b
-        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())  # one sync per batch
+        pred = out.logits.argmax(-1)  # (B,)
+        correct += int((pred == batch["labels"]).sum())  # one sync per batch
+        num_labels = out.logits.shape[-1]
+        if confusion is None:
+            confusion = torch.zeros(num_labels, num_labels, dtype=torch.long, device=pred.device)
+        confusion += torch.bincount(batch["labels"] * num_labels + pred, minlength=num_labels**2).view(
+            num_labels, num_labels)
         n += b
     model.train(was_training)
-    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "num_examples": float(n)}
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "num_examples": float(n),
+            "confusion": [] if confusion is None else confusion.cpu().tolist()}

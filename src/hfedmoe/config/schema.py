@@ -1,8 +1,11 @@
 """Typed run configuration: TOML in, one validation pass that reports every problem at once.
 
-Every field carries its help text in ``metadata["help"]``; ``hfedmoe run --help-config`` prints
-them and the presets in ``configs/`` use the same names. Dotted overrides (``--set
-method.beta=0.2``) address any field.
+Every field carries its help text in ``metadata["help"]``; ``hfedmoe config`` prints every
+field with its type, default and help (``--markdown``: the README's table, from the same rows),
+and the presets in ``configs/`` use the same names. Dotted overrides (``--set method.beta=0.2``)
+address any field. Type errors and value errors are collected in one pass
+(:func:`config_from_data`); every message starts with the dotted field name. Range checks live in
+:mod:`hfedmoe.config.ranges`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "EngineConfig",
     "RunConfig",
     "config_from_dict",
+    "config_from_data",
     "config_to_dict",
     "apply_overrides",
     "read_toml",
@@ -69,14 +73,33 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = _f("vader", "vader | sms_spam | trec | bbc | local")
-    path: str = _f("", "local CSV / JSONL / Parquet file (dataset = 'local')")
+    path: str = _f("", "local CSV / TSV / JSON Lines / JSON array / Parquet file, format read from the content "
+                       "(dataset = 'local')")
     text_column: str = _f("text", "text column of a local file")
     label_column: str = _f("label", "label column of a local file")
     group_column: str = _f("", "column for the natural split of a local file (domain, outlet, author)")
+    drop_invalid: bool = _f(
+        False,
+        "drop rows of a local file whose text is empty/whitespace or whose text/label/group cell is null "
+        "(counted in the log); false = such a row is an error naming its row number",
+    )
+    min_group_size: int = _f(
+        1,
+        "natural splits: groups with fewer training examples than this are merged into one 'other' client "
+        "(or dropped when even merged they stay below it); said in the log",
+    )
+    max_clients: int = _f(
+        0,
+        "natural splits: keep at most this many groups (the largest; the rest merge into 'other'); 0 = no cap",
+    )
     max_examples: int = _f(0, "use a stratified random subset of this many examples (0 = all)")
     test_fraction: float = _f(0.2, "held-out global test set, fixed per run seed")
     val_fraction: float = _f(0.1, "per-client validation split")
-    partition: str = _f("natural-dirichlet", "natural | dirichlet | iid | shards | natural-dirichlet")
+    partition: str = _f(
+        "natural-dirichlet",
+        "natural (one client per group) | dirichlet (label skew, concentration data.alpha) | iid | shards | "
+        "natural-dirichlet (each group split by label skew into clients_per_group clients)",
+    )
     num_clients: int = _f(8, "number of clients for dirichlet | iid | shards (natural schemes: one client per group, or clients_per_group per group)")
     clients_per_group: int = _f(2, "natural-dirichlet: clients per group, label skew inside a group")
     alpha: float = _f(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
@@ -208,6 +231,24 @@ def _section_types(cls: type) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from nested dicts, collecting unknown keys and type errors."""
+    cfg, problems = _build(data)
+    if problems:
+        raise HFedMoEError("invalid config: " + "; ".join(problems))
+    return cfg
+
+
+def config_from_data(data: dict[str, Any]) -> RunConfig:
+    """Build and validate in ONE pass: type errors and value errors reported together.
+
+    A mistyped field keeps its default for the value checks and is reported once (its type error).
+    """
+    cfg, problems = _build(data)
+    validate(cfg, prior=problems)
+    return cfg
+
+
+def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
+    """A RunConfig with defaults where a field is unknown or mistyped, and the list of problems."""
     problems: list[str] = []
     kwargs: dict[str, Any] = {}
     hints = _section_types(RunConfig)
@@ -218,7 +259,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         sub = hints[key]
         if dataclasses.is_dataclass(sub):
             if not isinstance(value, dict):
-                problems.append(f"{key}: expected a table, got {value!r}")
+                problems.append(f"{key}: expected a table, got {_short(value)}")
                 continue
             sub_hints = _section_types(sub)
             sub_kwargs = {}
@@ -228,19 +269,23 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
                     continue
                 ok, coerced = _coerce(v, sub_hints[k])
                 if not ok:
-                    problems.append(f"{key}.{k}: expected {_tname(sub_hints[k])}, got {v!r}")
+                    problems.append(f"{key}.{k}: expected {_tname(sub_hints[k])}, got {_short(v)}")
                     continue
                 sub_kwargs[k] = coerced
             kwargs[key] = sub(**sub_kwargs)
         else:
             ok, coerced = _coerce(value, hints[key])
             if not ok:
-                problems.append(f"{key}: expected {_tname(hints[key])}, got {value!r}")
+                problems.append(f"{key}: expected {_tname(hints[key])}, got {_short(value)}")
                 continue
             kwargs[key] = coerced
-    if problems:
-        raise HFedMoEError("invalid config: " + "; ".join(problems))
-    return RunConfig(**kwargs)
+    return RunConfig(**kwargs), problems
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: an error line stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tname(t: Any) -> str:
@@ -296,7 +341,14 @@ def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
     if not p.is_file():
         raise HFedMoEError(f"{field_name}: file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HFedMoEError(f"{field_name}: expected a UTF-8 TOML file, got {p} with a non-UTF-8 byte at "
+                           f"offset {exc.start}") from None
+    except OSError as exc:
+        raise HFedMoEError(f"{field_name}: cannot read {p}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HFedMoEError(f"{field_name}: {p} is not valid TOML: {exc}") from None
 
@@ -305,18 +357,24 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a TOML preset (or the defaults when ``path`` is None), apply overrides, validate."""
     data = read_toml(path, "--config") if path is not None else {}
     data = apply_overrides(data, overrides or [])
-    cfg = config_from_dict(data)
-    validate(cfg)
-    return cfg
+    return config_from_data(data)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check every field; raise one HFedMoEError listing all problems."""
-    p: list[str] = []
+def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
+    """Check every field; raise one HFedMoEError listing all problems (``prior``: type errors
+    found while building ``cfg``; their fields are not checked again)."""
+    from hfedmoe.config.ranges import range_problems
+
+    p: list[str] = list(prior)
+    reported = {x.split(":", 1)[0] for x in p}
+    for name, msg in range_problems(cfg, reported):
+        reported.add(name)
+        p.append(f"{name}: {msg}")
 
     def need(cond: bool, name: str, expected: str, actual: Any) -> None:
-        if not cond:
-            p.append(f"{name}: expected {expected}, got {actual!r}")
+        if not cond and name not in reported:
+            reported.add(name)
+            p.append(f"{name}: expected {expected}, got {_short(actual)}")
 
     for dotted, choices in CHOICES.items():
         sec, fld = dotted.split(".")
@@ -394,7 +452,7 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
 
 
 def help_rows() -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every field, for `hfedmoe run --help-config`."""
+    """(dotted name, default, help) for every field (see also :mod:`hfedmoe.config.describe`)."""
     rows = []
     for sec in dataclasses.fields(RunConfig):
         sub = get_type_hints(RunConfig)[sec.name]

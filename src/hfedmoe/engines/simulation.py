@@ -32,6 +32,7 @@ from hfedmoe.methods.base import Aggregation, ClientInfo, Method
 from hfedmoe.federation.model import build_model
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.moe import MoEModel, wrap
+from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)
@@ -209,17 +210,24 @@ class Simulation:
         """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
         bs = self.cfg.train.eval_batch_size
         test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
-        if not clients:
-            return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
-        per_client = self.client_val_accuracies()
-        finite = [a for a in per_client if a == a]
-        return {
+        classes = class_metrics(test["confusion"])
+        row: dict[str, Any] = {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
+            "test_macro_f1": classes["macro_f1"],
+            "test_class_accuracy": classes["class_accuracy"],
+            "test_pred_share": classes["pred_share"],
+        }
+        if not clients:
+            return row
+        per_client = self.client_val_accuracies()
+        finite = [a for a in per_client if a == a]
+        row.update({
             "client_val_accuracy": per_client,
             "client_val_accuracy_min": min(finite) if finite else None,
             "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
-        }
+        })
+        return row
 
     def client_val_accuracies(self) -> list[float]:
         """Accuracy of the global model on each client's validation split (NaN: no split)."""

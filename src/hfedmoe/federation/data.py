@@ -26,6 +26,7 @@ class ClientData:
     train_idx: np.ndarray  # indices into FederationData.tokens
     val_idx: np.ndarray
     profile: str
+    name: str = ""  # the natural group a client holds ("" for dirichlet | iid | shards)
 
 
 @dataclass
@@ -49,7 +50,8 @@ class FederationData:
 def load_run_dataset(cfg: RunConfig) -> LabeledTexts:
     d = cfg.data
     if d.dataset == "local":
-        opts = {"path": d.path, "text_column": d.text_column, "label_column": d.label_column}
+        opts = {"path": d.path, "text_column": d.text_column, "label_column": d.label_column,
+                "drop_invalid": getattr(d, "drop_invalid", False)}
         if d.group_column:
             opts["group_column"] = d.group_column
         return load_dataset("local", **opts)
@@ -64,6 +66,51 @@ def subsample(ds: LabeledTexts, max_examples: int, seed: int) -> LabeledTexts:
     return ds.subset(np.sort(keep))
 
 
+def _consolidate(cfg: RunConfig, train_idx: np.ndarray, groups: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Merge/drop small groups and cap their number (data.min_group_size, data.max_clients); logged."""
+    from hfedmoe.data.groups import consolidate_groups
+
+    d = cfg.data
+    min_size, cap = getattr(d, "min_group_size", 1), getattr(d, "max_clients", 0)
+    if groups is None or (min_size <= 1 and cap <= 0):
+        return train_idx, groups
+    if d.partition == "natural-dirichlet" and cap > 0:
+        cap = max(1, cap // d.clients_per_group)  # max_clients counts clients, not groups
+    plan = consolidate_groups(groups, min_size, cap)
+    if plan.num_merged or plan.num_dropped_examples:
+        log.warning("natural split by %s (data.min_group_size %d, data.max_clients %s): %s",
+                    d.group_column or "group", min_size, d.max_clients or "no cap", plan.describe())
+    if not plan.keep.any():
+        raise HFedMoEError(
+            f"data.min_group_size: expected at most the training examples of the data ({len(train_idx)}), "
+            f"got {min_size}: every group was dropped"
+        )
+    return train_idx[plan.keep], plan.groups[plan.keep]
+
+
+def _client_names(groups: np.ndarray | None, parts: list[np.ndarray], natural: bool) -> list[str]:
+    if not natural or groups is None:
+        return [""] * len(parts)
+    return [str(groups[p[0]]) for p in parts]
+
+
+def _user_terms(msg: str, natural: bool) -> str:
+    """Partition errors in terms of the config's fields (``data.num_clients``), never internal names."""
+    field, _, rest = msg.partition(": ")
+    mapping = {"num_clients": "data.num_clients", "alpha": "data.alpha", "min_size": "data.min_client_size",
+               "clients_per_group": "data.clients_per_group", "shards_per_client": "data.shards_per_client",
+               "scheme": "data.partition", "groups": "data.group_column", "labels": "data.label_column",
+               "partition": "data.partition"}
+    if natural and field == "num_clients":
+        field = "data.min_client_size" if "min_size" in rest else "data.clients_per_group"
+        rest += ("; raise data.min_group_size to merge small groups, or lower data.clients_per_group / "
+                 "data.min_client_size")
+        rest = rest.replace("lower num_clients/min_size", "lower data.clients_per_group/data.min_client_size")
+    rest = rest.replace("min_size", "data.min_client_size").replace("lower num_clients", "lower data.num_clients")
+    return f"{mapping.get(field, field)}: {rest}" if rest else msg
+
+
 def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = None) -> FederationData:
     d = cfg.data
     ds = subsample(dataset if dataset is not None else load_run_dataset(cfg), d.max_examples, cfg.seed)
@@ -72,31 +119,56 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
             f"data.partition: '{d.partition}' needs a group column, but dataset {ds.name!r} has none "
             "(set data.group_column for a local file, or use dirichlet | iid | shards)"
         )
+    num_classes = len(np.unique(ds.labels))
+    if num_classes < 2:
+        raise HFedMoEError(
+            f"data.label_column: expected at least 2 classes, got 1 ({ds.label_names[int(ds.labels[0])]!r}) "
+            f"in {ds.name} ({len(ds)} examples)"
+        )
     try:
         train_idx, test_idx = train_test_split(ds.labels, d.test_fraction, seed=cfg.seed)
     except HFedMoEError as exc:
         raise HFedMoEError(f"data.{exc}") from None
     train_idx = np.sort(train_idx)
     num_clients: int | None = d.num_clients
+    groups = None if ds.groups is None else ds.groups[train_idx]
     if d.partition in ("natural", "natural-dirichlet"):
         num_clients = None  # one client (natural) or clients_per_group clients per group
-    parts = partition(
-        ds.labels[train_idx],
-        num_clients,
-        d.partition,
-        seed=cfg.seed,
-        alpha=d.alpha,
-        groups=None if ds.groups is None else ds.groups[train_idx],
-        shards_per_client=d.shards_per_client,
-        clients_per_group=d.clients_per_group,
-        min_size=d.min_client_size if d.partition in ("dirichlet", "natural-dirichlet") else 1,
-    )
+        train_idx, groups = _consolidate(cfg, train_idx, groups)
+    natural = d.partition in ("natural", "natural-dirichlet")
+    try:
+        parts = partition(
+            ds.labels[train_idx],
+            num_clients,
+            d.partition,
+            seed=cfg.seed,
+            alpha=d.alpha,
+            groups=groups,
+            shards_per_client=d.shards_per_client,
+            clients_per_group=d.clients_per_group,
+            min_size=d.min_client_size if d.partition in ("dirichlet", "natural-dirichlet") else 1,
+        )
+    except HFedMoEError as exc:
+        raise HFedMoEError(_user_terms(str(exc), natural)) from None
+    names = _client_names(groups, parts, natural)
     profiles = cfg.clients.profiles
     clients = []
     for cid, local in enumerate(parts):
         idx = train_idx[local]
-        tr, va = client_val_split(idx, d.val_fraction, seed=cfg.seed + 1000 + cid)
-        clients.append(ClientData(cid, np.sort(tr), np.sort(va), profiles[cid % len(profiles)]))
+        try:
+            tr, va = client_val_split(idx, d.val_fraction, seed=cfg.seed + 1000 + cid)
+        except HFedMoEError:
+            where = f"client {cid} (group {names[cid]!r})" if names[cid] else f"client {cid}"
+            fix = ("raise data.min_group_size to merge small groups, or set data.val_fraction = 0" if natural
+                   else "lower data.num_clients or set data.val_fraction = 0")
+            raise HFedMoEError(
+                f"data.val_fraction: {where} has {len(idx)} training example(s), a validation split needs at "
+                f"least 2; {fix}"
+            ) from None
+        clients.append(ClientData(cid, np.sort(tr), np.sort(va), profiles[cid % len(profiles)], names[cid]))
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 1_000_000 and d.max_length > limit:  # HF uses ~1e30 for "unknown"
+        raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
     tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
     return FederationData(ds, tokens, np.sort(test_idx), clients)

@@ -19,8 +19,9 @@ def _eval_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def plot_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, x: str = "round",
-                  title: str = "") -> Path:
-    """One line per run (method): test accuracy against ``x`` ("round" or "sim_time_s")."""
+                  title: str = "", majority_rate: float | None = None) -> Path:
+    """One line per run (method): test accuracy against ``x`` ("round" or "sim_time_s");
+    ``majority_rate``: a dashed horizontal line at the accuracy of always predicting the majority class."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = plt.get_cmap("tab20").colors
     styles = ("-", "--", ":", "-.")
@@ -31,6 +32,9 @@ def plot_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *,
         # 20 distinct colours x 4 line styles: no two of up to 80 methods look alike
         ax.plot([r[x] for r in ev], [r["test_accuracy"] for r in ev], marker="o", ms=3, label=label,
                 color=colours[(2 * i) % 20 + (i // 10) % 2], linestyle=styles[(i // 20) % 4])
+    if majority_rate is not None:
+        ax.axhline(majority_rate, color="grey", linestyle="--", linewidth=1,
+                   label=f"majority class ({100 * majority_rate:.1f}%)")
     ax.set_xlabel("round" if x == "round" else "simulated time (s)")
     ax.set_ylabel("test accuracy")
     if title:
@@ -59,12 +63,28 @@ def client_expert_matrix(rows: Sequence[Mapping[str, Any]], key: str, num_client
     return out
 
 
+#: Heatmaps show at most this many client rows (more would make an unreadable, giant image).
+MAX_HEATMAP_CLIENTS = 40
+
+
 def plot_heatmaps(rows: Sequence[Mapping[str, Any]], num_clients: int, out: Path, *, key: str, title: str,
-                  client_labels: Sequence[str] | None = None) -> Path | None:
-    """One panel per MoE layer: clients (rows) x experts (columns); colour range = data range."""
+                  client_labels: Sequence[str] | None = None,
+                  client_order: Sequence[int] | None = None) -> Path | None:
+    """One panel per MoE layer: clients (rows) x experts (columns); colour range = data range.
+
+    With more than :data:`MAX_HEATMAP_CLIENTS` clients only the first ``MAX_HEATMAP_CLIENTS`` of
+    ``client_order`` (e.g. the largest clients; default: ids in order) are drawn, and the title says so.
+    """
     mat = client_expert_matrix(rows, key, num_clients)  # (C, L, E)
     if mat.size == 0:
         return None
+    if num_clients > MAX_HEATMAP_CLIENTS:
+        keep = list(client_order if client_order is not None else range(num_clients))[:MAX_HEATMAP_CLIENTS]
+        mat = mat[keep]
+        if client_labels is not None:
+            client_labels = [client_labels[i] for i in keep]
+        title = f"{title}\n({len(keep)} of {num_clients} clients shown: the largest by training examples)"
+        num_clients = len(keep)
     _, L, E = mat.shape
     cols = min(L, 3)
     nrows = (L + cols - 1) // cols

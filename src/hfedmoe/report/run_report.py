@@ -7,8 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hfedmoe.report.classes import human_duration, learning_warnings
 from hfedmoe.report.metrics import read_metrics
 from hfedmoe.report.plots import plot_accuracy, plot_heatmaps
+
+#: The clients table lists every client up to this many; beyond, the largest ones plus aggregates.
+MAX_CLIENT_ROWS = 30
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -22,6 +26,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "initial_test_accuracy": first.get("test_accuracy"),
         "final_test_accuracy": last.get("test_accuracy"),
         "final_test_loss": last.get("test_loss"),
+        "final_test_macro_f1": last.get("test_macro_f1"),
+        "final_test_class_accuracy": last.get("test_class_accuracy"),
+        "final_test_pred_share": last.get("test_pred_share"),
         "best_test_accuracy": max((r["test_accuracy"] for r in ev), default=None),
         "final_client_val_accuracy_min": last.get("client_val_accuracy_min"),
         "final_client_val_accuracy_mean": last.get("client_val_accuracy_mean"),
@@ -54,21 +61,27 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     """
     rows = read_metrics(out_dir / "metrics.jsonl")
     summary = {**summarize(rows), **{k: v for k, v in context.items() if k != "clients"}}
+    summary["wall_time_human"] = human_duration(summary.get("wall_time_s"))
+    summary["warnings"] = learning_warnings(summary.get("final_test_accuracy"), summary.get("majority_rate"),
+                                            summary.get("final_test_pred_share") or [], summary.get("label_names"))
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     label = summary["method"] or "run"
     plots = {
-        "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round"),
-        "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s"),
+        "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round",
+                                               majority_rate=summary.get("majority_rate")),
+        "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s",
+                                              majority_rate=summary.get("majority_rate")),
     }
     clients = context.get("clients", [])
     n = len(clients)
     labels = [f"{c['client_id']} {c['profile']} b={c['budget']}" for c in clients]
+    largest = sorted(range(n), key=lambda i: (-clients[i]["num_train"], i))
     plots["usage_heatmap.png"] = plot_heatmaps(rows, n, out_dir / "usage_heatmap.png", key="client_usage",
                                                title="expert usage u_c(e) per client (mean over rounds)",
-                                               client_labels=labels)
+                                               client_labels=labels, client_order=largest)
     plots["trained_heatmap.png"] = plot_heatmaps(rows, n, out_dir / "trained_heatmap.png", key="client_trained",
                                                  title="fraction of rounds each client trained each expert",
-                                                 client_labels=labels)
+                                                 client_labels=labels, client_order=largest)
     _atomic_write(out_dir / "report.md", render_markdown(rows, summary, clients, plots))
     return summary
 
@@ -83,6 +96,48 @@ def _fmt(x: Any, pct: bool = False) -> str:
     return str(x)
 
 
+def _settings_lines(settings: dict[str, Any]) -> list[str]:
+    if not settings:
+        return []
+    lines = ["## Key settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    return lines + [""]
+
+
+def _class_lines(s: dict[str, Any]) -> list[str]:
+    acc = s.get("final_test_class_accuracy") or []
+    if not acc:
+        return []
+    names = s.get("label_names") or [str(i) for i in range(len(acc))]
+    share = s.get("final_test_pred_share") or [None] * len(acc)
+    lines = ["## Per class (final global model, test set)", "", "| class | accuracy (recall) | share of predictions |",
+             "|---|---|---|"]
+    lines += [f"| {names[k] if k < len(names) else k} | {_fmt(acc[k], True)} | {_fmt(share[k], True)} |"
+              for k in range(len(acc))]
+    return lines + ["", f"macro-F1: {_fmt(s.get('final_test_macro_f1'), True)}", ""]
+
+
+def _client_lines(clients: list[dict[str, Any]]) -> list[str]:
+    """Every client up to MAX_CLIENT_ROWS; beyond, aggregates and the largest MAX_CLIENT_ROWS (stated)."""
+    import numpy as np
+
+    lines = ["## Clients", ""]
+    shown = clients
+    if len(clients) > MAX_CLIENT_ROWS:
+        sizes = np.array([c["num_train"] for c in clients])
+        budgets = np.array([c["budget"] for c in clients])
+        lines += [f"{len(clients)} clients; training examples per client: min {sizes.min()}, median "
+                  f"{int(np.median(sizes))}, max {sizes.max()}, total {sizes.sum()}; expert budgets: "
+                  + ", ".join(f"{b}: {int((budgets == b).sum())} clients" for b in np.unique(budgets))
+                  + f". The table lists the {MAX_CLIENT_ROWS} largest clients.", ""]
+        shown = sorted(clients, key=lambda c: (-c["num_train"], c["client_id"]))[:MAX_CLIENT_ROWS]
+    lines += ["| client | profile | train | val | expert budget | fits full training |", "|---|---|---|---|---|---|"]
+    for c in shown:
+        lines.append(f"| {c['client_id']}{' ' + c['name'] if c.get('name') else ''} | {c['profile']} | "
+                     f"{c['num_train']} | {c['num_val']} | {c['budget']} | {'yes' if c['fits_full'] else 'no'} |")
+    return lines + [""]
+
+
 def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients: list[dict[str, Any]],
                     plots: dict[str, Any]) -> str:
     s = summary
@@ -91,12 +146,13 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         "",
         f"- model: {s.get('model', '-')}",
         f"- data: {s.get('dataset', '-')}",
-        f"- rounds: {s['rounds']}, simulated time {s['sim_time_s']:.1f} s (compute {s.get('sim_compute_time_s', 0):.1f} s, "
-        f"communication {s.get('sim_comm_time_s', 0):.1f} s, on each round's slowest client), "
-        f"wall time {s['wall_time_s']:.1f} s",
+        f"- rounds: {s['rounds']}, simulated time {human_duration(s['sim_time_s'])} (compute "
+        f"{human_duration(s.get('sim_compute_time_s', 0))}, communication {human_duration(s.get('sim_comm_time_s', 0))}, "
+        f"on each round's slowest client), wall time {human_duration(s['wall_time_s'])}",
         f"- test accuracy: round 0 {_fmt(s['initial_test_accuracy'], True)} -> final "
         f"{_fmt(s['final_test_accuracy'], True)} (best {_fmt(s['best_test_accuracy'], True)}); "
-        f"majority-class rate {_fmt(s.get('majority_rate'), True)}",
+        f"majority-class rate {_fmt(s.get('majority_rate'), True)}; final macro-F1 "
+        f"{_fmt(s.get('final_test_macro_f1'), True)}",
         f"- per-client validation accuracy of the final global model: min "
         f"{_fmt(s['final_client_val_accuracy_min'], True)}, mean {_fmt(s['final_client_val_accuracy_mean'], True)}",
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
@@ -106,19 +162,20 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
            f"Opacus RDP accountant)" if s.get("dp_epsilon") is not None else "; no differential privacy"),
         "",
     ]
-    if clients:
-        lines += ["## Clients", "", "| client | profile | train | val | expert budget | fits full training |",
-                  "|---|---|---|---|---|---|"]
-        for c in clients:
-            lines.append(f"| {c['client_id']} | {c['profile']} | {c['num_train']} | {c['num_val']} | "
-                         f"{c['budget']} | {'yes' if c['fits_full'] else 'no'} |")
+    for w in s.get("warnings") or []:
+        lines.append(f"> **Warning:** {w}")
         lines.append("")
-    lines += ["## Rounds", "", "| round | test acc | test loss | train loss | sim time (s) | compute (s) | "
-              "communication (s) | failed |", "|---|---|---|---|---|---|---|---|"]
+    lines += _settings_lines(s.get("settings") or {})
+    lines += _class_lines(s)
+    if clients:
+        lines += _client_lines(clients)
+    lines += ["## Rounds", "", "| round | test acc | macro-F1 | test loss | train loss | sim time (s) | compute (s) | "
+              "communication (s) | failed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['round']} | {_fmt(r.get('test_accuracy'), True)} | {_fmt(r.get('test_loss'))} | "
-                     f"{_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | {r.get('round_compute_time_s', 0.0):.2f} | "
-                     f"{r.get('round_comm_time_s', 0.0):.2f} | {len(r['failed_clients'])} |")
+        lines.append(f"| {r['round']} | {_fmt(r.get('test_accuracy'), True)} | {_fmt(r.get('test_macro_f1'), True)} | "
+                     f"{_fmt(r.get('test_loss'))} | {_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | "
+                     f"{r.get('round_compute_time_s', 0.0):.2f} | {r.get('round_comm_time_s', 0.0):.2f} | "
+                     f"{len(r['failed_clients'])} |")
     lines.append("")
     lines += ["## Plots", ""]
     for name, path in plots.items():
