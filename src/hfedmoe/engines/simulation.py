@@ -22,7 +22,7 @@ from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
-from hfedmoe.methods.base import Aggregation, ClientInfo, Method
+from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.federation.model import build_model
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.moe import MoEModel, wrap
@@ -211,7 +211,7 @@ class Simulation:
                 continue
             training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
         self.method.begin_round(mm, training, round_idx)
-        aggregation = self.method.start_aggregation(mm, round_idx)
+        aggregation = open_aggregation(self.method, mm, round_idx)
         for cinfo in training:
             cid = cinfo.client_id
             info = self.budgets[cid]
