@@ -56,8 +56,16 @@ def as_ndarrays(u: ClientUpdate) -> list[np.ndarray]:
 
 
 def main() -> None:
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-    from flwr.common import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.common import (
+        Array,
+        ArrayRecord,
+        Code,
+        FitRes,
+        MetricRecord,
+        RecordDict,
+        Status,
+        ndarrays_to_parameters,
+    )
     from flwr.server.strategy.aggregate import aggregate, aggregate_inplace
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -75,10 +83,7 @@ def main() -> None:
 
         def ours(method):
             def run():  # (the model's values do not change what is computed: no reset needed)
-                agg = method.start_aggregation(mm, 1)
-                for u in updates:
-                    agg.add(u)
-                agg.finish()
+                method.aggregate(mm, updates, 1)  # = start_aggregation, add each, finish
             return run
 
         med = alternate({
@@ -95,7 +100,6 @@ def main() -> None:
         for k in ("flwr-aggregate", "flwr-aggregate_inplace", "flwr-aggregate_arrayrecords"):
             print(f"  ratio ours-fedavg / {k}: {med['ours-fedavg'] / med[k]:.2f} (goal <= 1.0); "
                   f"ours-hfedmoe / {k}: {med['ours-hfedmoe'] / med[k]:.2f}")
-        del updates, nd, fitres, records
 
 
 if __name__ == "__main__":

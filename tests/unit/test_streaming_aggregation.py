@@ -175,6 +175,27 @@ def test_importance_weighted_routers_work_whatever_the_router_tensor_is_called()
     assert not torch.equal(mm.router_state(0)["classifier.weight"], before.router_state(0)["classifier.weight"])
 
 
+def test_a_stacked_only_override_is_honoured_by_the_engine_entry_point():
+    from hfedmoe.methods.aggregation import BufferedAggregation
+    from hfedmoe.methods.base import open_aggregation
+
+    calls = []
+
+    class Custom(FedAvg):  # overrides only the stacked form
+        def aggregate(self, mm, updates, round_idx):
+            calls.append(len(updates))
+            return {"custom": 1.0}
+
+    mm, _ = _pair("minilm_moe")
+    agg = open_aggregation(Custom(), mm, 1)
+    assert isinstance(agg, BufferedAggregation)
+    for u in random_updates(mm, 3, seed=0):
+        agg.add(u)
+    assert agg.finish() == {"custom": 1.0} and calls == [3]
+    assert not isinstance(open_aggregation(FedAvg(), mm, 1), BufferedAggregation)
+    assert not isinstance(open_aggregation(HFedMoERestrict(), mm, 1), BufferedAggregation)
+
+
 def test_add_after_finish_is_refused():
     mm, _ = _pair("minilm_moe")
     agg = FedAvg().start_aggregation(mm, 1)

@@ -27,6 +27,7 @@ import torch
 
 from hfedmoe.core import _checks
 
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Running means are kept in float32 (float64 for float64 inputs): bf16 rounding happens once."""
     return torch.float64 if dtype == torch.float64 else torch.float32

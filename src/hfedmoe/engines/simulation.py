@@ -28,7 +28,7 @@ from hfedmoe.engines.checkpoint import (
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
-from hfedmoe.methods.base import Aggregation, ClientInfo, Method
+from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.federation.model import build_model
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.moe import MoEModel, wrap
@@ -237,7 +237,7 @@ class Simulation:
     def run_round(self, round_idx: int) -> RoundResult:
         t0 = time.perf_counter()
         sampled, training, failed, dropped = self.plan_round(round_idx)
-        aggregation = self.method.start_aggregation(self.mm, round_idx)
+        aggregation = open_aggregation(self.method, self.mm, round_idx)
         summaries, client_times, down_total, faulted = self.train_clients(round_idx, training, aggregation)
         agg_metrics = aggregation.finish() if summaries else {}
         return self.finish_round(round_idx, t0, sampled, summaries, client_times, down_total,

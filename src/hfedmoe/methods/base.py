@@ -94,6 +94,21 @@ class Method:
         del state
 
 
+def open_aggregation(method: Method, mm: MoEModel, round_idx: int) -> Aggregation:
+    """What an engine calls to aggregate a round: ``method.start_aggregation``, unless the method's
+    class overrides the stacked ``aggregate`` below the class that gives its ``start_aggregation``
+    (e.g. a subclass of FedAvg with its own ``aggregate``): then that ``aggregate`` is honoured
+    and the updates are buffered for it."""
+    mro = type(method).__mro__
+
+    def owner(attr: str) -> int:
+        return next(i for i, cls in enumerate(mro) if attr in cls.__dict__)
+
+    if owner("aggregate") < owner("start_aggregation"):
+        return BufferedAggregation(lambda updates: method.aggregate(mm, updates, round_idx))
+    return method.start_aggregation(mm, round_idx)
+
+
 # --- shared aggregation steps -------------------------------------------------------------
 
 
