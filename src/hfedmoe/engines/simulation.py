@@ -24,6 +24,9 @@ from hfedmoe.federation.data import FederationData, build_federation, load_run_d
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.federation.model import build_model
+from hfedmoe.federation.warmup import mean_top_prob, warmup_routers
+from hfedmoe.client.diagnostics import rates as selection_rates
+from hfedmoe.methods._common import per_layer_budget
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 
@@ -62,8 +65,20 @@ class Simulation:
         self.method.seed = cfg.seed
         dataset = load_run_dataset(cfg)
         model, tokenizer, self.model_description = build_model(cfg.model, dataset.num_labels, cfg.seed)
+        if cfg.model.combine != "straight-through":
+            from hfedmoe.moe.minilm import set_combine
+
+            set_combine(model, cfg.model.combine)
         self.mm: MoEModel = wrap(model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
+        # Router warm-up on the disjoint public split, before federation (deterministic in the
+        # seed, so a resumed run rebuilds the same starting point before loading its checkpoint).
+        self.warmup_metrics: dict[str, float] = {}
+        if cfg.model.router_warmup_steps > 0:
+            self.warmup_metrics = warmup_routers(
+                self.mm, self.fed.tokens, self.fed.public_idx, steps=cfg.model.router_warmup_steps,
+                lr=cfg.model.router_warmup_lr, batch_size=cfg.train.batch_size, seed=derive_seed(cfg.seed, 5),
+            )
         num_federated = len(self.fed.clients)
         if self.method.pools_data:
             self.fed = pool_clients(self.fed, cfg)
@@ -79,6 +94,7 @@ class Simulation:
             trainable=tuple(cfg.train.trainable),
             grad_mode=cfg.method.grad_mode,
             lam=cfg.method.lam,
+            beta=cfg.method.beta,
         )
         if self.method.pools_data and cfg.train.local_steps:
             # the pooled client sees as many examples per round as all sampled clients together
@@ -182,6 +198,8 @@ class Simulation:
             client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
             plan = self.method.plan(mm, cinfo, round_idx)
+            if plan.budget is None:  # per-layer budget for the selection diagnostics
+                plan.budget = min(mm.num_experts, per_layer_budget(cinfo.budget, cfg.method.budget_scope, mm.num_layers))
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
@@ -201,7 +219,8 @@ class Simulation:
         row: dict[str, Any] = {
             "round": round_idx,
             "method": self.method.name,
-            "train_loss": float(np.mean([u.metrics["train_loss"] for u in updates])) if updates else None,
+            "train_loss": float(np.mean([u.metrics["train_loss"] for u in updates if u.num_examples]))
+            if any(u.num_examples for u in updates) else None,
             "sim_time_s": self.sim_time_s,
             "round_sim_time_s": round_sim,
             "upload_bytes": int(sum(u.upload_bytes() for u in updates)),
@@ -216,6 +235,10 @@ class Simulation:
             "client_trained": {str(u.client_id): u.trained.int().tolist() for u in updates},
             "client_usage": {str(u.client_id): [[round(x, 5) for x in r] for r in u.usage.tolist()] for u in updates},
             "client_train_loss": {str(u.client_id): u.metrics["train_loss"] for u in updates},
+            "peak_expert_state": {str(u.client_id): u.peak_expert_state.tolist() for u in updates
+                                  if u.peak_expert_state is not None},
+            "client_budget": {str(u.client_id): self.budgets[u.client_id].budget for u in updates},
+            **selection_rates([u.metrics for u in updates]),
             **agg_metrics,
         }
         if round_idx % cfg.federation.eval_every == 0 or round_idx == cfg.federation.rounds:
@@ -235,7 +258,10 @@ class Simulation:
         if self.round == 0 and not read_metrics(self.metrics_path):
             t0 = time.perf_counter()
             row = {"round": 0, "method": self.method.name, "train_loss": None, "sim_time_s": 0.0,
-                   "upload_bytes": 0, "download_bytes": 0, "failed_clients": [], **self.evaluate_global()}
+                   "upload_bytes": 0, "download_bytes": 0, "failed_clients": [], **self.evaluate_global(),
+                   **self.warmup_metrics}
+            # how decisive routing is when federation starts (mean top router probability)
+            row["router_top_prob"] = mean_top_prob(self.mm, self.fed.tokens, self.fed.test_idx, max_batches=4)
             self.wall_time_s += time.perf_counter() - t0
             row["wall_time_s"] = self.wall_time_s
             append_metrics(self.metrics_path, row)

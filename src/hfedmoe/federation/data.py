@@ -5,7 +5,7 @@ method of a benchmark sees identical partitions, budgets and profiles."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class FederationData:
     tokens: TokenizedTexts
     test_idx: np.ndarray
     clients: list[ClientData]
+    public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
 
     @property
     def num_labels(self) -> int:
@@ -77,6 +78,15 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     except HFedMoEError as exc:
         raise HFedMoEError(f"data.{exc}") from None
     train_idx = np.sort(train_idx)
+    public_idx = np.zeros(0, dtype=np.int64)
+    if d.public_fraction > 0:
+        # a disjoint public split (stratified), removed before partitioning: no client trains on it
+        try:
+            rest, public = train_test_split(ds.labels[train_idx], d.public_fraction, seed=cfg.seed + 7)
+        except HFedMoEError as exc:
+            raise HFedMoEError(f"data.public_fraction: {exc}") from None
+        public_idx = np.sort(train_idx[public])
+        train_idx = np.sort(train_idx[rest])
     num_clients: int | None = d.num_clients
     if d.partition in ("natural", "natural-dirichlet"):
         num_clients = None  # one client (natural) or clients_per_group clients per group
@@ -99,4 +109,4 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
         clients.append(ClientData(cid, np.sort(tr), np.sort(va), profiles[cid % len(profiles)]))
     tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients)
+    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx)

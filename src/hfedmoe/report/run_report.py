@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hfedmoe.report.metrics import read_metrics
+from hfedmoe.report.mechanisms import mechanism_summary, render_mechanisms
 from hfedmoe.report.plots import plot_accuracy, plot_heatmaps
 
 
@@ -32,6 +33,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "download_bytes_per_round": (sum(r["download_bytes"] for r in trained_rounds) / len(trained_rounds))
         if trained_rounds else 0,
         "failed_client_rounds": sum(len(r["failed_clients"]) for r in rows),
+        **mechanism_summary(rows),
     }
 
 
@@ -103,6 +105,7 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
             lines.append(f"| {c['client_id']} | {c['profile']} | {c['num_train']} | {c['num_val']} | "
                          f"{c['budget']} | {'yes' if c['fits_full'] else 'no'} |")
         lines.append("")
+    lines += render_mechanisms(rows, summary, clients)
     lines += ["## Rounds", "", "| round | test acc | test loss | train loss | sim time (s) | failed |",
               "|---|---|---|---|---|---|"]
     for r in rows:
