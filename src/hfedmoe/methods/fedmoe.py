@@ -81,10 +81,6 @@ class SubMoEPlanner:
         self.round_held[client.client_id] = held
         return held
 
-    def remember(self, updates: Sequence[ClientUpdate], key: str) -> None:
-        for u in updates:
-            self.client_scores[u.client_id] = getattr(u, key).detach().float().clone()
-
     def held_download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
         """The whole model: the unrestricted profiling pass runs every expert."""
         del mm, client
