@@ -168,3 +168,9 @@ def test_sequence_pooling_and_topk_prob_combine_with_warmup_run(tmp_path):
     used = np.concatenate([c.train_idx for c in sim.fed.clients] + [c.val_idx for c in sim.fed.clients]
                           + [sim.fed.test_idx])
     assert not set(sim.fed.public_idx.tolist()) & set(used.tolist())
+
+
+def test_fixed_budgets_decide_who_fits_full_training(tmp_path):
+    sim = _sim(tmp_path, "fedavg-fit", ["clients.fixed_budgets=[1, 2, 4]"])
+    assert [b.budget for b in sim.budgets] == [1, 2, 4, 1]
+    assert [b.fits_full for b in sim.budgets] == [False, False, True, False]  # E = 4 in the tiny preset

@@ -88,6 +88,11 @@ def _p(x: float | None, pct: bool = True) -> str:
     return f"{100 * x:+.1f}" if pct else f"{x:.3g}"
 
 
+def _pc(x: float | None) -> str:
+    """A fraction as an unsigned percentage cell."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
 def render_paired(out: Path, dataset: str, methods: list[str], seeds: list[int]) -> list[str]:
     """Markdown lines: paired differences vs hfedmoe (and vs fedavg-full where present), the
     oracle - random gap, and the mechanism diagnostics."""
@@ -115,9 +120,9 @@ def render_paired(out: Path, dataset: str, methods: list[str], seeds: list[int])
                "max abs(alpha-1/C) | L1(alpha, shares) | router top prob r0 |", "|---|---|---|---|---|---|---|---|"]
         for r in mech:
             md.append(
-                f"| {r['method']} | {_p(r['mech_sel_disagree_hfedmoe_noib']).lstrip('+')}% | "
-                f"{_p(r['mech_sel_disagree_hfedmoe_freq']).lstrip('+')}% | {_p(r['mech_ib_scale_ratio'], False)} | "
-                f"{_p(r['mech_tau_excluded_frac']).lstrip('+')}% | {_p(r['mech_alpha_uniform_dev'], False)} | "
+                f"| {r['method']} | {_pc(r['mech_sel_disagree_hfedmoe_noib'])} | "
+                f"{_pc(r['mech_sel_disagree_hfedmoe_freq'])} | {_p(r['mech_ib_scale_ratio'], False)} | "
+                f"{_pc(r['mech_tau_excluded_frac'])} | {_p(r['mech_alpha_uniform_dev'], False)} | "
                 f"{_p(r['mech_alpha_share_l1'], False)} | {_p(r['mech_router_top_prob'], False)} |")
         md.append("")
     return md
