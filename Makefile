@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
 	$(BIN)/hfedmoe bench --config configs/bench-bbc.toml --out runs/bench-bbc
 	$(BIN)/hfedmoe bench --config configs/bench-trec.toml --out runs/bench-trec
+	$(BIN)/hfedmoe bench --config configs/bench-trec16.toml --out runs/bench-trec16
 
 # Performance ratios, each measured in one process with one torch thread (benchmarks/RESULTS.md).
 # About 8 minutes on a shared 2-core machine. BIN=/path/to/venv/bin make perf to use another venv.

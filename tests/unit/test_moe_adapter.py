@@ -448,3 +448,27 @@ def test_base_model_and_sequence_classification_variants():
     with torch.no_grad(), cls_adapter.capture_routing() as cap:
         classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert cap.token_mask[0].sum() == B * S
+
+
+def test_train_only_trains_selected_experts_even_when_the_caller_froze_everything(family):
+    """client.train freezes every parameter and relies on train_only for experts: the selected
+    experts of every family (Switch's per-expert modules included) must get a gradient and change,
+    the others must not; requires_grad flags are restored afterwards."""
+    adapter = wrap(tiny_model(family))
+    batch = make_batch(family)
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    leaves = adapter.expert_leaves()
+    opt = torch.optim.SGD([t for ts in leaves.values() for t in ts], lr=0.1)
+    subsets = [h[:1] for h in hit_experts(adapter, batch)]
+    before = all_experts(adapter)
+    for p in adapter.router_parameters():
+        p.requires_grad_(True)  # something upstream of the loss must require grad
+    with adapter.train_only(subsets, mode="no_grad"):
+        run(adapter.model, batch).loss.backward()
+    opt.step()
+    after = all_experts(adapter)
+    for (layer, e), tensors in after.items():
+        assert same(tensors, before[(layer, e)]) == (e not in subsets[layer]), (family, layer, e)
+    assert all(not p.requires_grad for n, p in adapter.model.named_parameters()
+               if n in adapter.expert_state_keys())

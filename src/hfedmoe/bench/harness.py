@@ -131,7 +131,7 @@ def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event]
     best: dict[str, dict[str, Any]] = {}
     for m in bench.sweep.methods:
         best_score = -math.inf
-        for trial in bench.sweep.trials():
+        for trial in bench.sweep.trials(m):
             tid = trial_id(trial)
             emit({"kind": "run_start", "dataset": d.name, "method": m, "seed": f"sweep {tid}"})
             t = time.perf_counter()

@@ -155,6 +155,9 @@ def write_bench_report(bench: BenchConfig, out: Path, sweeps: dict[str, dict[str
             md.append(f"![{name}]({name})")
             body_html.append(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">')
         md.append("")
+        from hfedmoe.bench.paired import render_paired
+
+        md += render_paired(out, d.name, bench.methods, bench.seeds)
         sw = sweeps.get(d.name)
         md += ["### Hyper-parameter sweep", ""]
         if not sw:

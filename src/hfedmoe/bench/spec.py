@@ -20,10 +20,13 @@ A bench file (``configs/bench-*.toml``)::
     sweep = false                     # skip the hyper-parameter sweep
 
     [sweep]                           # grid search on client VALIDATION accuracy, never test
-    methods = ["hfedmoe"]             # each gets the same grid, i.e. the same tuning budget
-    seed = 0
+    methods = ["hfedmoe", "random"]   # every swept method gets the same tuning budget
+    seed = 100                        # held out: must not be one of `seeds` (default: max(seeds) + 100)
     set = ["federation.rounds=3"]
-    grid = { "method.lam" = [0.3, 0.7], "method.beta" = [0.0, 0.1] }
+    grid = { "train.lr" = [1e-4, 3e-4, 1e-3] }              # common to every swept method
+    trials_per_method = 6             # optional: each method's grid is sampled to this many trials
+    [sweep.method_grid.hfedmoe]       # optional: method-specific knobs, crossed with `grid`
+    "method.beta" = [0.0, 1.0, 10.0]
 
 Every run writes ``OUT/runs/<dataset>/<method>/seed<k>/`` (sweep trials ``OUT/sweep/<dataset>/
 <method>/<trial>/``). A run with ``summary.json`` is finished and skipped on rerun; an unfinished
@@ -63,10 +66,22 @@ class Sweep:
     seed: int
     overrides: list[str]
     grid: dict[str, list[Any]]
+    method_grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    trials_per_method: int | None = None
 
-    def trials(self) -> list[dict[str, Any]]:
-        keys = list(self.grid)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+    def trials(self, method: str | None = None) -> list[dict[str, Any]]:
+        """The trials of ``method``: ``grid`` x its ``method_grid``, sampled (seeded, in grid order)
+        down to ``trials_per_method`` so every method gets the same tuning budget."""
+        full = {**self.grid, **(self.method_grids.get(method, {}) if method else {})}
+        keys = list(full)
+        out = [dict(zip(keys, combo)) for combo in itertools.product(*(full[k] for k in keys))]
+        n = self.trials_per_method
+        if n is not None and len(out) > n:
+            import numpy as np
+
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(out), size=n, replace=False))
+            out = [out[i] for i in keep]
+        return out
 
 
 @dataclass
@@ -160,8 +175,19 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
         bad = [m for m in sweep_methods if m not in METHODS]
         if bad:
             raise HFedMoEError(f"sweep.methods: expected names from {', '.join(METHODS)}, got {bad}")
-        sweep = Sweep(sweep_methods, int(sweep_raw.get("seed", seeds[0])),
-                      _strings(sweep_raw.get("set", []), "sweep.set"), grid)
+        sweep_seed = sweep_raw.get("seed", max(seeds) + 100)
+        if not isinstance(sweep_seed, int) or sweep_seed in seeds:
+            raise HFedMoEError(f"sweep.seed: expected an integer not among the evaluation seeds {seeds} "
+                               f"(tuning on held-out seeds only), got {sweep_seed!r}")
+        method_grids = sweep_raw.get("method_grid", {})
+        if not isinstance(method_grids, dict) or not all(
+                isinstance(g, dict) and all(isinstance(v, list) and v for v in g.values()) for g in method_grids.values()):
+            raise HFedMoEError(f"sweep.method_grid: expected tables of non-empty lists per method, got {method_grids!r}")
+        per = sweep_raw.get("trials_per_method")
+        if per is not None and (not isinstance(per, int) or per < 1):
+            raise HFedMoEError(f"sweep.trials_per_method: expected an integer >= 1, got {per!r}")
+        sweep = Sweep(sweep_methods, int(sweep_seed), _strings(sweep_raw.get("set", []), "sweep.set"), grid,
+                      method_grids, per)
     notes = raw.get("notes", [])
     if extra_sets or seeds_override:
         notes = list(notes) + [f"command-line overrides: --set {' '.join(extra_sets or [])} "
@@ -177,7 +203,7 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
             run_config(bench, d, m, seeds[0])
         if sweep is not None:
             for m in sweep.methods:
-                for trial in sweep.trials():
+                for trial in sweep.trials(m):
                     sweep_config(bench, d, m, trial)
     return bench
 

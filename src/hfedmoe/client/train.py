@@ -23,6 +23,8 @@ from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_scores
+from hfedmoe.client.diagnostics import SelectionDiagnostics
+from hfedmoe.client.state import evict_expert_state, experts_with_grad, grad_norms, live_expert_state
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,17 @@ class TrainPlan:
     (per batch, from a no-grad pre-pass over all layers: model-scope budgets) or
     ``static_subsets`` (fixed for the round; None per layer = all experts) is used.
     ``restrict`` limits routing (restrict mode / sub-MoE baselines).
+
+    ``grad_selector`` (the oracle bound): every routed expert gets a gradient in this batch, then
+    per layer only the experts it returns (from the per-expert gradient norms ``(E,)`` and the
+    routed mask ``(E,)``) keep theirs and are stepped.
+    ``profile``: before training, a no-grad *unrestricted* pass over up to ``profile_batches``
+    batches of the client's data measures usage and importance ``(L, E)``; ``profile(usage,
+    importance)`` then returns the plan actually trained (FedMoE / restrict mode choose the held
+    sub-MoE from it, so the choice follows the current router).
+    ``budget``: per-layer expert budget, used only for the selection diagnostics (set by the
+    engine when a method leaves it None). ``on_batch`` is called with each batch before its
+    forward (selectors that need the batch shape, e.g. sequence pooling).
     """
 
     selector: Selector | None = None
@@ -45,6 +58,11 @@ class TrainPlan:
     static_subsets: list[Sequence[int] | None] | None = None
     restrict: list[Sequence[int] | None] | None = None
     train_routers: bool = True
+    grad_selector: Callable[[int, torch.Tensor, torch.Tensor], Sequence[int]] | None = None
+    profile: Callable[[torch.Tensor, torch.Tensor], "TrainPlan"] | None = None
+    profile_batches: int = 4
+    budget: int | None = None
+    on_batch: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -59,6 +77,8 @@ class TrainSettings:
     trainable: tuple[str, ...] = ("experts", "routers", "head")
     grad_mode: str = "no_grad"
     lam: float = 0.5
+    beta: float = 0.1  # for the selection diagnostics only (methods carry their own beta)
+    diagnostics: bool = True
 
 
 @dataclass
@@ -75,6 +95,7 @@ class ClientUpdate:
     trained: torch.Tensor  # (L, E) bool: updated in at least one step
     selected_counts: torch.Tensor  # (L, E) int: batches in which each expert was selected
     metrics: dict[str, float] = field(default_factory=dict)
+    peak_expert_state: torch.Tensor | None = None  # (L,) max experts holding grad/opt state at once
 
     def upload_bytes(self) -> int:
         """Bytes of the tensors this update carries (experts, routers, dense, statistics)."""
@@ -139,6 +160,18 @@ def train_client(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.train()
+    if len(indices) == 0:
+        # nothing to train on: an empty update (no experts, routers or dense tensors), never an
+        # endless search for a first batch when local_steps > 0
+        log.warning("client %d: no training examples, skipping local training", client_id)
+        return _empty_update(mm, client_id)
+    if plan.profile is not None:
+        usage0, importance0 = profile_routing(mm, data, indices, settings, plan.profile_batches,
+                                             np.random.default_rng([seed, 17]))
+        budget, on_batch = plan.budget, plan.on_batch
+        plan = plan.profile(usage0, importance0)
+        plan.budget = plan.budget if plan.budget is not None else budget
+        plan.on_batch = plan.on_batch or on_batch
 
     parts = tuple(settings.trainable)
     dense_names = trainable_dense_names(mm, parts)
@@ -173,6 +206,11 @@ def train_client(
     loss_sum = 0.0
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
     fwd_flops = bwd_flops = 0.0
+    diag = None
+    if settings.diagnostics and plan.budget is not None:
+        diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
+    peak_state = torch.zeros(L, dtype=torch.long)  # max over steps of experts holding grad/opt state
+    first_value: dict[tuple[int, int], list[torch.Tensor]] = {}  # expert -> value before its first step
 
     step = 0
     try:
@@ -183,6 +221,8 @@ def train_client(
                 batch = to_device(batch, device)
                 num_seq, padded_len = (int(x) for x in batch["attention_mask"].shape)
                 subsets = plan.static_subsets
+                if plan.on_batch is not None:
+                    plan.on_batch(batch)
                 if plan.batch_subsets is not None:
                     with torch.no_grad(), mm.capture_routing(batch["attention_mask"]) as pre:
                         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -194,7 +234,9 @@ def train_client(
                         stack.enter_context(mm.restrict_routing(plan.restrict))
                     cap = stack.enter_context(mm.capture_routing(batch["attention_mask"]))
                     if "experts" in parts:
-                        if plan.selector is not None:
+                        if plan.grad_selector is not None:
+                            ctx = stack.enter_context(mm.train_only([None] * L, mode=settings.grad_mode))
+                        elif plan.selector is not None:
                             ctx = stack.enter_context(mm.train_only(plan.selector, mode=settings.grad_mode))
                         else:
                             ctx = stack.enter_context(mm.train_only(subsets, mode=settings.grad_mode))
@@ -203,13 +245,32 @@ def train_client(
                     out = model(**batch)
                     loss = out.loss
                     loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
                     chosen = [ctx.selected[l] for l in range(L)]
+                    if plan.grad_selector is not None and expert_leaves:
+                        norms = grad_norms(expert_leaves, L, E)  # (L, E)
+                        chosen = []
+                        for l in range(L):
+                            routed = torch.zeros(E, dtype=torch.bool)
+                            routed[cap.layer(l).topk_idx[cap.layer(l).token_mask].unique()] = True
+                            chosen.append(torch.as_tensor(sorted(int(e) for e in plan.grad_selector(l, norms[l], routed)),
+                                                          dtype=torch.long))
+                    # Per-round memory bound: only the experts trained in THIS step keep gradient
+                    # and optimizer state (client/state.py explains the eviction choice).
+                    keep = {(l, int(e)) for l in range(L) for e in chosen[l]}
+                    evict_expert_state(opt, expert_leaves, keep)
+                    for key in experts_with_grad(expert_leaves):
+                        if key not in first_value:
+                            first_value[key] = [t.detach().clone() for t in expert_leaves[key]]
+                    opt.step()
+                    live = live_expert_state(opt, expert_leaves, L)  # (L,) the step's peak
+                    peak_state = torch.maximum(peak_state, live)
+                    opt.zero_grad(set_to_none=True)
                 loss_sum += float(loss.detach())
                 expert_pairs, trained_pairs = [], []
                 for l in range(L):
                     r = cap.layer(l)
+                    if diag is not None:
+                        diag.update(r.gate_probs, r.topk_idx, r.token_mask)
                     usage_acc[l].update(r.gate_probs, r.token_mask)
                     # s_b of this batch: reused from the selector when it scored this layer already
                     imp_sum[l] += routing_scores(r, settings.lam).double().cpu()
@@ -218,7 +279,6 @@ def train_client(
                     # An expert counts as trained only if a token reached it (else it got no gradient).
                     sel = sel[torch.isin(sel, topk.unique())] if sel.numel() else sel
                     if "experts" in parts and sel.numel():
-                        trained[l, sel] = True
                         selected_counts[l, sel] += 1
                     # FLOPs: real token-expert pairs of this batch, and those that went through backward.
                     expert_pairs.append(topk.numel())
@@ -229,7 +289,8 @@ def train_client(
                 num_batches_done += 1
                 step += 1
                 if progress is not None:
-                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.item()})
+                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.item(),
+                              "live_expert_state": live.tolist()})
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved_flags[n])
@@ -237,6 +298,10 @@ def train_client(
     usage = torch.stack([acc.usage() for acc in usage_acc]).float()  # (L, E) token-weighted over batches
     num_tokens = usage_acc[0].num_tokens
     importance = (imp_sum / max(num_batches_done, 1)).float()  # (L, E)
+    # trained = the expert's parameters really changed (not: it was selected)
+    for (l, e), before in first_value.items():
+        now = expert_leaves[(l, e)]
+        trained[l, e] = any(not torch.equal(a, b.detach()) for a, b in zip(before, now))
     experts = {}
     for l, e in trained.nonzero().tolist():
         experts[(l, e)] = mm.get_expert(l, e)
@@ -248,11 +313,15 @@ def train_client(
         "tokens": float(num_tokens),
         "forward_flops": fwd_flops,
         "backward_flops": bwd_flops,
+        "peak_expert_state_max": float(peak_state.max()) if L else 0.0,
     }
+    if diag is not None:
+        metrics.update(diag.counts())
     if not math.isfinite(metrics["train_loss"]):
         log.warning("client %d: non-finite training loss", client_id)
     return ClientUpdate(
         client_id=client_id,
+        peak_expert_state=peak_state,
         num_examples=int(len(indices)),
         experts=experts,
         routers=routers,
@@ -270,6 +339,47 @@ def length_sorted(data: TokenizedTexts, indices: np.ndarray) -> np.ndarray:
     indices = np.asarray(indices)
     lengths = np.fromiter((len(data.input_ids[i]) for i in indices), dtype=np.int64, count=len(indices))
     return indices[np.argsort(lengths, kind="stable")]
+
+
+def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
+    L, E = mm.num_layers, mm.num_experts
+    return ClientUpdate(
+        client_id=client_id, num_examples=0, experts={}, routers={}, dense={},
+        usage=torch.zeros(L, E), importance=torch.zeros(L, E),
+        trained=torch.zeros(L, E, dtype=torch.bool), selected_counts=torch.zeros(L, E, dtype=torch.long),
+        metrics={"train_loss": float("nan"), "steps": 0.0, "tokens": 0.0, "forward_flops": 0.0,
+                 "backward_flops": 0.0, "peak_expert_state_max": 0.0},
+        peak_expert_state=torch.zeros(L, dtype=torch.long),
+    )
+
+
+@torch.no_grad()
+def profile_routing(
+    mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, settings: TrainSettings, max_batches: int,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usage (Eq. 16) and mean per-batch importance (Eq. 5), both ``(L, E)``, of an unrestricted
+    no-grad pass over up to ``max_batches`` shuffled batches of the client's data."""
+    L, E = mm.num_layers, mm.num_experts
+    acc = [UsageAccumulator(E) for _ in range(L)]
+    imp = torch.zeros(L, E, dtype=torch.float64)
+    n = 0
+    was_training = mm.model.training
+    mm.model.eval()
+    for batch in iter_batches(data, indices, settings.batch_size, shuffle=True, rng=rng):
+        if n >= max_batches:
+            break
+        batch = to_device(batch, next(mm.model.parameters()).device)
+        with mm.capture_routing(batch["attention_mask"]) as cap:
+            mm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        for l in range(L):
+            r = cap.layer(l)
+            acc[l].update(r.gate_probs, r.token_mask)
+            imp[l] += routing_scores(r, settings.lam).double().cpu()
+        n += 1
+    mm.model.train(was_training)
+    usage = torch.stack([a.usage() for a in acc]).float()  # (L, E)
+    return usage, (imp / max(n, 1)).float()
 
 
 @torch.no_grad()

@@ -68,6 +68,18 @@ class ModelConfig:
         "0 turns it off, which lets PyTorch's SDPA use its fused kernel (dropout forces the slower "
         "math kernel on CPU: 0.91x step time measured without it)",
     )
+    combine: str = _f(
+        "straight-through",
+        "MoEfied models: how the top-k experts are combined: straight-through (weight 1, router gets "
+        "the gradient of p) | topk-prob (Eq. 2: renormalised top-k router probabilities, times k)",
+    )
+    router_warmup_steps: int = _f(
+        0,
+        "MoEfied models: steps of router warm-up before federation, on the public split "
+        "(data.public_fraction, unlabeled use): routers distilled towards the experts with the largest "
+        "output norm per token (+ load balancing) so routing is decisive; 0 = off",
+    )
+    router_warmup_lr: float = _f(1e-2, "learning rate of the router warm-up")
 
 
 @dataclass
@@ -106,6 +118,11 @@ class DataConfig:
     shards_per_client: int = _f(2, "shards partition: shards per client")
     min_client_size: int = _f(20, "Dirichlet partitions are redrawn until every client has this many examples")
     max_length: int = _f(64, "maximum tokens per example")
+    public_fraction: float = _f(
+        0.0,
+        "fraction of the non-test data held out as a public split (no client trains on it) for the "
+        "router warm-up; 0 = none",
+    )
 
 
 @dataclass
@@ -128,7 +145,8 @@ class TrainConfig:
 class MethodConfig:
     name: str = _f(
         "hfedmoe",
-        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random | centralized | ablations "
+        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random | centralized | bounds "
+        "oracle | fedavg-full | fedavg-fit | ablations "
         "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict",
     )
     lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
@@ -137,6 +155,8 @@ class MethodConfig:
     budget_scope: str = _f("layer", "expert budget counted per layer ('layer') or over the model ('model')")
     gate_weights: str = _f("normalized", "router aggregation weights: normalized | paper-literal")
     grad_mode: str = _f("no_grad", "unselected experts: no_grad (no backward at all) | detach")
+    pooling: str = _f("token", "what a 'sample' of Eqs. 3-5 and 14 is: token | sequence (token probabilities "
+                      "averaged per sequence first)")
 
 
 @dataclass
@@ -221,6 +241,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.device": ("auto", "cpu", "cuda"),
     "runtime.dtype": ("float32", "bfloat16"),
     "engine.name": ("simulation", "flower-sim"),
+    "method.pooling": ("token", "sequence"),
+    "model.combine": ("straight-through", "topk-prob"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -399,6 +421,17 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(d.min_client_size >= 1, "data.min_client_size", "an integer >= 1", d.min_client_size)
     need(d.shards_per_client >= 1, "data.shards_per_client", "an integer >= 1", d.shards_per_client)
     need(d.max_length >= 4, "data.max_length", "an integer >= 4", d.max_length)
+    need(0.0 <= d.public_fraction < 1.0, "data.public_fraction", "a float in [0, 1)", d.public_fraction)
+    need(m.router_warmup_steps >= 0, "model.router_warmup_steps", "an integer >= 0", m.router_warmup_steps)
+    need(m.router_warmup_lr > 0, "model.router_warmup_lr", "a float > 0", m.router_warmup_lr)
+    if m.router_warmup_steps > 0:
+        need(d.public_fraction > 0, "data.public_fraction", "a fraction > 0 when model.router_warmup_steps > 0",
+             d.public_fraction)
+        need(m.name in ("minilm-moe", "tiny-moe"), "model.name",
+             "minilm-moe | tiny-moe when model.router_warmup_steps > 0 (warm-up is for MoEfied models)", m.name)
+    if m.combine != "straight-through":
+        need(m.name in ("minilm-moe", "tiny-moe"), "model.name",
+             "minilm-moe | tiny-moe when model.combine is not straight-through", m.name)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
     need(t.local_steps >= 0, "train.local_steps", "an integer >= 0", t.local_steps)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)

@@ -31,6 +31,9 @@ from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.federation.model import build_model
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
+from hfedmoe.federation.warmup import mean_top_prob, warmup_routers
+from hfedmoe.client.diagnostics import rates as selection_rates
+from hfedmoe.methods._common import per_layer_budget
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
@@ -66,13 +69,19 @@ class ClientSummary:
     selected_counts: list
     trained: list
     usage: list
+    num_examples: int
+    peak_expert_state: list | None  # (L,) most experts holding grad/optimizer state at any step
+    diagnostics: dict[str, float]  # the client's selection-diagnostic counters (diag_*)
 
     @classmethod
     def of(cls, upd: ClientUpdate) -> ClientSummary:
         return cls(upd.client_id, float(upd.metrics["train_loss"]), int(upd.upload_bytes()),
                    float(upd.metrics["backward_flops"]),
                    float(upd.metrics["forward_flops"] + upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
-                   upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()])
+                   upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()],
+                   int(upd.num_examples),
+                   None if upd.peak_expert_state is None else upd.peak_expert_state.tolist(),
+                   {k: v for k, v in upd.metrics.items() if k.startswith("diag_")})
 
 
 class Simulation:
@@ -93,10 +102,22 @@ class Simulation:
         self.method.seed = cfg.seed
         dataset = load_run_dataset(cfg)
         model, tokenizer, self.model_description = build_model(cfg.model, dataset.num_labels, cfg.seed)
+        if cfg.model.combine != "straight-through":
+            from hfedmoe.moe.minilm import set_combine
+
+            set_combine(model, cfg.model.combine)
         set_attention_dropout(model, cfg.model.attention_dropout)
         model, self.device = place_model(model, cfg)
         self.mm: MoEModel = wrap(model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
+        # Router warm-up on the disjoint public split, before federation (deterministic in the
+        # seed, so a resumed run rebuilds the same starting point before loading its checkpoint).
+        self.warmup_metrics: dict[str, float] = {}
+        if cfg.model.router_warmup_steps > 0:
+            self.warmup_metrics = warmup_routers(
+                self.mm, self.fed.tokens, self.fed.public_idx, steps=cfg.model.router_warmup_steps,
+                lr=cfg.model.router_warmup_lr, batch_size=cfg.train.batch_size, seed=derive_seed(cfg.seed, 5),
+            )
         num_federated = len(self.fed.clients)
         if self.method.pools_data:
             self.fed = pool_clients(self.fed, cfg)
@@ -271,6 +292,15 @@ class Simulation:
         self.method.begin_round(self.mm, training, round_idx)
         return sampled, training, failed, dropped
 
+    def make_plan(self, cinfo: ClientInfo, round_idx: int):
+        """The method's plan for one client (model holding the global weights), with the per-layer
+        budget the selection diagnostics compare against. Shared by both engines."""
+        mm = self.mm
+        plan = self.method.plan(mm, cinfo, round_idx)
+        if plan.budget is None:
+            plan.budget = min(mm.num_experts, per_layer_budget(cinfo.budget, self.cfg.method.budget_scope, mm.num_layers))
+        return plan
+
     def client_seed(self, round_idx: int, cid: int) -> int:
         """The training seed of client ``cid`` in round ``round_idx`` (the same on every engine)."""
         return derive_seed(self.cfg.seed, round_idx, cid)
@@ -303,7 +333,7 @@ class Simulation:
             cid = cinfo.client_id
             client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
-            plan = self.method.plan(mm, cinfo, round_idx)
+            plan = self.make_plan(cinfo, round_idx)
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
             self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
@@ -365,7 +395,8 @@ class Simulation:
         row: dict[str, Any] = {
             "round": round_idx,
             "method": self.method.name,
-            "train_loss": float(np.mean([u.train_loss for u in summaries])) if summaries else None,
+            "train_loss": float(np.mean([u.train_loss for u in summaries if u.num_examples]))
+            if any(u.num_examples for u in summaries) else None,
             "sim_time_s": self.sim_time_s,
             "round_sim_time_s": round_sim,
             "round_compute_time_s": critical[0],
@@ -383,6 +414,10 @@ class Simulation:
             "client_trained": {str(u.client_id): u.trained for u in summaries},
             "client_usage": {str(u.client_id): u.usage for u in summaries},
             "client_train_loss": {str(u.client_id): u.train_loss for u in summaries},
+            "peak_expert_state": {str(u.client_id): u.peak_expert_state for u in summaries
+                                  if u.peak_expert_state is not None},
+            "client_budget": {str(u.client_id): self.budgets[u.client_id].budget for u in summaries},
+            **selection_rates([u.diagnostics for u in summaries]),
             **agg_metrics,
             **guard_row,
         }
@@ -409,7 +444,10 @@ class Simulation:
         if self.round == 0 and not read_metrics(self.metrics_path):
             t0 = time.perf_counter()
             row = {"round": 0, "method": self.method.name, "train_loss": None, "sim_time_s": 0.0,
-                   "upload_bytes": 0, "download_bytes": 0, "failed_clients": [], **self.evaluate_global()}
+                   "upload_bytes": 0, "download_bytes": 0, "failed_clients": [], **self.evaluate_global(),
+                   **self.warmup_metrics}
+            # how decisive routing is when federation starts (mean top router probability)
+            row["router_top_prob"] = mean_top_prob(self.mm, self.fed.tokens, self.fed.test_idx, max_batches=4)
             self.wall_time_s += time.perf_counter() - t0
             row["wall_time_s"] = self.wall_time_s
             append_metrics(self.metrics_path, row)
@@ -442,6 +480,7 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         trainable=tuple(cfg.train.trainable),
         grad_mode=cfg.method.grad_mode,
         lam=cfg.method.lam,
+        beta=cfg.method.beta,
     )
 
 

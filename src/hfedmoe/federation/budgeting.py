@@ -101,7 +101,8 @@ def compute_budgets(cfg: RunConfig, mm: MoEModel, fed) -> list[ClientBudget]:
         out.append(ClientBudget(
             profile=capped,
             budget=budget,
-            fits_full=fits(capped, cost, full_n, budget_scope=scope),
+            # typed budgets replace the memory caps: a client fits full training iff its budget does
+            fits_full=(budget >= full_n) if cfg.clients.fixed_budgets else fits(capped, cost, full_n, budget_scope=scope),
             full_bytes=full,
             budget_bytes=cost.training_bytes(budget, budget_scope=scope),
         ))

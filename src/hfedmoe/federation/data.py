@@ -5,7 +5,7 @@ method of a benchmark sees identical partitions, budgets and profiles."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class FederationData:
     tokens: TokenizedTexts
     test_idx: np.ndarray
     clients: list[ClientData]
+    public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
 
     @property
     def num_labels(self) -> int:
@@ -130,6 +131,15 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     except HFedMoEError as exc:
         raise HFedMoEError(f"data.{exc}") from None
     train_idx = np.sort(train_idx)
+    public_idx = np.zeros(0, dtype=np.int64)
+    if d.public_fraction > 0:
+        # a disjoint public split (stratified), removed before partitioning: no client trains on it
+        try:
+            rest, public = train_test_split(ds.labels[train_idx], d.public_fraction, seed=cfg.seed + 7)
+        except HFedMoEError as exc:
+            raise HFedMoEError(f"data.public_fraction: {exc}") from None
+        public_idx = np.sort(train_idx[public])
+        train_idx = np.sort(train_idx[rest])
     num_clients: int | None = d.num_clients
     groups = None if ds.groups is None else ds.groups[train_idx]
     if d.partition in ("natural", "natural-dirichlet"):
@@ -171,4 +181,4 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
         raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
     tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients)
+    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx)

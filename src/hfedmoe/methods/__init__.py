@@ -6,6 +6,7 @@ from typing import Any
 
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.methods.base import ClientInfo, Method
+from hfedmoe.methods.bounds import FedAvgFit, FedAvgFull, OracleGradNorm
 from hfedmoe.methods.fedavg import Centralized, FedAvg, FedAvgDrop
 from hfedmoe.methods.fedmoe import FedMoE
 from hfedmoe.methods.flexmoe import FlexMoE
@@ -16,7 +17,7 @@ from hfedmoe.methods.restrict import HFedMoERestrict
 
 def _hfedmoe(mcfg: Any, *, name: str = "hfedmoe", cls: type = HFedMoE, **extra: Any) -> Method:
     opts = dict(lam=mcfg.lam, beta=mcfg.beta, tau=mcfg.tau, budget_scope=mcfg.budget_scope,
-                gate_weights=mcfg.gate_weights)
+                gate_weights=mcfg.gate_weights, pooling=getattr(mcfg, "pooling", "token"))
     opts.update(extra)
     method = cls(**opts)
     method.name = name
@@ -37,6 +38,10 @@ METHODS: dict[str, Any] = {
     "flex-moe": lambda mcfg: FlexMoE(budget_scope=mcfg.budget_scope),
     "random": lambda mcfg: RandomExperts(budget_scope=mcfg.budget_scope),
     "centralized": lambda mcfg: Centralized(),
+    # bounds: selection oracle, no-budget reference, budget-respecting FedAvg
+    "oracle": lambda mcfg: OracleGradNorm(budget_scope=mcfg.budget_scope),
+    "fedavg-full": lambda mcfg: FedAvgFull(),
+    "fedavg-fit": lambda mcfg: FedAvgFit(budget_scope=mcfg.budget_scope),
     # ablations: HFedMoE with one switch changed
     "hfedmoe-no-ib": _ablation("hfedmoe-no-ib", beta=0.0),
     "hfedmoe-avg": _ablation("hfedmoe-avg", expert_aggregation="uniform"),

@@ -189,29 +189,48 @@ class RoutersByImportance(Part):
         self.normalize = normalize
         self.sums = [RouterMean(mm.num_experts, tau) for _ in range(mm.num_layers)]
         self.num_senders = 0
+        # per sender: (client id, |D_c|, [a_c per layer]): O(C * L) scalars for the alpha diagnostics
+        self.senders: list[tuple[int, int, list[float]]] = []
 
     def add(self, update: ClientUpdate) -> None:
         if not update.routers:
             return
         self.num_senders += 1
-        for layer, acc in enumerate(self.sums):
-            acc.add(update.usage[layer], update.importance[layer], update.routers[layer])
+        a = [acc.add(update.usage[layer], update.importance[layer], update.routers[layer])
+             for layer, acc in enumerate(self.sums)]
+        self.senders.append((update.client_id, update.num_examples, a))
 
     def finish(self, mm: MoEModel) -> dict[str, float]:
         if not self.num_senders:
             return {}
         for layer, acc in enumerate(self.sums):
             mm.set_router_state(layer, acc.result(mm.router_state(layer), normalize=self.normalize))
-        return {"routing_consistency": float(sum(acc.consistency() for acc in self.sums) / len(self.sums))}
+        metrics: dict = {"routing_consistency": float(sum(acc.consistency() for acc in self.sums) / len(self.sums))}
+        metrics.update(self.alpha_metrics())
+        return metrics
+
+    def alpha_metrics(self) -> dict:
+        """alpha(c) of Eq. 21 per layer (normalised over clients, or divided by |S_global| in the
+        paper-literal form), averaged over layers, against the clients' data shares."""
+        from hfedmoe.methods.diagnostics import alpha_vs_shares
+
+        a = torch.tensor([s[2] for s in self.senders], dtype=torch.float64)  # (C, L)
+        if self.normalize:
+            div = a.sum(0).clamp_min(1e-300)  # (L,)
+        else:
+            div = torch.tensor([max(acc.num_global, 1) for acc in self.sums], dtype=torch.float64)
+        alpha = (a / div).mean(1)  # (C,)
+        n = torch.tensor([s[1] for s in self.senders], dtype=torch.float64)
+        return alpha_vs_shares(alpha, n, [s[0] for s in self.senders])
 
 
 class RouterRowsByHolders(Part):
     """FedMoE: router row (entry) e averaged by data size over the clients that held expert e;
     rows nobody held keep their value; router tensors not indexed by expert are FedAvg'd."""
 
-    def __init__(self, mm: MoEModel, held: dict[int, list[list[int]]]) -> None:
+    def __init__(self, mm: MoEModel, held: dict[int, list[list[int]]] | None) -> None:
         self.E = mm.num_experts
-        self.held = held
+        self.held = held  # cid -> held experts per layer; None: from each update's usage > 0
         self.rows = [PerExpertMean(self.E) for _ in range(mm.num_layers)]
         self.whole = [WeightedMean() for _ in range(mm.num_layers)]
         self.num_senders = 0
@@ -227,10 +246,17 @@ class RouterRowsByHolders(Part):
             if by_row:
                 masses = torch.zeros(self.E, dtype=torch.float64)  # (E,)
                 if n > 0:
-                    masses[list(self.held[update.client_id][layer])] = n
+                    masses[self._held(update, layer)] = n
                 self.rows[layer].add_rows(by_row, masses)
             if other:
                 self.whole[layer].add(other, n)
+
+    def _held(self, update: ClientUpdate, layer: int) -> list[int]:
+        """The experts ``update``'s client held in ``layer``: under a routing restriction the
+        others have router probability exactly 0, so usage > 0 (Eq. 16) marks the held ones."""
+        if self.held is not None:
+            return list(self.held[update.client_id][layer])
+        return torch.nonzero(update.usage[layer] > 0).flatten().tolist()
 
     def finish(self, mm: MoEModel) -> dict[str, float]:
         if not self.num_senders:

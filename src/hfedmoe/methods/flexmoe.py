@@ -11,11 +11,15 @@ Decisions:
   ``floor(K / E)`` and at most ``ceil(K / E)`` of the round's clients, ``K = sum_c k_c``.
   Solved exactly as a 0/1 program with :func:`scipy.optimize.milp` (HiGHS); the constraint
   matrix is a transportation polytope, so this is the LP optimum.
-* Routing is not restricted (every client holds the full model for the forward pass); the client
-  trains exactly its assigned experts.
-* Routers stay local: clients train their router during the round, the server never aggregates
-  routers, so the global router keeps its initial (MoEfied) value; per-client routers are not
-  carried between rounds (the engine has one shared model).
+* A client holds only its assigned experts (FLEX-MoE's premise: edge devices cannot store the
+  full expert set): routing is restricted to them, padded up to ``top_k`` with the client's next
+  fittest experts (forward only, not trained) when ``k_c < top_k``; the client trains exactly its
+  assigned experts and downloads the dense part plus the held experts.
+* Routers (issue 8: they were never aggregated, so the evaluated global model ran its initial,
+  untrained router): clients train their router locally; the server aggregates each router row
+  (expert e's entry) by data size over the clients that held e, rows nobody held keep their value
+  (as FedMoE's modular aggregation). The paper's abstract does not specify router aggregation;
+  this is the choice that both trains the evaluated router and respects the assignment.
 * Experts: FedAvg over the clients that trained them; dense part: FedAvg.
 """
 
@@ -30,8 +34,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hfedmoe.client import ClientUpdate, TrainPlan
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget, scores_from_state, scores_to_state, seed_of
-from hfedmoe.methods.aggregation import Aggregation, Parts
+from hfedmoe.methods._common import expert_bytes, per_layer_budget, scores_from_state, scores_to_state, seed_of
+from hfedmoe.methods.aggregation import Aggregation, DenseByData, Parts, RouterRowsByHolders, SparseExperts
 from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.moe import MoEModel
 
@@ -80,10 +84,12 @@ class FlexMoE(Method):
         self.budget_scope = budget_scope
         self.client_usage: dict[int, torch.Tensor] = {}  # cid -> (L, E), last round it trained
         self.assigned: dict[int, list[list[int]]] = {}  # cid -> experts per layer, this round
+        self.held: dict[int, list[list[int]]] = {}  # cid -> assigned + top_k padding, this round
 
     def begin_round(self, mm: MoEModel, clients: Sequence[ClientInfo], round_idx: int) -> None:
         L, E = mm.num_layers, mm.num_experts
         self.assigned = {c.client_id: [] for c in clients}
+        self.held = {c.client_id: [] for c in clients}
         if not clients:
             return
         k = [min(E, per_layer_budget(c.budget, self.budget_scope, L)) for c in clients]
@@ -97,12 +103,22 @@ class FlexMoE(Method):
                     fitness[i] += 1e-3 * rng.random(E)
             chosen = assign_experts(fitness, k)  # (C, E)
             for i, c in enumerate(clients):
-                self.assigned[c.client_id].append(np.flatnonzero(chosen[i]).tolist())
+                assigned = np.flatnonzero(chosen[i]).tolist()
+                self.assigned[c.client_id].append(assigned)
+                pad = [int(e) for e in np.argsort(-fitness[i], kind="stable") if e not in assigned]
+                self.held[c.client_id].append(sorted(assigned + pad[: max(0, mm.top_k - len(assigned))]))
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         if client.client_id not in self.assigned:  # planned outside a round (tests, tools)
             self.begin_round(mm, [client], round_idx)
-        return TrainPlan(static_subsets=self.assigned[client.client_id])
+        return TrainPlan(static_subsets=self.assigned[client.client_id], restrict=self.held[client.client_id])
+
+    def download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
+        held = self.held.get(client.client_id)
+        if not held:
+            return full_bytes
+        missing = mm.num_layers * mm.num_experts - sum(len(h) for h in held)
+        return int(full_bytes - missing * expert_bytes(mm))
 
     def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
         seen: dict[int, torch.Tensor] = {}  # cid -> (L, E) usage, remembered once the round is aggregated
@@ -110,8 +126,10 @@ class FlexMoE(Method):
         def on_add(u: ClientUpdate) -> None:
             seen[u.client_id] = u.usage.detach().float().cpu().clone()
 
-        return Parts(mm, fedavg_trained_parts(mm, routers=False), on_add=on_add,
-                     on_finish=lambda: self.client_usage.update(seen))
+        # experts by FedAvg over trainers; router rows per expert over its holders (usage > 0 under
+        # the restriction), so the evaluated global router is trained
+        parts = [SparseExperts(mm, tau=0.0, usage_gate=False), RouterRowsByHolders(mm, None), DenseByData(mm)]
+        return Parts(mm, parts, on_add=on_add, on_finish=lambda: self.client_usage.update(seen))
 
     def state_dict(self) -> dict[str, Any]:
         return {"client_usage": scores_to_state(self.client_usage)}

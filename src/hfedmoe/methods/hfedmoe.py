@@ -21,8 +21,16 @@ from hfedmoe.methods.aggregation import (
     UniformExperts,
 )
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
+from hfedmoe.methods.diagnostics import TauExclusionPart
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_ib_scores
+
+
+def seq_ids_for(num_tokens: int, seq_len: int | None) -> torch.Tensor:
+    """(T,) sequence id of each flattened token of a (B, S) batch (T = B * S)."""
+    if not seq_len or num_tokens % seq_len:
+        raise ValueError(f"pooling='sequence': cannot map {num_tokens} tokens onto sequences of length {seq_len}")
+    return torch.arange(num_tokens) // seq_len
 
 
 class HFedMoE(Method):
@@ -41,9 +49,11 @@ class HFedMoE(Method):
         budget_scope: str = "layer",
         gate_weights: str = "normalized",
         expert_aggregation: str = "sparse",
+        pooling: str = "token",
     ) -> None:
         super().__init__(lam=lam, beta=beta, tau=tau, budget_scope=budget_scope,
-                         gate_weights=gate_weights, expert_aggregation=expert_aggregation)
+                         gate_weights=gate_weights, expert_aggregation=expert_aggregation, pooling=pooling)
+        self.pooling = pooling
         self.lam, self.beta, self.tau = lam, beta, tau
         self.budget_scope = budget_scope
         self.gate_weights = gate_weights
@@ -53,24 +63,34 @@ class HFedMoE(Method):
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         E = mm.num_experts
         lam, beta, budget = self.lam, self.beta, client.budget
+        batch_shape: dict[str, int] = {}
+
+        def on_batch(batch: dict) -> None:
+            batch_shape["seq_len"] = int(batch["attention_mask"].shape[-1])
+
+        def scores_of(routing) -> torch.Tensor:  # (E,) Eq. 14, per token or per sequence
+            if self.pooling == "sequence":
+                ids = seq_ids_for(routing.gate_probs.shape[0], batch_shape.get("seq_len"))
+                return ib_scores(routing.gate_probs, routing.token_mask, lam, beta, pooling="sequence", seq_ids=ids)
+            return routing_ib_scores(routing, lam, beta)  # s_b reused by the client
 
         if self.budget_scope == "layer":
             def selector(layer: int, routing) -> Sequence[int]:
-                scores = routing_ib_scores(routing, lam, beta)  # (E,) Eq. 14; s_b reused by the client
+                scores = scores_of(routing)  # (E,) Eq. 14
                 return select_experts(scores, routed_mask(routing, E), budget).tolist()
 
-            return TrainPlan(selector=selector)
+            return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
 
         def batch_subsets(capture) -> list[Sequence[int]]:
             scores, routed = [], []
             for layer in range(mm.num_layers):
                 r = capture.layer(layer)
-                scores.append(ib_scores(r.gate_probs, r.token_mask, lam, beta))
+                scores.append(scores_of(r))
                 routed.append(routed_mask(r, E))
             flat = select_experts(torch.cat(scores), torch.cat(routed), budget)  # (k,) over L*E
             return [(flat[flat // E == layer] % E).tolist() for layer in range(mm.num_layers)]
 
-        return TrainPlan(batch_subsets=batch_subsets)
+        return TrainPlan(batch_subsets=batch_subsets, on_batch=on_batch)
 
     # --- server side ---------------------------------------------------------------------
     def aggregation_parts(self, mm: MoEModel) -> list[Part]:
@@ -81,7 +101,10 @@ class HFedMoE(Method):
             routers: Part = RoutersByData(mm)
         else:
             routers = RoutersByImportance(mm, tau=self.tau, normalize=self.gate_weights == "normalized")
-        return [experts, routers, DenseByData(mm)]
+        parts = [experts, routers, DenseByData(mm)]
+        if self.expert_aggregation == "sparse":
+            parts.append(TauExclusionPart(self.tau))  # diagnostics: how often the tau gate fires
+        return parts
 
     def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
         return Parts(mm, self.aggregation_parts(mm))

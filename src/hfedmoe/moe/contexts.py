@@ -251,10 +251,19 @@ class TrainOnly:
         adapter.expert_leaves()  # build / refresh the leaves before any forward
         for info in adapter._layers:
             if info.spec.kind == "fused":
+                # the fused storage is frozen; gradients flow into the per-expert leaf views
                 for name in info.param_names:
                     p = getattr(info.experts, name)
                     self._saved_requires_grad.append((p, p.requires_grad))
                     p.requires_grad_(False)
+            else:
+                # per-expert modules (Switch): the leaves ARE the module parameters, so they must
+                # require grad whatever the caller froze; unselected experts run on detached
+                # weights (hooks._switch_experts_forward) and still get no gradient.
+                for e in range(info.num_experts):
+                    for p in info.experts[f"expert_{e}"].parameters():
+                        self._saved_requires_grad.append((p, p.requires_grad))
+                        p.requires_grad_(True)
         adapter._push("train", self)
         return self
 

@@ -115,7 +115,8 @@ def route_qwen_olmoe(router, hidden_states, allowed_mask):
 
 
 def route_straight_through(router, hidden_states, allowed_mask):
-    """MoEfied BERT: softmax, top-k, combination weight ``1 + p - p.detach()`` (value exactly 1).
+    """MoEfied BERT: softmax, top-k, combination weight ``1 + p - p.detach()`` (value exactly 1), or
+    with ``router.combine == "topk-prob"`` the renormalised top-k probabilities times ``k`` (Eq. 2).
 
     With ``top_k == E`` the block therefore equals the dense FFN it was split from, while the
     router still receives the gradient it would get if the experts were weighted by ``p``.
@@ -124,6 +125,11 @@ def route_straight_through(router, hidden_states, allowed_mask):
     router_logits = _mask_logits(F.linear(hidden_states, router.weight), allowed_mask)  # (T, E)
     router_probs = torch.softmax(router_logits, dim=-1, dtype=torch.float)  # (T, E)
     top_value, top_idx = torch.topk(router_probs, router.top_k, dim=-1)  # (T, k)
+    if getattr(router, "combine", "straight-through") == "topk-prob":
+        # Eq. 2: renormalised top-k probabilities, times the constant k so that equal
+        # probabilities give straight-through's weight 1 (the constant is absorbed by the experts)
+        top_weight = top_value / top_value.sum(dim=-1, keepdim=True) * router.top_k  # (T, k)
+        return Routed((router_logits, top_weight.to(router_logits.dtype), top_idx), router_probs, top_idx)
     top_weight = (1.0 + top_value - top_value.detach()).to(router_logits.dtype)  # (T, k) == 1
     return Routed((router_logits, top_weight, top_idx), router_probs, top_idx)
 

@@ -9,6 +9,11 @@ i.e. value exactly 1 (so with ``top_k == E`` the block equals the dense FFN) whi
 receives the gradient it would get if the expert outputs were weighted by their softmax
 probabilities. This keeps the pretrained function intact at step 0 and still trains the router.
 
+``TopKRouter.combine = "topk-prob"`` switches to Eq. 2 of HFedMoE: the top-k experts are combined
+with the router's renormalised top-k probabilities (times the constant ``k``, so equal
+probabilities give weight 1 as above); the output then depends on the router's values, not only
+on its ranking. :func:`set_combine` sets it on every router of a model.
+
 Module layout (what :func:`hfedmoe.moe.wrap` addresses)::
 
     BertLayer.intermediate = MoEFeedForward
@@ -40,6 +45,7 @@ class TopKRouter(nn.Module):
         self.hidden_dim = hidden_size
         self.num_experts = num_experts
         self.top_k = top_k
+        self.combine = "straight-through"  # or "topk-prob" (Eq. 2)
         self.weight = nn.Parameter(torch.zeros(num_experts, hidden_size))  # (E, H)
 
     def forward(self, hidden_states: torch.Tensor):
@@ -98,3 +104,18 @@ class MoEFeedForward(nn.Module):
         _, top_k_weights, top_k_index = self.gate(flat)
         out = self.experts(flat, top_k_index, top_k_weights) + self.output_bias  # (T, H)
         return out.reshape(shape)
+
+
+COMBINES = ("straight-through", "topk-prob")
+
+
+def set_combine(model: nn.Module, combine: str) -> int:
+    """Set how every :class:`TopKRouter` of ``model`` weights its experts; returns how many."""
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    n = 0
+    for module in model.modules():
+        if isinstance(module, TopKRouter):
+            module.combine = combine
+            n += 1
+    return n

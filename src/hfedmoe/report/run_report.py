@@ -9,6 +9,7 @@ from typing import Any
 
 from hfedmoe.report.classes import human_duration, learning_warnings
 from hfedmoe.report.metrics import read_metrics
+from hfedmoe.report.mechanisms import mechanism_summary, render_mechanisms
 from hfedmoe.report.plots import plot_accuracy, plot_heatmaps
 
 #: The clients table lists every client up to this many; beyond, the largest ones plus aggregates.
@@ -44,6 +45,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "rejected_client_rounds": sum(len(r.get("rejected_clients") or {}) for r in rows),
         "dp_epsilon": rows[-1].get("dp_epsilon") if rows else None,
         "dp_delta": rows[-1].get("dp_delta") if rows else None,
+        **mechanism_summary(rows),
     }
 
 
@@ -169,6 +171,7 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
     lines += _class_lines(s)
     if clients:
         lines += _client_lines(clients)
+    lines += render_mechanisms(rows, summary, clients)
     lines += ["## Rounds", "", "| round | test acc | macro-F1 | test loss | train loss | sim time (s) | compute (s) | "
               "communication (s) | failed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -197,38 +197,48 @@ def _subsets(x: Sequence[Sequence[int] | None] | None) -> list | None:
     return None if x is None else [None if s is None else [int(i) for i in s] for s in x]
 
 
+#: The parts of a plan that are code, not data: a client rebuilds them from its own copy of the
+#: method (they depend only on the method options, the run seed, the client and the round).
+PLAN_RULES = ("selector", "batch_subsets", "grad_selector", "profile", "on_batch")
+
+
 def plan_to_json(plan: TrainPlan) -> str:
-    """The data of a plan; ``rule`` says whether the client must rebuild a per-batch rule."""
-    rule = "selector" if plan.selector is not None else "batch_subsets" if plan.batch_subsets is not None else None
+    """The data of a plan; ``rules`` names the callables the client must rebuild."""
     return json.dumps({
-        "rule": rule,
+        "rules": [name for name in PLAN_RULES if getattr(plan, name) is not None],
         "static_subsets": _subsets(plan.static_subsets),
         "restrict": _subsets(plan.restrict),
         "train_routers": bool(plan.train_routers),
+        "budget": plan.budget,
+        "profile_batches": int(plan.profile_batches),
     })
 
 
 def plan_rule(text: str) -> str | None:
-    """The per-batch rule a serialised plan needs ("selector" | "batch_subsets" | None)."""
+    """The callables a serialised plan needs, comma-joined (None: it is pure data)."""
     try:
-        return json.loads(text)["rule"]
+        rules = json.loads(text)["rules"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CodecError(f"plan: malformed ({exc})") from None
+    return ",".join(rules) if rules else None
 
 
 def plan_from_json(text: str, local: TrainPlan | None) -> TrainPlan:
-    """Rebuild the server's plan on the client: its data from ``text``, its per-batch rule (when it
-    has one) from ``local``, the plan the client's own copy of the method made for the same client
+    """Rebuild the server's plan on the client: its data from ``text``, its callables (when it
+    has some) from ``local``, the plan the client's own copy of the method made for the same client
     and round (the rules depend only on the method options, the run seed, the client and the
     round, all of which the client has)."""
     try:
         spec = json.loads(text)
-        rule = spec["rule"]
+        rules = list(spec["rules"])
         plan = TrainPlan(static_subsets=spec["static_subsets"], restrict=spec["restrict"],
-                         train_routers=bool(spec["train_routers"]))
+                         train_routers=bool(spec["train_routers"]), budget=spec["budget"],
+                         profile_batches=int(spec["profile_batches"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CodecError(f"plan: malformed ({exc})") from None
-    if rule is not None:
+    for rule in rules:
+        if rule not in PLAN_RULES:
+            raise CodecError(f"plan: unknown rule {rule!r}, expected one of {PLAN_RULES}")
         if local is None or getattr(local, rule) is None:
             raise CodecError(f"plan: the server's plan needs a {rule}, the client's method has none")
         setattr(plan, rule, getattr(local, rule))

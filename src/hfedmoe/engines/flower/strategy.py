@@ -175,7 +175,7 @@ class HFedMoEStrategy(Strategy):
                 run.on_event({"kind": "client_failed", "round": server_round, "client": cid,
                               "reason": "node offline"})
                 continue
-            plan = run.method.plan(mm, cinfo, server_round)
+            plan = run.make_plan(cinfo, server_round)
             st.plans[cid] = plan
             cfg = ConfigRecord({
                 "run_config": self._config_toml, "round": server_round, "client_id": cid,

@@ -1,0 +1,120 @@
+"""Router warm-up of a MoEfied model before federation (issue 8, deliverable 2).
+
+MoEfication gives routers whose probabilities are nearly uniform (mean top probability ~0.2 of 8),
+so Eq. 2's weights and every importance score built on them say little. The warm-up distils each
+router towards its own experts: for every real token of a public batch the *teacher* is the set of
+``top_k`` experts with the largest output norm ``||E_e(x)||`` (the experts that contribute most to
+the dense FFN the model was split from; MoEfication's "ground-truth" routing), and the router is
+trained with cross-entropy towards that set (uniform over it), plus a small Switch-style
+load-balancing term ``E * sum_e f_e P_e``. Only router weights change; the public split is
+disjoint from every client's and the test data, and its labels are not used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hfedmoe.data.batches import TokenizedTexts, iter_batches
+from hfedmoe.moe import MoEModel
+
+log = logging.getLogger(__name__)
+
+LOAD_BALANCE_WEIGHT = 0.01
+
+
+@torch.no_grad()
+def mean_top_prob(mm: MoEModel, tokens: TokenizedTexts, indices: np.ndarray, batch_size: int = 64,
+                  max_batches: int = 8) -> float:
+    """Mean over real tokens and MoE layers of the router's largest probability."""
+    model = mm.model
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for b, batch in enumerate(iter_batches(tokens, indices, batch_size, shuffle=False)):
+        if b >= max_batches:
+            break
+        with mm.capture_routing(batch["attention_mask"]) as cap:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        for layer in range(mm.num_layers):
+            r = cap.layer(layer)
+            top = r.gate_probs[r.token_mask].max(dim=-1).values  # (T_real,)
+            total += float(top.sum())
+            count += int(top.numel())
+    model.train(was)
+    return total / max(count, 1)
+
+
+def _expert_output_norms(experts, x: torch.Tensor) -> torch.Tensor:
+    """(T, E) ``||E_e(x)||`` of every fused MoEfied expert on ``x (T, H)``."""
+    up = experts.up_proj  # (E, I/E, H)
+    h = torch.einsum("th,eih->tei", x, up) + experts.up_proj_bias.unsqueeze(0)  # (T, E, I/E)
+    h = experts.act_fn(h)
+    out = torch.einsum("tei,ehi->teh", h, experts.down_proj)  # (T, E, H)
+    return out.norm(dim=-1)
+
+
+def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray, *, steps: int, lr: float,
+                   batch_size: int, seed: int) -> dict[str, float]:
+    """Train the routers of ``mm`` for ``steps`` steps on ``public_idx``; returns the mean top
+    router probability before and after (on the public split) and the final distillation loss."""
+    if steps <= 0 or len(public_idx) == 0:
+        return {}
+    model = mm.model
+    layers = mm._layers
+    if any(not hasattr(info.experts, "up_proj_bias") for info in layers):
+        raise ValueError("router warm-up supports MoEfied BERT/MiniLM experts only")
+    before = mean_top_prob(mm, tokens, public_idx)
+    routers = [info.router.weight for info in layers]
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for w in routers:
+        w.requires_grad_(True)
+    opt = torch.optim.Adam(routers, lr=lr)
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        info.block.register_forward_pre_hook(lambda mod, args, i=info.index: inputs.__setitem__(i, args[0].detach()))
+        for info in layers
+    ]
+    rng = np.random.default_rng(seed)
+    was = model.training
+    model.eval()
+    step, last = 0, float("nan")
+    try:
+        while step < steps:
+            for batch in iter_batches(tokens, public_idx, batch_size, shuffle=True, rng=rng):
+                if step >= steps:
+                    break
+                with torch.no_grad():
+                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                mask = batch["attention_mask"].reshape(-1).bool()  # (T,)
+                loss = torch.zeros(())
+                for info in layers:
+                    x = inputs[info.index].reshape(-1, inputs[info.index].shape[-1])[mask]  # (T_real, H)
+                    with torch.no_grad():
+                        norms = _expert_output_norms(info.experts, x)  # (T_real, E)
+                        teacher = torch.zeros_like(norms).scatter_(1, norms.topk(info.top_k, dim=-1).indices,
+                                                                   1.0 / info.top_k)  # (T_real, E)
+                    logp = F.log_softmax(F.linear(x, info.router.weight), dim=-1)  # (T_real, E)
+                    probs = logp.exp()
+                    frac = F.one_hot(probs.topk(info.top_k, dim=-1).indices, info.num_experts).float().mean((0, 1))
+                    balance = info.num_experts * (frac * probs.mean(0)).sum()
+                    loss = loss + (-(teacher * logp).sum(-1).mean()) + LOAD_BALANCE_WEIGHT * balance
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                last = float(loss.detach()) / len(layers)
+                step += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+        model.train(was)
+    after = mean_top_prob(mm, tokens, public_idx)
+    log.info("router warm-up: %d steps, mean top probability %.3f -> %.3f", steps, before, after)
+    return {"router_top_prob_before": before, "router_top_prob_after": after, "router_warmup_loss": last}

@@ -1,0 +1,72 @@
+"""Reference points that bracket the budget-respecting methods.
+
+* ``oracle`` (upper bound on *selection*): per batch every routed expert gets a gradient, then per
+  layer only the ``budget`` experts with the largest gradient norm are stepped (to first order the
+  loss decrease of a gradient step on expert e is ``lr * ||g_e||^2``, so these are the experts
+  whose update helps this batch most). It needs the full backward, so it is a bound, not a
+  deployable method: its memory bound holds for optimizer state (the others' gradients are dropped
+  before the step) but not for the transient gradients. If the oracle is not clearly better than
+  ``random`` on a setting, that setting cannot rank selection methods.
+* ``fedavg-full``: no budget at all, every client trains every expert (the reference the budgets
+  are measured against; it ignores the devices' memory).
+* ``fedavg-fit``: budget-respecting FedAvg: a client whose budget covers every expert trains
+  everything, a weaker client trains only what fits without experts: routers and the dense
+  trainable parts (head, ...). Aggregation is FedAvg over the clients that trained each tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hfedmoe.client import ClientUpdate, TrainPlan
+from hfedmoe.core.selection import select_experts
+from hfedmoe.methods._common import fedavg_trained, per_layer_budget
+from hfedmoe.methods.base import ClientInfo, Method, all_experts
+from hfedmoe.moe import MoEModel
+
+
+class _FedAvgAggregation(Method):
+    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
+        fedavg_trained(mm, updates)
+        return {}
+
+
+class OracleGradNorm(_FedAvgAggregation):
+    name = "oracle"
+
+    def __init__(self, *, budget_scope: str = "layer") -> None:
+        super().__init__(budget_scope=budget_scope)
+        self.budget_scope = budget_scope
+
+    def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
+        budget = per_layer_budget(client.budget, self.budget_scope, mm.num_layers)
+
+        def grad_selector(layer: int, norms: torch.Tensor, routed: torch.Tensor) -> Sequence[int]:
+            # norms (E,) gradient L2 norm per expert; routed (E,) bool
+            return select_experts(norms.float(), routed & (norms > 0), budget).tolist()
+
+        return TrainPlan(grad_selector=grad_selector, budget=budget)
+
+
+class FedAvgFull(_FedAvgAggregation):
+    name = "fedavg-full"
+    respects_budget = True  # no budget is checked: every client trains everything
+
+    def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
+        return TrainPlan(static_subsets=all_experts(mm))
+
+
+class FedAvgFit(_FedAvgAggregation):
+    name = "fedavg-fit"
+
+    def __init__(self, *, budget_scope: str = "layer") -> None:
+        super().__init__(budget_scope=budget_scope)
+        self.budget_scope = budget_scope
+
+    def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
+        full = mm.num_experts if self.budget_scope == "layer" else mm.num_layers * mm.num_experts
+        if client.budget >= full:
+            return TrainPlan(static_subsets=all_experts(mm))
+        return TrainPlan(static_subsets=[[] for _ in range(mm.num_layers)])
