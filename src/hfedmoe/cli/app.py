@@ -87,6 +87,12 @@ def _final_lines(summary: dict[str, Any], out: Path, quiet: bool) -> None:
     if quiet:
         return
     acc0, acc = summary.get("initial_test_accuracy"), summary.get("final_test_accuracy")
+    if summary.get("initial_test_perplexity") is not None:  # causal LM
+        console.print(f"[bold]done[/]: test perplexity {summary['initial_test_perplexity']:.2f} (round 0) -> "
+                      f"{summary['final_test_perplexity']:.2f}; held-out {summary.get('initial_heldout_perplexity')} -> "
+                      f"{summary.get('final_heldout_perplexity')}; wall {summary['wall_time_s']:.0f} s")
+        console.print(f"report: {out / 'report.md'}")
+        return
     console.print(
         f"[bold]done[/]: test accuracy {100 * (acc0 or 0):.1f}% (round 0) -> {100 * (acc or 0):.1f}% "
         f"(majority class {100 * summary['majority_rate']:.1f}%), "

@@ -137,6 +137,11 @@ class Simulation:
 
     def evaluate_global(self) -> dict[str, Any]:
         bs = self.cfg.train.eval_batch_size
+        if self.cfg.model.task == "causal-lm":
+            from hfedmoe.client.tasks import lm_eval_row
+
+            return lm_eval_row(self.mm, self.fed.tokens, self.fed.test_idx,
+                               [c.val_idx for c in self.fed.clients], self.fed.heldout, bs)
         test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
         per_client = [
             evaluate(self.mm, self.fed.tokens, c.val_idx, bs)["accuracy"] if len(c.val_idx) else float("nan")
@@ -264,4 +269,4 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
-    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)])
+    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)], fed.heldout)

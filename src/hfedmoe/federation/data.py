@@ -34,6 +34,7 @@ class FederationData:
     tokens: TokenizedTexts
     test_idx: np.ndarray
     clients: list[ClientData]
+    heldout: TokenizedTexts | None = None  # causal LM: held-out corpus for perplexity
 
     @property
     def num_labels(self) -> int:
@@ -97,6 +98,12 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
         idx = train_idx[local]
         tr, va = client_val_split(idx, d.val_fraction, seed=cfg.seed + 1000 + cid)
         clients.append(ClientData(cid, np.sort(tr), np.sort(va), profiles[cid % len(profiles)]))
-    tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
+    heldout = None
+    if cfg.model.task == "causal-lm":
+        from hfedmoe.federation.lm_data import lm_tokens
+
+        tokens, heldout = lm_tokens(cfg, tokenizer, ds)
+    else:
+        tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients)
+    return FederationData(ds, tokens, np.sort(test_idx), clients, heldout)
