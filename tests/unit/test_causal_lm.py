@@ -102,3 +102,14 @@ def test_tiny_lm_run_end_to_end_lowers_perplexity(tmp_path):
     assert first["test_accuracy"] is None and len(first["client_val_perplexity"]) == 16
     assert last["test_perplexity"] < first["test_perplexity"]
     assert math.isfinite(last["heldout_perplexity"])
+    # the run directory reloads into the same global model: same test perplexity, and it generates
+    from hfedmoe.cli.generate import load_run_model, stream_generate
+    from hfedmoe.federation.data import build_federation
+
+    model, tok, rnd = load_run_model(tmp_path)
+    assert rnd == 2
+    fed = build_federation(cfg, tok)
+    again = evaluate_lm(wrap(model), fed.tokens, fed.test_idx, cfg.train.eval_batch_size)
+    assert again["perplexity"] == pytest.approx(last["test_perplexity"], rel=1e-5)
+    text = stream_generate(model, tok, "nprhealth: ", max_new_tokens=5, temperature=0.0, seed=0)
+    assert isinstance(text, str)

@@ -219,6 +219,27 @@ def assets(
         render_assets_table(console)
 
 
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Option("--run", help="a causal-LM run directory (hfedmoe run --out)")],
+    prompt: Annotated[str, typer.Option("--prompt", help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate")] = 40,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="sampling seed")] = 0,
+) -> None:
+    """Stream a continuation of PROMPT from a causal-LM run's newest global model."""
+    _setup_logging(False, True)
+
+    def go() -> None:
+        from hfedmoe.cli.generate import load_run_model, stream_generate
+
+        model, tokenizer, rnd = load_run_model(run_dir)
+        err_console.print(f"[dim]global model after round {rnd}[/]")
+        stream_generate(model, tokenizer, prompt, max_new_tokens, temperature, seed)
+
+    _guard(go)
+
+
 def main() -> None:
     try:
         app()

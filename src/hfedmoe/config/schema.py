@@ -62,9 +62,9 @@ class ModelConfig:
         "tiny-lm (tiny random Mixtral with the SmolLM2 tokenizer, for tests), hf (`path`)",
     )
     upcycle: str = _f(
-        "split",
-        "smollm2-moe: split (fine-grained experts: the FFN's neurons split into num_experts experts) "
-        "| copy (every expert a copy of the whole FFN)",
+        "copy",
+        "smollm2-moe: copy (every expert a copy of the whole FFN: the dense function at step 0) | "
+        "split (fine-grained experts: the FFN's neurons split into num_experts experts)",
     )
 
 
@@ -168,7 +168,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
     "model.task": ("classification", "causal-lm"),
-    "model.upcycle": ("split", "copy"),
+    "model.upcycle": ("copy", "split"),
     "data.heldout": ("", "wikitext2"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")

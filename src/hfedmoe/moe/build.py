@@ -174,7 +174,7 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0,
     grouped by balanced k-means over the L2-normalised ``gate_proj`` rows into ``num_experts``
     experts of ``I / E`` neurons (expert e holds its neurons' gate/up rows and down columns, the
     down slice scaled by ``top_k`` because Mixtral's top-k weights sum to 1); router row e is the
-    mean of its neurons' gate rows. With ``top_k == E`` and equal router weights this is the dense
+    mean of its neurons' gate rows scaled to norm 1e-3 (near-equal weights). With ``top_k == E`` and equal router weights this is the dense
     FFN; with ``top_k < E`` a token runs only k/E of the FFN, so budgets like 2 of 8 matter.
 
     Attention, norms, embeddings and head are copied; every expert gets the dense MLP
@@ -258,6 +258,9 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0,
     return moe
 
 
+_SPLIT_ROUTER_NORM = 1e-3
+
+
 def _split_ffn(dense_sd, prefix, num_experts, top_k, seed, param) -> dict[str, torch.Tensor]:
     """Fine-grained experts of one Llama MLP (see :func:`upcycle_llama` with ``split=True``)."""
     gate = dense_sd[f"{prefix}.gate_proj.weight"]  # (I, H)
@@ -270,6 +273,9 @@ def _split_ffn(dense_sd, prefix, num_experts, top_k, seed, param) -> dict[str, t
     gate_up = torch.stack([torch.cat([gate[g], up[g]]) for g in groups])  # (E, 2I/E, H)
     down_e = torch.stack([down[:, g] * top_k for g in groups])  # (E, H, I/E)
     router = torch.stack([gate[g].mean(dim=0) for g in groups])  # (E, H)
+    # tiny router: top-k picks by the informative ranking, the renormalised weights stay ~1/k, so
+    # (down slices scaled by k) the chosen experts sum to the dense FFN restricted to their neurons
+    router = router / router.norm(dim=1, keepdim=True).clamp_min(1e-12) * _SPLIT_ROUTER_NORM
     return {f"{prefix}.experts.gate_up_proj": gate_up.to(param.dtype),
             f"{prefix}.experts.down_proj": down_e.to(param.dtype),
             f"{prefix}.gate.weight": router.to(device=param.device, dtype=param.dtype)}
