@@ -88,9 +88,10 @@ def _final_lines(summary: dict[str, Any], out: Path, quiet: bool) -> None:
         return
     acc0, acc = summary.get("initial_test_accuracy"), summary.get("final_test_accuracy")
     if summary.get("initial_test_perplexity") is not None:  # causal LM
+        h0, h1 = summary.get("initial_heldout_perplexity"), summary.get("final_heldout_perplexity")
+        held = f"; held-out {h0:.2f} -> {h1:.2f}" if h0 is not None and h1 is not None else ""
         console.print(f"[bold]done[/]: test perplexity {summary['initial_test_perplexity']:.2f} (round 0) -> "
-                      f"{summary['final_test_perplexity']:.2f}; held-out {summary.get('initial_heldout_perplexity')} -> "
-                      f"{summary.get('final_heldout_perplexity')}; wall {summary['wall_time_s']:.0f} s")
+                      f"{summary['final_test_perplexity']:.2f}{held}; wall {summary['wall_time_s']:.0f} s")
         console.print(f"report: {out / 'report.md'}")
         return
     console.print(
