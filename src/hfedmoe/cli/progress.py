@@ -102,6 +102,10 @@ class RunProgress:
                 self.progress.update(self.rounds_task, completed=ev["round"])
             acc = row.get("test_accuracy")
             acc_s = f"test acc {100 * acc:.1f}%  loss {row['test_loss']:.3f}" if acc is not None else "no eval"
+            if row.get("test_perplexity") is not None:  # causal LM
+                acc_s = f"test ppl {row['test_perplexity']:.2f}  worst client ppl {row['client_val_perplexity_max']:.2f}"
+                if row.get("heldout_perplexity") is not None:
+                    acc_s += f"  held-out ppl {row['heldout_perplexity']:.2f}"
             tl = row.get("train_loss")
             extra = f"  train loss {tl:.3f}" if tl is not None else ""
             cmin = row.get("client_val_accuracy_min")

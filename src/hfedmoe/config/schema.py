@@ -80,6 +80,17 @@ class ModelConfig:
         "output norm per token (+ load balancing) so routing is decisive; 0 = off",
     )
     router_warmup_lr: float = _f(1e-2, "learning rate of the router warm-up")
+    task: str = _f(
+        "classification",
+        "classification (sequence classification, accuracy) | causal-lm (next-token loss on the "
+        "text with padding and prompt tokens masked, perplexity); causal-lm models: smollm2-moe, "
+        "tiny-lm (tiny random Mixtral with the SmolLM2 tokenizer, for tests), hf (`path`)",
+    )
+    upcycle: str = _f(
+        "copy",
+        "smollm2-moe: copy (every expert a copy of the whole FFN: the dense function at step 0) | "
+        "split (fine-grained experts: the FFN's neurons split into num_experts experts)",
+    )
 
 
 @dataclass
@@ -123,6 +134,13 @@ class DataConfig:
         "fraction of the non-test data held out as a public split (no client trains on it) for the "
         "router warm-up; 0 = none",
     )
+    prompt: str = _f(
+        "",
+        "causal-lm: text put before every example and masked out of the loss; '{group}' is replaced "
+        "by the example's group (e.g. the outlet)",
+    )
+    heldout: str = _f("", "causal-lm: held-out corpus for perplexity before/after ('' | wikitext2)")
+    heldout_max_examples: int = _f(64, "causal-lm: held-out paragraphs evaluated (first N of WikiText-2 valid)")
 
 
 @dataclass
@@ -231,8 +249,8 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": ("minilm-moe", "tiny-moe", "hf"),
-    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local"),
+    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm"),
+    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets"),
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
     "method.budget_scope": ("layer", "model"),
@@ -243,6 +261,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "engine.name": ("simulation", "flower-sim"),
     "method.pooling": ("token", "sequence"),
     "model.combine": ("straight-through", "topk-prob"),
+    "model.task": ("classification", "causal-lm"),
+    "model.upcycle": ("copy", "split"),
+    "data.heldout": ("", "wikitext2"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -410,6 +431,15 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(1 <= m.top_k <= max(m.num_experts, 1), "model.top_k", f"an integer in [1, {m.num_experts}]", m.top_k)
     if m.name == "hf":
         need(bool(m.path), "model.path", "a checkpoint directory for model.name = 'hf'", m.path)
+    lm_models = ("smollm2-moe", "tiny-lm", "hf")
+    if m.task == "causal-lm":
+        need(m.name in lm_models, "model.name", "one of " + " | ".join(lm_models) + " for model.task = 'causal-lm'", m.name)
+    else:
+        need(m.name not in ("smollm2-moe", "tiny-lm"), "model.name", "a classification model for "
+             "model.task = 'classification' (smollm2-moe / tiny-lm need task = 'causal-lm')", m.name)
+        need(d.dataset != "healthtweets", "data.dataset", "a labelled dataset for model.task = "
+             "'classification' (healthtweets has no labels: task = 'causal-lm')", d.dataset)
+    need(d.heldout_max_examples >= 1, "data.heldout_max_examples", "an integer >= 1", d.heldout_max_examples)
     if d.dataset == "local":
         need(bool(d.path), "data.path", "a CSV/JSONL/Parquet file for dataset = 'local'", d.path)
     need(d.max_examples >= 0, "data.max_examples", "an integer >= 0", d.max_examples)

@@ -16,6 +16,9 @@ class TokenizedTexts:
     input_ids: list[list[int]]
     labels: np.ndarray  # (N,) int64
     pad_id: int
+    # causal LM: labels are the tokens themselves, minus padding and the first prompt_lengths[i]
+    # tokens (None: classification, labels are the class ids above)
+    prompt_lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,6 +40,11 @@ def collate(data: TokenizedTexts, idx: Sequence[int] | np.ndarray) -> dict[str, 
     for j, r in enumerate(rows):
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
+    if data.prompt_lengths is not None:
+        labels = ids.masked_fill(mask == 0, -100)  # (B, S): the model shifts them itself
+        for j, i in enumerate(idx):
+            labels[j, : data.prompt_lengths[i]] = -100
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     labels = torch.as_tensor(data.labels[np.asarray(idx)], dtype=torch.long)  # (B,)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -61,3 +69,24 @@ def iter_batches(
 
 def num_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
+
+
+def tokenize_lm(
+    tokenizer, texts: Sequence[str], max_length: int, prompts: Sequence[str] | None = None
+) -> TokenizedTexts:
+    """Causal-LM examples: ``[bos] prompt text [eos]`` truncated to ``max_length`` tokens; the
+    prompt (and bos) are masked out of the loss by :func:`collate`. The prompt alone is never
+    truncated away from its text: a prompt longer than ``max_length - 1`` tokens is an error."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    heads = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else [[]] * len(body)
+    ids, plens = [], []
+    for head, text in zip(heads, body):
+        start = bos + head
+        if len(start) >= max_length:
+            raise ValueError(f"data.prompt: {len(start)} prompt tokens leave none of max_length={max_length}")
+        ids.append((start + text + eos)[:max_length])
+        plens.append(len(start))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenizedTexts(ids, np.zeros(len(ids), dtype=np.int64), int(pad_id), plens)

@@ -230,6 +230,11 @@ class Simulation:
     def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
         """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
         bs = self.cfg.train.eval_batch_size
+        if self.cfg.model.task == "causal-lm":
+            from hfedmoe.client.tasks import lm_eval_row
+
+            return lm_eval_row(self.mm, self.fed.tokens, self.fed.test_idx,
+                               [c.val_idx for c in self.fed.clients], self.fed.heldout, bs)
         test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
         classes = class_metrics(test["confusion"])
         row: dict[str, Any] = {
@@ -512,4 +517,5 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
-    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)])
+    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
+                          public_idx=fed.public_idx, heldout=fed.heldout)

@@ -36,6 +36,7 @@ class FederationData:
     test_idx: np.ndarray
     clients: list[ClientData]
     public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
+    heldout: TokenizedTexts | None = None  # causal LM: held-out corpus for perplexity
 
     @property
     def num_labels(self) -> int:
@@ -179,6 +180,12 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and d.max_length > limit:  # HF uses ~1e30 for "unknown"
         raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
-    tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
+    heldout = None
+    if cfg.model.task == "causal-lm":
+        from hfedmoe.federation.lm_data import lm_tokens
+
+        tokens, heldout = lm_tokens(cfg, tokenizer, ds)
+    else:
+        tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx)
+    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout)

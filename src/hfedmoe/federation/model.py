@@ -13,7 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: ModelConfig, num_labels: int, seed: int):
-    """Return ``(model, tokenizer, description)``; the model is an MoE sequence classifier."""
+    """Return ``(model, tokenizer, description)``; the model is an MoE sequence classifier
+    (``model.task = "causal-lm"``: an MoE causal LM, see :mod:`hfedmoe.federation.lm_model`)."""
+    if getattr(cfg, "task", "classification") == "causal-lm":
+        from hfedmoe.federation.lm_model import build_lm_model
+
+        return build_lm_model(cfg, seed)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
     from transformers import BertForSequenceClassification
 

@@ -329,6 +329,11 @@ class MoEModel:
         group-limited routers (DeepSeek) a token whose chosen groups hold fewer than ``top_k``
         allowed experts has its group limit lifted.
         """
+        if self._layers[0].spec.route is None:
+            raise UnsupportedModelError(
+                f"restrict_routing is not available for family {self.family!r} (no route function in "
+                "hfedmoe.moe.families); capture_routing and train_only are"
+            )
         return RoutingRestriction(self, subsets)
 
     def train_only(

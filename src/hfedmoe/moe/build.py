@@ -167,8 +167,15 @@ def build_moe_bert_from_config(config, num_labels: int | None = None) -> nn.Modu
 # --------------------------------------------------------------------------------------------
 # Sparse upcycling of Llama into Mixtral
 # --------------------------------------------------------------------------------------------
-def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0) -> nn.Module:
+def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0, split: bool = False) -> nn.Module:
     """Sparse upcycling: a ``LlamaForCausalLM`` → transformers' ``MixtralForCausalLM``.
+
+    ``split=True`` makes fine-grained experts instead of copies: each layer's FFN neurons are
+    grouped by balanced k-means over the L2-normalised ``gate_proj`` rows into ``num_experts``
+    experts of ``I / E`` neurons (expert e holds its neurons' gate/up rows and down columns, the
+    down slice scaled by ``top_k`` because Mixtral's top-k weights sum to 1); router row e is the
+    mean of its neurons' gate rows scaled to norm 1e-3 (near-equal weights). With ``top_k == E`` and equal router weights this is the dense
+    FFN; with ``top_k < E`` a token runs only k/E of the FFN, so budgets like 2 of 8 matter.
 
     Attention, norms, embeddings and head are copied; every expert gets the dense MLP
     (``gate_up_proj[e] = cat(gate_proj, up_proj)``, ``down_proj[e] = down_proj``); routers are
@@ -187,11 +194,13 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0)
         raise ValueError("upcycle_llama: Mixtral has no attention/MLP biases; the Llama uses them")
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+    if split and cfg.intermediate_size % num_experts:
+        raise ValueError(f"intermediate_size={cfg.intermediate_size} is not divisible by num_experts={num_experts}")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     mixtral_cfg = MixtralConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
+        intermediate_size=cfg.intermediate_size // num_experts if split else cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_key_value_heads,
@@ -213,7 +222,7 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0)
     )
     mixtral_cfg._attn_implementation = cfg._attn_implementation
     # grouped_mm (transformers' default) needs 16-byte aligned strides on CPU: odd sizes go eager
-    aligned = cfg.hidden_size % 8 == 0 and cfg.intermediate_size % 8 == 0
+    aligned = cfg.hidden_size % 8 == 0 and mixtral_cfg.intermediate_size % 8 == 0
     mixtral_cfg._experts_implementation = getattr(cfg, "_experts_implementation", None) if aligned else "eager"
     param = next(dense.parameters())
     with torch.device("meta"):
@@ -229,6 +238,9 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0)
         state[key] = dense_sd[key]
     for i in range(cfg.num_hidden_layers):
         prefix = f"model.layers.{i}.mlp"
+        if split:
+            state.update(_split_ffn(dense_sd, prefix, num_experts, top_k, seed, param))
+            continue
         gate_up = torch.cat([dense_sd[f"{prefix}.gate_proj.weight"], dense_sd[f"{prefix}.up_proj.weight"]])  # (2I, H)
         state[f"{prefix}.experts.gate_up_proj"] = gate_up.unsqueeze(0).expand(num_experts, -1, -1).clone()
         state[f"{prefix}.experts.down_proj"] = (
@@ -244,6 +256,29 @@ def upcycle_llama(dense: nn.Module, num_experts: int, top_k: int, seed: int = 0)
         moe.tie_weights()
     moe.train(dense.training)
     return moe
+
+
+_SPLIT_ROUTER_NORM = 1e-3
+
+
+def _split_ffn(dense_sd, prefix, num_experts, top_k, seed, param) -> dict[str, torch.Tensor]:
+    """Fine-grained experts of one Llama MLP (see :func:`upcycle_llama` with ``split=True``)."""
+    gate = dense_sd[f"{prefix}.gate_proj.weight"]  # (I, H)
+    up = dense_sd[f"{prefix}.up_proj.weight"]  # (I, H)
+    down = dense_sd[f"{prefix}.down_proj.weight"]  # (H, I)
+    rows = gate.float().cpu().numpy()
+    rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    assign = torch.from_numpy(balanced_kmeans(rows, num_experts, seed)).to(gate.device)  # (I,)
+    groups = [torch.nonzero(assign == e).flatten() for e in range(num_experts)]  # E x (I/E,)
+    gate_up = torch.stack([torch.cat([gate[g], up[g]]) for g in groups])  # (E, 2I/E, H)
+    down_e = torch.stack([down[:, g] * top_k for g in groups])  # (E, H, I/E)
+    router = torch.stack([gate[g].mean(dim=0) for g in groups])  # (E, H)
+    # tiny router: top-k picks by the informative ranking, the renormalised weights stay ~1/k, so
+    # (down slices scaled by k) the chosen experts sum to the dense FFN restricted to their neurons
+    router = router / router.norm(dim=1, keepdim=True).clamp_min(1e-12) * _SPLIT_ROUTER_NORM
+    return {f"{prefix}.experts.gate_up_proj": gate_up.to(param.dtype),
+            f"{prefix}.experts.down_proj": down_e.to(param.dtype),
+            f"{prefix}.gate.weight": router.to(device=param.device, dtype=param.dtype)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ router returns, the per-token probabilities ``(T, E)`` and the chosen experts ``
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -286,6 +285,9 @@ class FamilySpec:
     from_output : Callable
         ``(router, router_output) -> (gate_probs (T, E), topk_idx (T, k))`` for the family's own
         (unrestricted) router forward.
+    router_weight : str
+        Dotted path of the ``(E, H)`` router weight inside a fused-kind router (``route`` None:
+        restricted routing is not available for the family).
     """
 
     name: str
@@ -293,8 +295,9 @@ class FamilySpec:
     router_attr: str
     experts_attr: str
     kind: str
-    route: Callable
+    route: Callable | None
     from_output: Callable
+    router_weight: str = "weight"
 
 
 _TF = "transformers.models"
@@ -317,31 +320,23 @@ FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("minilm_moe", ("hfedmoe.moe.minilm", "MoEFeedForward"),
                "gate", "experts", "fused", route_straight_through, _softmax_from_output),
 )
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILIES)
 
 
-def block_classes() -> dict[type, FamilySpec]:
-    """Import each family's block class (skipping any that this transformers lacks)."""
-    out: dict[type, FamilySpec] = {}
-    for spec in FAMILIES:
-        module_name, class_name = spec.block_class
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):  # pragma: no cover - depends on transformers version
-            continue
-        out[cls] = spec
-    return out
+def block_classes() -> dict[tuple[str, str], FamilySpec]:
+    """``(module, class name)`` of each family's MoE block → its spec (no imports: a model's
+    classes are matched by name, so covering 50 families costs nothing per ``wrap``)."""
+    return {spec.block_class: spec for spec in FAMILIES}
 
 
-def family_of_block(module: nn.Module, classes: Mapping[type, FamilySpec]) -> FamilySpec | None:
+def family_of_block(module: nn.Module, classes: Mapping[tuple[str, str], FamilySpec]) -> FamilySpec | None:
     """The family whose MoE block ``module`` is (exact class match), or None."""
-    return classes.get(type(module))
+    return classes.get((type(module).__module__, type(module).__name__))
 
 
 def router_num_experts(spec: FamilySpec, router: nn.Module) -> int:
     if spec.kind == "modules":
         return int(router.num_experts)
-    return int(router.weight.shape[0])
+    return int(router_weight(spec, router).shape[0])
 
 
 def router_top_k(spec: FamilySpec, router: nn.Module) -> int:
@@ -352,7 +347,7 @@ def router_top_k(spec: FamilySpec, router: nn.Module) -> int:
 
 def router_weight(spec: FamilySpec, router: nn.Module) -> nn.Parameter:
     """The live ``(E, H)`` router weight."""
-    return router.classifier.weight if spec.kind == "modules" else router.weight
+    return router.classifier.weight if spec.kind == "modules" else router.get_parameter(spec.router_weight)
 
 
 def router_trainable(spec: FamilySpec, router: nn.Module) -> dict[str, nn.Parameter]:
@@ -362,7 +357,7 @@ def router_trainable(spec: FamilySpec, router: nn.Module) -> dict[str, nn.Parame
         if router.classifier.bias is not None:
             out["classifier.bias"] = router.classifier.bias
         return out
-    return {name: p for name, p in router.named_parameters(recurse=False)}
+    return dict(router.named_parameters())
 
 
 def fused_param_names(experts: nn.Module, num_experts: int) -> list[str]:
@@ -449,3 +444,10 @@ def switch_expert_apply(expert: nn.Module, x: torch.Tensor, detach: bool) -> tor
     if h.dtype != expert.wo.weight.dtype and expert.wo.weight.dtype != torch.int8:
         h = h.to(expert.wo.weight.dtype)
     return F.linear(h, expert.wo.weight.detach())
+
+
+# the table of further transformers families lives in families.py (imports the functions above)
+from hfedmoe.moe.families import TRANSFORMERS_FAMILIES  # noqa: E402
+
+FAMILIES = FAMILIES + TRANSFORMERS_FAMILIES
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILIES)

@@ -46,7 +46,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "dp_epsilon": rows[-1].get("dp_epsilon") if rows else None,
         "dp_delta": rows[-1].get("dp_delta") if rows else None,
         **mechanism_summary(rows),
+        **_lm_summary(rows),
     }
+
+
+def _lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Causal LM: perplexities of the first and last evaluated rounds (empty for classification)."""
+    ev = [r for r in rows if r.get("test_perplexity") is not None]
+    if not ev:
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity"):
+        out[f"initial_{key}"], out[f"final_{key}"] = ev[0].get(key), ev[-1].get(key)
+    return out
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -157,6 +169,11 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"{_fmt(s.get('final_test_macro_f1'), True)}",
         f"- per-client validation accuracy of the final global model: min "
         f"{_fmt(s['final_client_val_accuracy_min'], True)}, mean {_fmt(s['final_client_val_accuracy_mean'], True)}",
+        *([f"- perplexity (causal LM): test {_fmt(s['initial_test_perplexity'])} -> {_fmt(s['final_test_perplexity'])}; "
+           f"held-out {_fmt(s.get('initial_heldout_perplexity'))} -> {_fmt(s.get('final_heldout_perplexity'))}; "
+           "per client (round 0 -> final): " + ", ".join(
+               f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(s['initial_client_val_perplexity'], s['final_client_val_perplexity']))]
+          if s.get("initial_test_perplexity") is not None else []),
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
         f"and download {s['download_bytes_per_round'] / 1e6:.2f} MB per round",
         f"- rejected client updates: {s.get('rejected_client_rounds', 0)}"
