@@ -14,10 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import hfedmoe.engines.checkpoint as checkpoint
-import hfedmoe.engines.simulation as simulation
 from hfedmoe.cli import app
 from hfedmoe.config import load_config
+from hfedmoe.engines import checkpoint, simulation
 from hfedmoe.engines.checkpoint import complete_rounds
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.report.metrics import read_metrics

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hfedmoe.engines.simulation as simulation
 from hfedmoe.config import load_config
+from hfedmoe.engines import simulation
 from hfedmoe.engines.simulation import Simulation
 
 from .conftest import FAST, TINY

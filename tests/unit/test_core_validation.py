@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from hfedmoe.core.validation import Allowance, NormBound, Reference, allowed_experts, check_update, update_distance
+from hfedmoe.core.validation import (
+    Allowance,
+    NormBound,
+    Reference,
+    allowed_experts,
+    check_update,
+    update_distance,
+)
 
 L, E = 2, 3
 

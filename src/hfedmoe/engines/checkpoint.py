@@ -114,7 +114,7 @@ def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor]
     verify_checkpoint(root, round_idx)
     try:
         tensors = load_file(str(d / MODEL_FILE), device="cpu")  # load_state_dict copies onto the model's device
-    except Exception as exc:  # safetensors raises its own error types on a damaged header
+    except Exception as exc:  # safetensors raises its own error types on a damaged header  # noqa: BLE001
         raise CheckpointError(f"{MODEL_FILE} does not load: {exc}") from None
     try:
         state = json.loads((d / STATE_FILE).read_text())

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from hfedmoe.core.privacy import epsilon, privatize_update
-from hfedmoe.core.validation import Allowance, NormBound, Reference, allowed_experts, check_update, update_distance
+from hfedmoe.core.validation import (
+    Allowance,
+    NormBound,
+    Reference,
+    allowed_experts,
+    check_update,
+    update_distance,
+)
 from hfedmoe.data.batches import num_batches
 
 log = logging.getLogger(__name__)
@@ -129,7 +136,7 @@ class RoundGuard:
             upd = train(prog)
         except InjectedFault as exc:
             return self._fail(round_idx, cid, f"crash (injected): {exc}", None)
-        except Exception as exc:  # one client's bug or bad data must not kill the round
+        except Exception as exc:  # noqa: BLE001 - one client's bug or bad data must not kill the round
             log.warning("round %d: client %d raised %s: %s", round_idx, cid, type(exc).__name__, exc)
             out = self._fail(round_idx, cid, f"exception: {type(exc).__name__}: {exc}", None)
             out.error = exc
