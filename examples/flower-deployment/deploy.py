@@ -97,8 +97,24 @@ class Deployment:
     def close(self) -> None:
         for name in [n for n in self.procs if n.startswith(("supernode", "serverapp"))] + ["superlink"]:
             self.stop(name)
+        # flwr starts app processes detached; one whose parent died early is no longer a child of
+        # ours. Ours, and only ours, name this deployment's certificate folder on their command line.
+        strays = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if p.pid != os.getpid() and any(str(self.certs) in a for a in (p.info["cmdline"] or [])):
+                strays.append(p)
+        for p in strays:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(strays, timeout=15)
+        for p in alive:
+            p.kill()
 
     def __enter__(self) -> Deployment:
+        # SIGTERM (e.g. from `timeout`) unwinds through __exit__, so everything is still stopped
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,7 +222,7 @@ def main() -> None:
     with Deployment(args.work, args.nodes) as d:
         d.setup()
         d.start_superlink()
-        print("superlink on 127.0.0.1:%d (TLS, SuperNode authentication)" % d.port, flush=True)
+        print(f"superlink on 127.0.0.1:{d.port} (TLS, SuperNode authentication)", flush=True)
         d.register_supernodes()
         print(f"registered {args.nodes} SuperNode public keys", flush=True)
         d.start_supernodes()

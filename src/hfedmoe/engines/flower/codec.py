@@ -76,6 +76,8 @@ def update_to_record(upd: ClientUpdate) -> RecordDict:
         _put(dense, name, t, bf16)
     for name in STATS:
         _put(stats, name, getattr(upd, name), bf16)
+    if upd.peak_expert_state is not None:  # (L,) most experts holding state at any step
+        _put(stats, "peak_expert_state", upd.peak_expert_state, bf16)
     rd = RecordDict()
     rd["experts"], rd["routers"], rd["dense"], rd["stats"] = experts, routers, dense, stats
     rd["meta"] = ConfigRecord({"client_id": int(upd.client_id), "num_examples": int(upd.num_examples)})
@@ -133,6 +135,7 @@ def record_to_update(rd: RecordDict) -> ClientUpdate:
         trained=_get(stats, "trained", bf16),
         selected_counts=_get(stats, "selected_counts", bf16),
         metrics={k: float(v) for k, v in rd.metric_records["metrics"].items()},
+        peak_expert_state=_get(stats, "peak_expert_state", bf16) if "peak_expert_state" in stats else None,
     )
 
 

@@ -1,0 +1,55 @@
+"""Flower's Deployment Engine for real: a SuperLink and 3 SuperNodes as separate processes on
+127.0.0.1 (TLS, SuperNode authentication, no runtime installs), the run submitted with `flwr run`;
+the result must equal the in-process engine's bit for bit. A SuperNode killed during round 1 must
+not stop the run. Slow: every Flower message starts a fresh ClientApp process (minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from hfedmoe.config import load_config
+from hfedmoe.engines.simulation import Simulation
+from tests.flower.conftest import REPO, TINY
+from tests.flower.test_engine import assert_same_run, rows
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["data.max_examples=160", "train.local_steps=2", "data.partition=iid", "data.num_clients=3",
+            "federation.eval_every=2", "federation.rounds=2", "engine.round_timeout_s=400"]
+
+
+def deployment_module():
+    spec = importlib.util.spec_from_file_location("deploy", REPO / "examples" / "flower-deployment" / "deploy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def deploy(work: Path, kill_node: int | None = None) -> Path:
+    mod = deployment_module()
+    out = work / "run"
+    with mod.Deployment(work, nodes=3) as d:
+        d.setup()
+        d.start_superlink()
+        d.register_supernodes()
+        d.start_supernodes()
+        d.submit(TINY, out, SETTINGS)
+        d.wait_for(out, rounds=2, timeout_s=1200, kill_node=kill_node)
+    assert not d.procs or all(p.poll() is not None for p in d.procs.values()), "a process was left running"
+    return out
+
+
+def test_three_supernodes_tls_auth_match_in_process(tmp_path):
+    out = deploy(tmp_path / "dep")
+    Simulation(load_config(TINY, SETTINGS), tmp_path / "sim").run()
+    assert_same_run(tmp_path / "sim", out)
+
+
+def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
+    out = deploy(tmp_path / "dep", kill_node=2)
+    r = rows(out)
+    assert len(r) == 3 and 2 in r[2]["failed_clients"]
+    assert sorted(int(c) for c in r[2]["client_trained"]) == [0, 1]
