@@ -93,11 +93,14 @@ def test_submoe_is_chosen_from_profiled_usage_and_follows_it(tmp_path):
     m.explore = 1.0
     c = m.plan(mm, info, round_idx=3).profile(usage_a, usage_a)
     assert all(len(h) == 2 and 3 in h and h != [2, 3] for h in c.restrict)
-    # restrict mode chooses from profiled importance
+    # restrict mode (memory-bounded) chooses on the server from the importance uploaded last time
     r = make_method(load_config(TINY, ["method.name=hfedmoe-restrict"]).method)
     r.explore = 0.0
-    rp = r.plan(mm, info, 1).profile(usage_b, usage_a)
-    assert rp.restrict == [[2, 3]] * L and rp.selector is not None
+    r.client_scores[0] = usage_a
+    rp = r.plan(mm, info, 1)
+    assert rp.profile is None and rp.restrict == [[2, 3]] * L and rp.selector is not None
+    r.client_scores[0] = usage_b  # re-chosen as the uploaded importance changes
+    assert r.plan(mm, info, 2).restrict == [[0, 1]] * L
 
 
 def test_flexmoe_trains_the_global_router_and_restricts_routing(tmp_path):

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from hfedmoe.client import ClientUpdate
+from hfedmoe.core.aggregation import aggregate_routers
 from hfedmoe.core.streaming import PerExpertMean, RouterMean, WeightedMean
 from hfedmoe.methods import HFedMoE
 from hfedmoe.methods.fedavg import Centralized, FedAvg
 from hfedmoe.methods.fedmoe import FedMoE
 from hfedmoe.methods.flexmoe import FlexMoE
 from hfedmoe.methods.frequency import FluxFreq, RandomExperts
+from hfedmoe.methods.diagnostics import alpha_vs_shares, tau_exclusion
 from hfedmoe.methods.restrict import HFedMoERestrict
 from hfedmoe.moe import wrap
 from hfedmoe.moe.build import tiny_model
@@ -57,6 +59,28 @@ def _assert_states_match(a, b, untouched_equal_to=None):
         torch.testing.assert_close(sa[k], sb[k], rtol=2e-5, atol=2e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def old_router_weight(mm, layer):
+    """The router weight (E, H) of ``layer`` (the stacked code knew routers named "weight")."""
+    return mm.router_state(layer)["weight"]
+
+
+def held_as_usage(updates, num_experts, seed):
+    """A random held set per client and layer, with usage zeroed outside it (as under a routing
+    restriction, where usage > 0 marks exactly the held experts); returns the held sets."""
+    rng = np.random.default_rng(seed)
+    held = {}
+    for u in updates:
+        rows = []
+        for layer in range(u.usage.shape[0]):
+            h = sorted(rng.permutation(num_experts)[:3].tolist())
+            keep = torch.zeros(num_experts, dtype=torch.bool)
+            keep[h] = True
+            u.usage[layer] = torch.where(keep, u.usage[layer].clamp_min(1e-3), torch.zeros(()))
+            rows.append(h)
+        held[u.client_id] = rows
+    return held
+
+
 def _pair(family):
     torch.manual_seed(0)
     mm = wrap(tiny_model(family, seed=0))
@@ -80,9 +104,32 @@ def test_hfedmoe_streaming_equals_stacked(family, gate_weights, expert_aggregati
     ref_metrics = ref.hfedmoe(old, updates, tau=TAU, gate_weights=gate_weights,
                               expert_aggregation=expert_aggregation)
     _assert_states_match(new, old)
-    assert metrics.keys() == ref_metrics.keys()
-    for k in metrics:
+    for k in ref_metrics:
         assert metrics[k] == pytest.approx(ref_metrics[k], rel=1e-6)
+    # the rest are the mechanism diagnostics, checked against their stacked forms
+    extra = set(metrics) - set(ref_metrics)
+    if expert_aggregation == "sparse":
+        assert metrics["tau_excluded_frac"] == pytest.approx(tau_exclusion(updates, TAU)["tau_excluded_frac"])
+    else:
+        assert "tau_excluded_frac" not in extra
+    if gate_weights != "uniform":
+        senders = [u for u in updates if u.routers]
+        alphas = []
+        for layer in range(new.num_layers):
+            g = old_router_weight(new, layer)
+            _, alpha = aggregate_routers(
+                g, torch.stack([u.routers[layer]["weight"] for u in senders]),
+                torch.stack([u.usage[layer] for u in senders]), torch.stack([u.importance[layer] for u in senders]),
+                TAU, normalize=gate_weights == "normalized")
+            alphas.append(alpha.double())
+        expected = alpha_vs_shares(torch.stack(alphas).mean(0),
+                                   torch.tensor([float(u.num_examples) for u in senders]),
+                                   [u.client_id for u in senders])
+        for k in ("alpha_std", "alpha_uniform_dev", "alpha_share_l1"):
+            assert metrics[k] == pytest.approx(expected[k], rel=1e-6, abs=1e-12)
+        assert metrics["alpha"] == expected["alpha"]
+    assert extra <= {"tau_excluded_frac", "tau_trained_pairs", "alpha", "data_share", "alpha_std",
+                     "alpha_uniform_dev", "alpha_share_l1", "data_share_std", "alpha_active_clients"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -95,16 +142,17 @@ def test_fedavg_family_streaming_equals_stacked(family, cls):
     _assert_states_match(new, old)
 
 
-def test_flexmoe_keeps_routers_and_remembers_usage_after_finish():
+def test_flexmoe_aggregates_router_rows_over_holders_and_remembers_usage_after_finish():
     new, old = _pair("minilm_moe")
     updates = random_updates(new, 4, seed=3)
+    held = held_as_usage(updates, new.num_experts, seed=3)
     method = FlexMoE()
     agg = method.start_aggregation(new, 1)
     for u in updates:
         agg.add(u)
     assert method.client_usage == {}  # method state changes only once the round is aggregated
     agg.finish()
-    ref.fedavg_trained(old, updates, routers=False)
+    ref.fedmoe(old, updates, held)  # experts over trainers, router rows over holders, dense by data
     _assert_states_match(new, old)
     assert sorted(method.client_usage) == [u.client_id for u in updates]
     assert torch.equal(method.client_usage[12], updates[2].usage)
@@ -114,24 +162,18 @@ def test_flexmoe_keeps_routers_and_remembers_usage_after_finish():
 def test_fedmoe_streaming_equals_stacked(family):
     new, old = _pair(family)
     updates = random_updates(new, 4, seed=4)
-    method = FedMoE()
-    rng = np.random.default_rng(0)
-    method.round_held = {u.client_id: [sorted(rng.permutation(new.num_experts)[:3].tolist())
-                                       for _ in range(new.num_layers)] for u in updates}
-    method.aggregate(new, updates, 1)
-    ref.fedmoe(old, updates, method.round_held)
+    held = held_as_usage(updates, new.num_experts, seed=0)  # the server derives held sets from usage
+    FedMoE().aggregate(new, updates, 1)
+    ref.fedmoe(old, updates, held)
     _assert_states_match(new, old)
-    assert torch.equal(method.client_scores[11], updates[1].usage)
 
 
-def test_restrict_aggregates_like_hfedmoe_and_remembers_importance():
+def test_restrict_aggregates_like_hfedmoe():
     new, old = _pair("minilm_moe")
     updates = random_updates(new, 3, seed=5)
-    method = HFedMoERestrict(tau=TAU)
-    method.aggregate(new, updates, 1)
+    HFedMoERestrict(tau=TAU).aggregate(new, updates, 1)
     ref.hfedmoe(old, updates, tau=TAU)
     _assert_states_match(new, old)
-    assert torch.equal(method.client_scores[10], updates[0].importance)
 
 
 def test_client_order_does_not_matter_and_one_client_is_copied_bit_for_bit():

@@ -94,7 +94,7 @@ class RoundGuard:
     def allowance(self, mm: Any, cinfo: Any, plan: Any) -> Allowance:
         s = self.settings
         steps = s.local_steps or s.local_epochs * num_batches(cinfo.num_examples, s.batch_size)
-        bounded = self.method.respects_budget
+        bounded = self.method.respects_budget and not self.method.ignores_budget
         per_layer = self.cfg.method.budget_scope == "layer"
         # model scope: the baselines give every layer at least one expert (methods/_common.py)
         per_batch = cinfo.budget if per_layer else max(cinfo.budget, mm.num_layers)

@@ -50,6 +50,9 @@ class Method:
     #: False for methods that train the whole model whatever the device (FedAvg): a client whose
     #: training state does not fit its memory then fails the round.
     respects_budget = True
+    #: True for a reference that trains every expert whatever the device (fedavg-full): no client
+    #: fails for memory and the update checks bound no expert selections by the budget.
+    ignores_budget = False
     #: With ``respects_budget = False``: skip (not fail) the clients that do not fit (FedAvg-drop).
     drops_unfit = False
     #: Train one client on the pooled data of all clients (the centralised upper bound).

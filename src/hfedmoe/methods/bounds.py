@@ -20,17 +20,19 @@ from collections.abc import Sequence
 
 import torch
 
-from hfedmoe.client import ClientUpdate, TrainPlan
+from hfedmoe.client import TrainPlan
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained, per_layer_budget
+from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget
+from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, all_experts
 from hfedmoe.moe import MoEModel
 
 
 class _FedAvgAggregation(Method):
-    def aggregate(self, mm: MoEModel, updates: Sequence[ClientUpdate], round_idx: int) -> dict[str, float]:
-        fedavg_trained(mm, updates)
-        return {}
+    """FedAvg over the clients that trained each tensor, streamed (as FedAvg's)."""
+
+    def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
+        return Parts(mm, fedavg_trained_parts(mm))
 
 
 class OracleGradNorm(_FedAvgAggregation):
@@ -52,7 +54,7 @@ class OracleGradNorm(_FedAvgAggregation):
 
 class FedAvgFull(_FedAvgAggregation):
     name = "fedavg-full"
-    respects_budget = True  # no budget is checked: every client trains everything
+    ignores_budget = True  # no budget: every client trains everything, none fails for memory
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         return TrainPlan(static_subsets=all_experts(mm))

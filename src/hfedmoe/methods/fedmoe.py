@@ -43,7 +43,8 @@ class SubMoEPlanner:
     """The sub-MoE each client holds this round, chosen from its profiled scores with exploration.
 
     Mixed into methods whose clients hold only part of the experts (FedMoE, HFedMoE restrict mode).
-    ``client_scores`` keeps each client's last profiled scores (for checkpoints and reports).
+    ``client_scores`` (restrict mode) keeps each client's last uploaded scores, server-side state
+    that goes into checkpoints; FedMoE's scores come from the client's profiling pass each round.
     """
 
     seed = 0
@@ -51,7 +52,7 @@ class SubMoEPlanner:
     explore = 0.1
 
     def _init_submoe(self) -> None:
-        self.client_scores: dict[int, torch.Tensor] = {}  # cid -> (L, E), last profiling pass
+        self.client_scores: dict[int, torch.Tensor] = {}  # cid -> (L, E), last uploaded scores (restrict)
         self.round_held: dict[int, list[list[int]]] = {}  # cid -> held experts per layer, this round
 
     def held_experts(self, mm: MoEModel, client: ClientInfo, scores: torch.Tensor, round_idx: int = 0) -> list[list[int]]:
@@ -61,7 +62,6 @@ class SubMoEPlanner:
         L, E = mm.num_layers, mm.num_experts
         budget = per_layer_budget(client.budget, self.budget_scope, L)
         size = min(E, max(budget, mm.top_k))
-        self.client_scores[client.client_id] = scores.detach().float().clone()
         held = []
         for layer in range(L):
             chosen = select_experts(scores[layer].float(), torch.ones(E, dtype=torch.bool), size).tolist()
@@ -75,7 +75,7 @@ class SubMoEPlanner:
         return held
 
     def held_download_bytes(self, mm: MoEModel, client: ClientInfo, full_bytes: int) -> int:
-        """The whole model: the unrestricted profiling pass runs every expert."""
+        """FedMoE: the whole model (the unrestricted profiling pass runs every expert)."""
         del mm, client
         return full_bytes
 
