@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +18,9 @@ def package_version() -> str:
 
 def git_commit() -> str:
     """The commit of the source tree the package runs from (``-dirty`` when it has local edits);
-    "unknown" outside a git checkout."""
+    ``$HFEDMOE_COMMIT`` when set (a run from a copied source tree); "unknown" outside a git checkout."""
+    if os.environ.get("HFEDMOE_COMMIT"):
+        return os.environ["HFEDMOE_COMMIT"]
     src = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, capture_output=True,
