@@ -22,12 +22,8 @@ from hfedmoe.core.selection import routed_experts
 from hfedmoe.methods.aggregation import (
     Aggregation,
     BufferedAggregation,
-    DenseByData,
     Part,
     Parts,
-    RoutersByData,
-    SparseExperts,
-    UniformExperts,
 )
 from hfedmoe.moe import MoEModel
 
@@ -115,59 +111,12 @@ def open_aggregation(method: Method, mm: MoEModel, round_idx: int) -> Aggregatio
 # --- shared aggregation steps -------------------------------------------------------------
 
 
-def num_examples_of(updates: Sequence[ClientUpdate]) -> torch.Tensor:
-    return torch.tensor([u.num_examples for u in updates], dtype=torch.float64)  # (C,)
-
-
-def stack_client_experts(
-    mm: MoEModel, layer: int, updates: Sequence[ClientUpdate]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Global experts of ``layer`` (E, *P) and client experts (C, E, *P); untrained slices = global."""
-    glob = mm.get_experts(layer)
-    clients = {}
-    for name, g in glob.items():
-        stack = g.unsqueeze(0).repeat(len(updates), *([1] * g.dim())).clone()  # (C, E, *P)
-        for c, u in enumerate(updates):
-            for (l, e), tensors in u.experts.items():
-                if l == layer:
-                    stack[c, e] = tensors[name]
-        clients[name] = stack
-    return glob, clients
-
-
 def run_parts(mm: MoEModel, updates: Sequence[ClientUpdate], parts: Sequence[Part]) -> dict[str, float]:
     """Aggregate ``updates`` through streaming ``parts`` in one call (the model holds the global weights)."""
     agg = Parts(mm, parts)
     for u in updates:
         agg.add(u)
     return agg.finish()
-
-
-def aggregate_experts_sparse(
-    mm: MoEModel,
-    updates: Sequence[ClientUpdate],
-    *,
-    tau: float,
-    usage_gate: bool = True,
-) -> None:
-    """Eq. 17 for every layer: each expert from the clients that trained it (and used it >= tau)."""
-    run_parts(mm, updates, [SparseExperts(mm, tau=tau, usage_gate=usage_gate)])
-
-
-def aggregate_experts_uniform(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
-    """Plain FedAvg of whole expert tensors over all clients (the "avg" ablation): every client's
-    copy counts, trained or not."""
-    run_parts(mm, updates, [UniformExperts(mm)])
-
-
-def aggregate_routers_fedavg(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
-    """Routers averaged by data size over the clients that sent one."""
-    run_parts(mm, updates, [RoutersByData(mm)])
-
-
-def aggregate_dense_fedavg(mm: MoEModel, updates: Sequence[ClientUpdate]) -> None:
-    """Every dense tensor averaged by data size over the clients that trained it."""
-    run_parts(mm, updates, [DenseByData(mm)])
 
 
 def routed_mask(routing: Any, num_experts: int) -> torch.Tensor:
