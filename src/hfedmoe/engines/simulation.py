@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
-from hfedmoe.client import ClientUpdate, TrainSettings, evaluate, train_client
+from hfedmoe.client import ClientUpdate, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.engines.guard import RoundGuard
@@ -37,51 +36,13 @@ from hfedmoe.methods._common import per_layer_budget
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
+from hfedmoe.engines.shared import (
+    ClientSummary, RoundResult, client_val_accuracy, derive_seed, pool_clients, span, split_seconds, train_settings,
+)
 
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, round, client): independent streams, reproducible."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-@dataclass
-class RoundResult:
-    round: int
-    row: dict[str, Any]
-    #: Not filled by the engine: updates are folded into the aggregation as they arrive and
-    #: dropped (the server holds O(1) updates). Kept for callers that build results themselves.
-    updates: list[ClientUpdate] = field(default_factory=list)
-
-
-@dataclass
-class ClientSummary:
-    """What the round's metrics row needs from one update, kept after the update is dropped."""
-
-    client_id: int
-    train_loss: float
-    upload_bytes: int
-    backward_flops: float
-    flops: float  # forward + backward
-    selected_counts: list
-    trained: list
-    usage: list
-    num_examples: int
-    peak_expert_state: list | None  # (L,) most experts holding grad/optimizer state at any step
-    diagnostics: dict[str, float]  # the client's selection-diagnostic counters (diag_*)
-
-    @classmethod
-    def of(cls, upd: ClientUpdate) -> ClientSummary:
-        return cls(upd.client_id, float(upd.metrics["train_loss"]), int(upd.upload_bytes()),
-                   float(upd.metrics["backward_flops"]),
-                   float(upd.metrics["forward_flops"] + upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
-                   upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()],
-                   int(upd.num_examples),
-                   None if upd.peak_expert_state is None else upd.peak_expert_state.tolist(),
-                   {k: v for k, v in upd.metrics.items() if k.startswith("diag_")})
 
 
 class Simulation:
@@ -177,7 +138,7 @@ class Simulation:
             missing = sorted(set(range(r + 1)) - {int(x["round"]) for x in rows})
             if missing:
                 raise HFedMoEError(
-                    f"{self.metrics_path}: expected metric rows for rounds 0..{r}, rows {_span(missing)} are missing; "
+                    f"{self.metrics_path}: expected metric rows for rounds 0..{r}, rows {span(missing)} are missing; "
                     "resuming would rewrite the report with less (restore the file, or start over with --overwrite)")
             self.mm.model.load_state_dict(tensors, strict=True)
             self.method.load_state_dict(state["method_state"])
@@ -357,7 +318,7 @@ class Simulation:
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
             if outcome.seconds is not None:
-                client_times[cid] = _split_seconds(outcome.seconds, parts.get(cid))
+                client_times[cid] = split_seconds(outcome.seconds, parts.get(cid))
             if outcome.failed is not None:
                 failed.append(cid)
                 self.on_event({"kind": "client_failed", "round": round_idx, "client": cid, "reason": outcome.failed})
@@ -470,52 +431,3 @@ class Simulation:
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
         return read_metrics(self.metrics_path)
-
-
-def train_settings(cfg: RunConfig) -> TrainSettings:
-    """The local-training settings of a run (the same on every engine)."""
-    return TrainSettings(
-        local_epochs=cfg.train.local_epochs,
-        local_steps=cfg.train.local_steps,
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        optimizer=cfg.train.optimizer,
-        weight_decay=cfg.train.weight_decay,
-        momentum=cfg.train.momentum,
-        trainable=tuple(cfg.train.trainable),
-        grad_mode=cfg.method.grad_mode,
-        lam=cfg.method.lam,
-        beta=cfg.method.beta,
-    )
-
-
-def client_val_accuracy(mm: MoEModel, fed: FederationData, cid: int, batch_size: int) -> float:
-    """Accuracy of ``mm`` on client ``cid``'s validation split (NaN when it has none)."""
-    c = fed.clients[cid]
-    return evaluate(mm, fed.tokens, c.val_idx, batch_size)["accuracy"] if len(c.val_idx) else float("nan")
-
-
-def _split_seconds(total: float, parts: tuple[float, float] | None) -> tuple[float, float]:
-    """(compute, link) seconds summing to ``total``: the client's own split scaled (a straggler's
-    extra wait or a deadline cut applies to both), or all compute when it sent nothing."""
-    if not parts or sum(parts) <= 0:
-        return (total, 0.0)
-    f = total / sum(parts)
-    return (parts[0] * f, parts[1] * f)
-
-
-def _span(rounds: list[int]) -> str:
-    return f"{rounds[0]}..{rounds[-1]}" if len(rounds) > 1 else str(rounds[0])
-
-
-def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
-    """One client holding every client's training and validation data, with the profile of the
-    most memory (the centralised upper bound: no privacy, no budget)."""
-    from hfedmoe.core.budgets import DEVICE_PROFILES
-    from hfedmoe.federation.data import ClientData
-
-    profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
-    train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
-    val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
-    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
-                          public_idx=fed.public_idx, heldout=fed.heldout)

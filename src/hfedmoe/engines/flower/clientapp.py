@@ -26,7 +26,7 @@ from hfedmoe.engines.flower.codec import (
     plan_rule,
     update_to_record,
 )
-from hfedmoe.engines.simulation import client_val_accuracy, train_settings
+from hfedmoe.engines.shared import client_val_accuracy, train_settings
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.federation.model import build_model

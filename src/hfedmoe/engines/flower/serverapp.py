@@ -22,7 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from hfedmoe.config import RunConfig, load_config
 from hfedmoe.engines.flower.strategy import HFedMoEStrategy
-from hfedmoe.engines.simulation import ClientSummary, RoundResult, Simulation
+from hfedmoe.engines.shared import ClientSummary, RoundResult
+from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.budgeting import compute_budgets
 

@@ -1,0 +1,105 @@
+"""Pieces both engines share (in-process and Flower): per-client seeds, the round's result row
+and what it keeps of each update, local-training settings, per-client validation, the pooled
+client of the centralised bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hfedmoe.client import ClientUpdate, TrainSettings, evaluate
+from hfedmoe.config import RunConfig
+from hfedmoe.federation.data import FederationData
+from hfedmoe.moe import MoEModel
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, round, client): independent streams, reproducible."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class RoundResult:
+    round: int
+    row: dict[str, Any]
+    #: Not filled by the engine: updates are folded into the aggregation as they arrive and
+    #: dropped (the server holds O(1) updates). Kept for callers that build results themselves.
+    updates: list[ClientUpdate] = field(default_factory=list)
+
+
+@dataclass
+class ClientSummary:
+    """What the round's metrics row needs from one update, kept after the update is dropped."""
+
+    client_id: int
+    train_loss: float
+    upload_bytes: int
+    backward_flops: float
+    flops: float  # forward + backward
+    selected_counts: list
+    trained: list
+    usage: list
+    num_examples: int
+    peak_expert_state: list | None  # (L,) most experts holding grad/optimizer state at any step
+    diagnostics: dict[str, float]  # the client's selection-diagnostic counters (diag_*)
+
+    @classmethod
+    def of(cls, upd: ClientUpdate) -> ClientSummary:
+        return cls(upd.client_id, float(upd.metrics["train_loss"]), int(upd.upload_bytes()),
+                   float(upd.metrics["backward_flops"]),
+                   float(upd.metrics["forward_flops"] + upd.metrics["backward_flops"]), upd.selected_counts.tolist(),
+                   upd.trained.int().tolist(), [[round(x, 5) for x in r] for r in upd.usage.tolist()],
+                   int(upd.num_examples),
+                   None if upd.peak_expert_state is None else upd.peak_expert_state.tolist(),
+                   {k: v for k, v in upd.metrics.items() if k.startswith("diag_")})
+
+
+def train_settings(cfg: RunConfig) -> TrainSettings:
+    """The local-training settings of a run (the same on every engine)."""
+    return TrainSettings(
+        local_epochs=cfg.train.local_epochs,
+        local_steps=cfg.train.local_steps,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        optimizer=cfg.train.optimizer,
+        weight_decay=cfg.train.weight_decay,
+        momentum=cfg.train.momentum,
+        trainable=tuple(cfg.train.trainable),
+        grad_mode=cfg.method.grad_mode,
+        lam=cfg.method.lam,
+        beta=cfg.method.beta,
+    )
+
+
+def client_val_accuracy(mm: MoEModel, fed: FederationData, cid: int, batch_size: int) -> float:
+    """Accuracy of ``mm`` on client ``cid``'s validation split (NaN when it has none)."""
+    c = fed.clients[cid]
+    return evaluate(mm, fed.tokens, c.val_idx, batch_size)["accuracy"] if len(c.val_idx) else float("nan")
+
+
+def split_seconds(total: float, parts: tuple[float, float] | None) -> tuple[float, float]:
+    """(compute, link) seconds summing to ``total``: the client's own split scaled (a straggler's
+    extra wait or a deadline cut applies to both), or all compute when it sent nothing."""
+    if not parts or sum(parts) <= 0:
+        return (total, 0.0)
+    f = total / sum(parts)
+    return (parts[0] * f, parts[1] * f)
+
+
+def span(rounds: list[int]) -> str:
+    return f"{rounds[0]}..{rounds[-1]}" if len(rounds) > 1 else str(rounds[0])
+
+
+def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
+    """One client holding every client's training and validation data, with the profile of the
+    most memory (the centralised upper bound: no privacy, no budget)."""
+    from hfedmoe.core.budgets import DEVICE_PROFILES
+    from hfedmoe.federation.data import ClientData
+
+    profile = max(cfg.clients.profiles, key=lambda p: DEVICE_PROFILES[p].memory_gb)
+    train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
+    val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
+    return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
+                          public_idx=fed.public_idx, heldout=fed.heldout)
