@@ -1,4 +1,5 @@
-"""Typed run configuration: TOML in, one validation pass that reports every problem at once.
+"""Typed run configuration: the dataclasses (one help text per field) and the one validation pass
+that reports every problem at once. Reading, overrides and writing: :mod:`hfedmoe.config.loading`.
 
 Every field carries its help text in ``metadata["help"]``; ``hfedmoe config`` prints every
 field with its type, default and help (``--markdown``: the README's table, from the same rows),
@@ -10,13 +11,9 @@ address any field. Type errors and value errors are collected in one pass
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-import tomli_w
 
 from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
@@ -32,15 +29,7 @@ __all__ = [
     "RuntimeConfig",
     "EngineConfig",
     "RunConfig",
-    "config_from_dict",
-    "config_from_data",
-    "config_to_dict",
-    "apply_overrides",
-    "read_toml",
-    "load_config",
     "validate",
-    "dump_config",
-    "help_rows",
 ]
 
 
@@ -268,139 +257,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
 
-def _section_types(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from nested dicts, collecting unknown keys and type errors."""
-    cfg, problems = _build(data)
-    if problems:
-        raise HFedMoEError("invalid config: " + "; ".join(problems))
-    return cfg
-
-
-def config_from_data(data: dict[str, Any]) -> RunConfig:
-    """Build and validate in ONE pass: type errors and value errors reported together.
-
-    A mistyped field keeps its default for the value checks and is reported once (its type error).
-    """
-    cfg, problems = _build(data)
-    validate(cfg, prior=problems)
-    return cfg
-
-
-def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
-    """A RunConfig with defaults where a field is unknown or mistyped, and the list of problems."""
-    problems: list[str] = []
-    kwargs: dict[str, Any] = {}
-    hints = _section_types(RunConfig)
-    for key, value in data.items():
-        if key not in hints:
-            problems.append(f"{key}: unknown field (known: {', '.join(hints)})")
-            continue
-        sub = hints[key]
-        if dataclasses.is_dataclass(sub):
-            if not isinstance(value, dict):
-                problems.append(f"{key}: expected a table, got {_short(value)}")
-                continue
-            sub_hints = _section_types(sub)
-            sub_kwargs = {}
-            for k, v in value.items():
-                if k not in sub_hints:
-                    problems.append(f"{key}.{k}: unknown field (known: {', '.join(sub_hints)})")
-                    continue
-                ok, coerced = _coerce(v, sub_hints[k])
-                if not ok:
-                    problems.append(f"{key}.{k}: expected {_tname(sub_hints[k])}, got {_short(v)}")
-                    continue
-                sub_kwargs[k] = coerced
-            kwargs[key] = sub(**sub_kwargs)
-        else:
-            ok, coerced = _coerce(value, hints[key])
-            if not ok:
-                problems.append(f"{key}: expected {_tname(hints[key])}, got {_short(value)}")
-                continue
-            kwargs[key] = coerced
-    return RunConfig(**kwargs), problems
-
-
 def _short(value: Any, limit: int = 80) -> str:
     """``repr`` cut to ``limit`` characters: an error line stays one readable line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _tname(t: Any) -> str:
-    return getattr(t, "__name__", str(t))
-
-
-def _coerce(value: Any, typ: Any) -> tuple[bool, Any]:
-    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return True, float(value)
-    if typ is int and isinstance(value, int) and not isinstance(value, bool):
-        return True, value
-    if typ is bool and isinstance(value, bool):
-        return True, value
-    if typ is str and isinstance(value, str):
-        return True, value
-    if typ is list and isinstance(value, list):
-        return True, list(value)
-    return False, None
-
-
-def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides; values parse as TOML literals, else as strings."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise HFedMoEError(f"--set: expected key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        parts = key.split(".")
-        if len(parts) > 2 or not all(parts):
-            raise HFedMoEError(f"--set: expected 'field' or 'section.field', got {key!r}")
-        if len(parts) == 1:
-            out[parts[0]] = value
-        else:
-            section = out.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise HFedMoEError(f"--set: {parts[0]} is not a section")
-            section[parts[1]] = value
-    return out
-
-
-def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
-    """A TOML file as a dict; a missing or malformed file is one HFedMoEError naming ``field_name``."""
-    p = Path(path)
-    if not p.is_file():
-        raise HFedMoEError(f"{field_name}: file not found: {p}")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HFedMoEError(f"{field_name}: expected a UTF-8 TOML file, got {p} with a non-UTF-8 byte at "
-                           f"offset {exc.start}") from None
-    except OSError as exc:
-        raise HFedMoEError(f"{field_name}: cannot read {p}: {exc.strerror}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise HFedMoEError(f"{field_name}: {p} is not valid TOML: {exc}") from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML preset (or the defaults when ``path`` is None), apply overrides, validate."""
-    data = read_toml(path, "--config") if path is not None else {}
-    data = apply_overrides(data, overrides or [])
-    return config_from_data(data)
 
 
 def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
@@ -505,24 +365,3 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
          "injection run in the in-process engine only)", cfg.engine.name)
     if p:
         raise HFedMoEError(f"invalid config ({len(p)} problem{'s' if len(p) > 1 else ''}): " + "; ".join(p))
-
-
-def dump_config(cfg: RunConfig, path: Path) -> None:
-    """Write the fully resolved config as TOML (atomically)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(config_to_dict(cfg)))
-    tmp.replace(path)
-
-
-def help_rows() -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every field (see also :mod:`hfedmoe.config.describe`)."""
-    rows = []
-    for sec in dataclasses.fields(RunConfig):
-        sub = get_type_hints(RunConfig)[sec.name]
-        if dataclasses.is_dataclass(sub):
-            inst = sub()
-            for f in dataclasses.fields(sub):
-                rows.append((f"{sec.name}.{f.name}", repr(getattr(inst, f.name)), f.metadata.get("help", "")))
-        else:
-            rows.append((sec.name, repr(sec.default), sec.metadata.get("help", "")))
-    return rows
