@@ -91,7 +91,6 @@ def test_split_upcycling_equals_dense_with_all_experts_and_equal_router():
         upcycle_llama(dense, num_experts=5, top_k=2, split=True)
 
 
-@pytest.mark.slow
 def test_tiny_lm_run_end_to_end_lowers_perplexity(tmp_path):
     from hfedmoe.config import load_config
     from hfedmoe.engines.simulation import Simulation

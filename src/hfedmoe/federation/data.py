@@ -122,7 +122,7 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
             "(set data.group_column for a local file, or use dirichlet | iid | shards)"
         )
     num_classes = len(np.unique(ds.labels))
-    if num_classes < 2:
+    if num_classes < 2 and cfg.model.task == "classification":  # a causal LM has no labels to learn
         raise HFedMoEError(
             f"data.label_column: expected at least 2 classes, got 1 ({ds.label_names[int(ds.labels[0])]!r}) "
             f"in {ds.name} ({len(ds)} examples)"
