@@ -51,6 +51,10 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and x == x and abs(x) != float("inf")
+
+
 #: Per-client rows listed at most (beyond: the weakest ones).
 MAX_CLIENT_ROWS = 30
 
@@ -78,9 +82,9 @@ def render_mechanisms(rows: list[dict[str, Any]], summary: dict[str, Any], clien
         f"| {verdict('alpha')} (threshold {INACTIVE_ALPHA}) |",
         f"| alpha: L1 distance to data shares (share std {m.get('mech_data_share_std', float('nan')):.3g}) "
         f"| {m.get('mech_alpha_share_l1', float('nan')):.3g} | |",
-        f"| router: mean top probability at round 0 | {m.get('mech_router_top_prob', float('nan')):.3g} "
-        f"(warm-up {m.get('mech_router_top_prob_before', float('nan')):.3g} -> "
-        f"{m.get('mech_router_top_prob_after', float('nan')):.3g}) | |",
+        f"| router: mean top probability at round 0 | {m.get('mech_router_top_prob', float('nan')):.3g}"
+        + (f" (warm-up {m['mech_router_top_prob_before']:.3g} -> {m['mech_router_top_prob_after']:.3g})"
+           if _finite(m.get("mech_router_top_prob_before")) else " (no router warm-up)") + " | |",
         "",
     ]
     ev = [r for r in rows if r.get("client_val_accuracy")]
