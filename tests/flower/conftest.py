@@ -17,6 +17,6 @@ def trained():
 
     cfg = load_config(TINY, FAST + ["clients.fixed_budgets=[1]"])
     sim = Simulation(cfg, Path("/nonexistent-unused"))
-    sampled, training, _, _ = sim.plan_round(1)
+    _, training, _, _ = sim.plan_round(1)
     updates, _, _ = sim.train_clients(1, training[:2])
     return sim, updates
