@@ -107,7 +107,9 @@ def test_model_record_missing_dense_tensor_is_refused(trained):
 
 
 def test_plan_round_trip():
-    sel = lambda layer, routing: [0]  # noqa: E731
+    def sel(layer, routing):
+        return [0]
+
     plan = TrainPlan(selector=sel, restrict=[[0, 1], None], train_routers=False)
     back = plan_from_json(plan_to_json(plan), TrainPlan(selector=sel))
     assert back.selector is sel and back.restrict == [[0, 1], None] and back.train_routers is False

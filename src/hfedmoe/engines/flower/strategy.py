@@ -222,7 +222,7 @@ class HFedMoEStrategy(Strategy):
             by_client[cid] = upd
         for cid in st.infos:
             if cid not in by_client and cid not in st.failed:
-                self._reject(server_round, cid, "no reply before engine.round_timeout_s")
+                self._reject(server_round, cid, "no reply (node lost, or engine.round_timeout_s passed)")
         # the in-process order (sampled order) so that float sums run in the same order
         st.updates = [by_client[c] for c in st.infos if c in by_client]
         for u in st.updates:
