@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,21 +91,6 @@ def _guard(fn, debug: bool = False):
         if debug:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", code=1)
-
-
-def _check_out(out: Path, field_name: str = "--out") -> None:
-    """An output folder we can create and write, checked before anything is written."""
-    if str(out) in ("", ".") or out.resolve() == Path.cwd().resolve():
-        raise HFedMoEError(f"{field_name}: expected a run folder, got {str(out)!r} (the current folder)")
-    if out.exists() and not out.is_dir():
-        raise HFedMoEError(f"{field_name}: expected a folder, got {out} (an existing file)")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise HFedMoEError(f"{field_name}: expected a folder path, got {out} ({parent} is a file)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HFedMoEError(f"{field_name}: expected a writable location, got {out} ({parent} is not writable)")
 
 
 def _set_threads(cfg: Any) -> None:
@@ -243,7 +229,7 @@ def run(
 
         cfg = load_config(config, set_ or [])
         _set_threads(cfg)
-        _check_out(out)
+        check_out(out)
         if (out / "metrics.jsonl").exists():
             if not overwrite:
                 raise HFedMoEError(f"--out: {out} already holds a run (use `hfedmoe resume {out}` or --overwrite)")
@@ -278,7 +264,7 @@ def resume(
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
             raise HFedMoEError(f"DIR: expected a run directory with config.toml, got {out}")
-        cfg = _resume_config(cfg_path)
+        cfg = resume_config(cfg_path)
         done = max((int(r["round"]) for r in read_metrics(out / "metrics.jsonl")), default=0)
         if rounds is not None:
             if rounds < 1:
@@ -305,18 +291,6 @@ def resume(
     _guard(go, debug)
 
 
-def _resume_config(cfg_path: Path) -> Any:
-    """The run's config.toml, read and checked in one pass; any problem names the file."""
-    from hfedmoe.config import config_from_data, read_toml
-
-    field_name = str(cfg_path)
-    data = read_toml(cfg_path, field_name)
-    try:
-        return config_from_data(data)
-    except HFedMoEError as exc:
-        raise HFedMoEError(f"{field_name}: {exc}") from None
-
-
 @app.command()
 def bench(
     config: Annotated[Path, typer.Option("--config", "-c", help="bench file (configs/bench-*.toml)")],
@@ -336,8 +310,8 @@ def bench(
 
         seed_list = None
         if seeds is not None:
-            seed_list = _parse_seeds(seeds)
-        _check_out(out)
+            seed_list = parse_seeds(seeds)
+        check_out(out)
         spec = load_bench_config(config, quick=quick, extra_sets=set_ or [], seeds_override=seed_list)
 
         def on_event(e: dict[str, Any]) -> None:
@@ -353,21 +327,6 @@ def bench(
             console.print(f"report: {report} and {report.with_suffix('.html')}")
 
     _guard(go, debug)
-
-
-def _parse_seeds(text: str) -> list[int]:
-    """``--seeds 0,1,2``: a non-empty list of integers in [0, 2^32)."""
-    from hfedmoe.config.ranges import SEED_LIMIT
-
-    items = [x.strip() for x in text.split(",")]
-    try:
-        seeds = [int(x) for x in items]
-    except ValueError:
-        raise HFedMoEError(f"--seeds: expected comma-separated integers in [0, 2^32), got {text!r}") from None
-    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
-    if not seeds or bad:
-        raise HFedMoEError(f"--seeds: expected comma-separated integers in [0, 2^32), got {text!r}")
-    return seeds
 
 
 @app.command()
