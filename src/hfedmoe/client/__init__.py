@@ -6,13 +6,10 @@ from hfedmoe.client.train import (
     TrainPlan,
     TrainSettings,
     evaluate,
-    expert_numel,
-    flops_per_token_dense,
     train_client,
     trainable_dense_names,
 )
 
 __all__ = [
-    "ClientUpdate", "Selector", "TrainPlan", "TrainSettings", "evaluate", "expert_numel",
-    "flops_per_token_dense", "train_client", "trainable_dense_names",
+    "ClientUpdate", "Selector", "TrainPlan", "TrainSettings", "evaluate", "train_client", "trainable_dense_names",
 ]

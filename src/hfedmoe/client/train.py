@@ -124,21 +124,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def flops_per_token_dense(mm: MoEModel) -> float:
-    """Forward FLOPs per token of everything but the routed experts and the embeddings (2 per MAC).
-    Superseded by :func:`hfedmoe.client.flops.flop_model` (kept for callers)."""
-    n = 0
-    for name, p in mm.dense_named_parameters().items():
-        if p.dim() >= 2 and "embed" not in name:
-            n += p.numel()
-    n += sum(p.numel() for p in mm.router_parameters())
-    return 2.0 * n
-
-
-def expert_numel(mm: MoEModel) -> int:
-    return sum(t.numel() for t in mm.get_expert(0, 0).values())
-
-
 def train_client(
     mm: MoEModel,
     client_id: int,

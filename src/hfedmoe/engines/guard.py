@@ -30,6 +30,7 @@ from hfedmoe.core.validation import (
     update_distance,
 )
 from hfedmoe.data.batches import num_batches
+from hfedmoe.methods._common import seed_of
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class ClientOutcome:
     failed: str | None = None  # why it failed (crash, straggler, no answer, exception)
     rejected: str | None = None  # why its update was rejected
     error: Exception | None = None  # the exception its training raised (not an injected one)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def reference_of(mm: Any, dense_names: list[str]) -> Reference:
@@ -86,7 +83,7 @@ class RoundGuard:
         f = self.cfg.faults
         if f.rate <= 0:
             return None
-        rng = np.random.default_rng(_seed(self.cfg.seed, round_idx, cid, 13))
+        rng = np.random.default_rng(seed_of(self.cfg.seed, round_idx, cid, 13))
         hit = rng.random() < f.rate
         kind = f.kinds[int(rng.integers(len(f.kinds)))]
         return kind if hit else None
@@ -195,7 +192,7 @@ class RoundGuard:
     def _privatize(self, round_idx: int, cid: int, upd: Any) -> None:
         p = self.cfg.privacy
         assert self._ref is not None
-        gen = torch.Generator().manual_seed(_seed(self.cfg.seed, round_idx, cid, 17))
+        gen = torch.Generator().manual_seed(seed_of(self.cfg.seed, round_idx, cid, 17))
         self._clip_norms.append(privatize_update(upd, self._ref, p.clip_norm, p.noise_multiplier, gen))
         self.uploads[str(cid)] = self.uploads.get(str(cid), 0) + 1
 

@@ -15,11 +15,6 @@ from hfedmoe.federation.data import FederationData
 from hfedmoe.moe import MoEModel
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, round, client): independent streams, reproducible."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
 @dataclass
 class RoundResult:
     round: int

@@ -32,12 +32,12 @@ from hfedmoe.federation.model import build_model
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.federation.warmup import mean_top_prob, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
-from hfedmoe.methods._common import per_layer_budget
+from hfedmoe.methods._common import per_layer_budget, seed_of
 from hfedmoe.moe import MoEModel, wrap
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, derive_seed, pool_clients, span, split_seconds, train_settings,
+    ClientSummary, RoundResult, client_val_accuracy, pool_clients, span, split_seconds, train_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Simulation:
         if cfg.model.router_warmup_steps > 0:
             self.warmup_metrics = warmup_routers(
                 self.mm, self.fed.tokens, self.fed.public_idx, steps=cfg.model.router_warmup_steps,
-                lr=cfg.model.router_warmup_lr, batch_size=cfg.train.batch_size, seed=derive_seed(cfg.seed, 5),
+                lr=cfg.model.router_warmup_lr, batch_size=cfg.train.batch_size, seed=seed_of(cfg.seed, 5),
             )
         num_federated = len(self.fed.clients)
         if self.method.pools_data:
@@ -185,7 +185,7 @@ class Simulation:
         count = max(1, round(k * n)) if k <= 1 else min(int(k), n)
         if count >= n:
             return list(range(n))
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, round_idx, 7))
+        rng = np.random.default_rng(seed_of(self.cfg.seed, round_idx, 7))
         return sorted(rng.choice(n, size=count, replace=False).tolist())
 
     def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
@@ -269,7 +269,7 @@ class Simulation:
 
     def client_seed(self, round_idx: int, cid: int) -> int:
         """The training seed of client ``cid`` in round ``round_idx`` (the same on every engine)."""
-        return derive_seed(self.cfg.seed, round_idx, cid)
+        return seed_of(self.cfg.seed, round_idx, cid)
 
     def client_sim_seconds(self, cid: int, upd: ClientUpdate, down: int) -> tuple[float, float]:
         """Simulated (compute, link) seconds of one client's round: its FLOPs (one FLOP count for
