@@ -12,6 +12,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,8 @@ def run_bench(bench: BenchConfig, out: Path, on_event: Callable[[Event], None] |
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     # On shared cores, intra-op threads fight other processes: 1 thread ran a MiniLM-MoE
-    # evaluation 17x faster than 2 next to one busy neighbour. Runs are sequential anyway.
+    # evaluation 17x faster than 2 next to one busy neighbour. `workers` > 1 runs that many runs
+    # at once, each in its own process (e.g. 2 on 2 cores).
     torch.set_num_threads(bench.threads)
     try:
         return _run_all(bench, out, emit, t0)
@@ -102,19 +104,81 @@ def _run_all(bench: BenchConfig, out: Path, emit: Callable[[Event], None], t0: f
             sweeps[d.name] = _run_sweep(bench, d, out, emit)
             for m, best in sweeps[d.name]["best"].items():
                 tuned_sets[m] = trial_sets(best)
-        for m in bench.methods:
-            for s in bench.seeds:
-                cfg = run_config(bench, d, m, s, tuned_sets.get(_tuned_as(m, tuned_sets)))
-                run_dir = out / "runs" / d.name / m / f"seed{s}"
-                emit({"kind": "run_start", "dataset": d.name, "method": m, "seed": s})
-                t = time.perf_counter()
-                summary, skipped = run_once(cfg, run_dir)
-                emit({"kind": "run_end", "dataset": d.name, "method": m, "seed": s, "skipped": skipped,
-                      "seconds": time.perf_counter() - t, "final_test_accuracy": summary["final_test_accuracy"]})
+        jobs = [Job(d.name, m, s, run_config(bench, d, m, s, tuned_sets.get(_tuned_as(m, tuned_sets))),
+                    out / "runs" / d.name / m / f"seed{s}")
+                for m in bench.methods for s in bench.seeds]
+        _execute(jobs, bench.workers, emit)
     _atomic_json(out / "sweep.json", sweeps)
     path = write_bench_report(bench, out, sweeps)
     log.info("bench finished in %.0f s", time.perf_counter() - t0)
     return path
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the bench: where it goes and what it is (for progress events)."""
+    dataset: str
+    method: str
+    seed: int | str
+    cfg: RunConfig
+    out: Path
+
+
+def _timed_run(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], bool, float]:
+    t = time.perf_counter()
+    summary, skipped = run_once(cfg, out)
+    return summary, skipped, time.perf_counter() - t
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None]) -> list[tuple[dict[str, Any], bool, float]]:
+    """Run ``jobs`` (independent runs), ``workers`` at a time, each worker its own process with the
+    runs' own thread count; results in the order of ``jobs``, events as each run ends. Every run
+    is deterministic given its config, so the results do not depend on ``workers``."""
+    results: list[tuple[dict[str, Any], bool, float] | None] = [None] * len(jobs)
+
+    def done(i: int, result: tuple[dict[str, Any], bool, float]) -> None:
+        results[i] = result
+        j = jobs[i]
+        summary, skipped, seconds = result
+        emit({"kind": "run_end", "dataset": j.dataset, "method": j.method, "seed": j.seed, "skipped": skipped,
+              "seconds": seconds, "final_test_accuracy": summary.get("final_test_accuracy")})
+
+    pending = [i for i, j in enumerate(jobs) if not (j.out / "summary.json").is_file()]
+    for i in sorted(set(range(len(jobs))) - set(pending)):  # finished: read back in this process
+        done(i, _timed_run(jobs[i].cfg, jobs[i].out))
+    if workers <= 1 or len(pending) <= 1:
+        for i in pending:
+            emit({"kind": "run_start", "dataset": jobs[i].dataset, "method": jobs[i].method, "seed": jobs[i].seed})
+            done(i, _timed_run(jobs[i].cfg, jobs[i].out))
+        return results  # type: ignore[return-value]
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, jobs[pending[0]].cfg.runtime.threads)
+    ctx = multiprocessing.get_context("spawn")  # no forked torch / tokenizer state
+    with ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {}
+        for i in pending:
+            emit({"kind": "run_start", "dataset": jobs[i].dataset, "method": jobs[i].method, "seed": jobs[i].seed})
+            futures[pool.submit(_timed_run, jobs[i].cfg, jobs[i].out)] = i
+        try:
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    done(futures.pop(f), f.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results  # type: ignore[return-value]
 
 
 def _tuned_as(method: str, tuned: dict[str, list[str]]) -> str:
@@ -127,21 +191,23 @@ def _tuned_as(method: str, tuned: dict[str, list[str]]) -> str:
 
 def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event], None]) -> dict[str, Any]:
     assert bench.sweep is not None
+    jobs = [Job(d.name, m, f"sweep {trial_id(trial)}", sweep_config(bench, d, m, trial),
+                out / "sweep" / d.name / m / trial_id(trial))
+            for m in bench.sweep.methods for trial in bench.sweep.trials(m)]
+    trials = [trial for m in bench.sweep.methods for trial in bench.sweep.trials(m)]
     trials_out: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
-    for m in bench.sweep.methods:
-        best_score = -math.inf
-        for trial in bench.sweep.trials(m):
-            tid = trial_id(trial)
-            emit({"kind": "run_start", "dataset": d.name, "method": m, "seed": f"sweep {tid}"})
-            t = time.perf_counter()
-            summary, skipped = run_once(sweep_config(bench, d, m, trial), out / "sweep" / d.name / m / tid)
-            score = summary.get(f"final_{SWEEP_SCORE}")
-            emit({"kind": "run_end", "dataset": d.name, "method": m, "seed": f"sweep {tid}", "skipped": skipped,
-                  "seconds": time.perf_counter() - t, "final_test_accuracy": None})
-            trials_out.append({"method": m, "trial": trial, "val_accuracy": score})
-            if score is not None and score > best_score:  # ties: the first trial in grid order
-                best_score, best[m] = score, trial
+    best_score: dict[str, float] = {}
+
+    def quiet(e: Event) -> None:  # sweep trials report no test accuracy
+        emit({**e, "final_test_accuracy": None} if e["kind"] == "run_end" else e)
+
+    for job, trial, (summary, _, _) in zip(jobs, trials, _execute(jobs, bench.workers, quiet)):
+        score = summary.get(f"final_{SWEEP_SCORE}")
+        trials_out.append({"method": job.method, "trial": trial, "val_accuracy": score})
+        # ties: the first trial in grid order
+        if score is not None and score > best_score.get(job.method, -math.inf):
+            best_score[job.method], best[job.method] = score, trial
     return {"trials": trials_out, "best": best, "score": SWEEP_SCORE}
 
 

@@ -8,6 +8,7 @@ A bench file (``configs/bench-*.toml``)::
     seeds = [0, 1, 2]
     target_accuracy = 0.7             # for "rounds / simulated time to reach"
     threads = 1                       # torch intra-op threads (1: shared cores)
+    workers = 1                       # runs at once, one process each (2 on a 2-core machine)
 
     [[datasets]]
     name = "vader-natural"
@@ -97,6 +98,7 @@ class BenchConfig:
     quick: bool = False
     notes: list[str] = field(default_factory=list)
     threads: int = 1
+    workers: int = 1
 
 
 def _strings(value: Any, name: str) -> list[str]:
@@ -106,7 +108,7 @@ def _strings(value: Any, name: str) -> list[str]:
 
 
 def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[str] | None = None,
-                      seeds_override: list[int] | None = None) -> BenchConfig:
+                      seeds_override: list[int] | None = None, workers_override: int | None = None) -> BenchConfig:
     """Read and validate a bench file (every run config is validated before anything runs).
 
     ``extra_sets`` (CLI ``--set``) are appended to every run's overrides (sweep trials included)
@@ -116,7 +118,7 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
 
     p = Path(path)
     raw = read_toml(p, "--config")
-    known = {"base", "set", "methods", "seeds", "datasets", "target_accuracy", "quick", "sweep", "notes", "threads"}
+    known = {"base", "set", "methods", "seeds", "datasets", "target_accuracy", "quick", "sweep", "notes", "threads", "workers"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise HFedMoEError(f"bench config: unknown keys {unknown} (known: {', '.join(sorted(known))})")
@@ -195,9 +197,12 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     threads = raw.get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise HFedMoEError(f"threads: expected an integer >= 1, got {threads!r}")
+    workers = raw.get("workers", 1) if workers_override is None else workers_override
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
+        raise HFedMoEError(f"workers: expected an integer in [1, 256], got {workers!r}")
     overrides = [f"runtime.threads={threads}"] + overrides  # a file's `set` may still override it
     bench = BenchConfig(p, base, overrides, methods, list(seeds), datasets, float(target), sweep, quick,
-                        _strings(notes, "notes") if notes else [], threads)
+                        _strings(notes, "notes") if notes else [], threads, workers)
     for d in datasets:  # fail before running anything
         for m in methods:
             run_config(bench, d, m, seeds[0])

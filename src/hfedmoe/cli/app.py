@@ -298,6 +298,8 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="the file's [quick] subset: fewer methods, seeds, rounds")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override every run's field: key=value")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="comma-separated seeds replacing the file's")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="runs at once, one process each "
+                                                   "(default: the file's `workers`, else 1)")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
     debug: Debug = False,
@@ -312,7 +314,8 @@ def bench(
         if seeds is not None:
             seed_list = parse_seeds(seeds)
         check_out(out)
-        spec = load_bench_config(config, quick=quick, extra_sets=set_ or [], seeds_override=seed_list)
+        spec = load_bench_config(config, quick=quick, extra_sets=set_ or [], seeds_override=seed_list,
+                                 workers_override=workers)
 
         def on_event(e: dict[str, Any]) -> None:
             if quiet or e["kind"] != "run_end":
