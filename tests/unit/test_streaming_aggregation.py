@@ -314,3 +314,17 @@ def test_router_mean_keeps_global_when_no_expert_reaches_tau():
     g = torch.randn(3, 2)
     assert torch.equal(acc.result({"weight": g}, normalize=False)["weight"], g)
     assert acc.consistency() == 0.0
+
+
+def test_per_expert_mean_refuses_other_names_every_time_and_accepts_another_order():
+    from hfedmoe.core.streaming import PerExpertMean
+
+    acc = PerExpertMean(2)
+    a, b = torch.ones(3), torch.full((3,), 3.0)
+    acc.add_expert(0, {"w": a, "b": a}, 1.0)
+    for _ in range(2):  # the refusal must not be remembered as the accepted order
+        with pytest.raises(ValueError, match="expected names"):
+            acc.add_expert(1, {"w": a, "c": a}, 1.0)
+    acc.add_expert(0, {"b": b, "w": b}, 1.0)  # same names, other order: fine
+    out = acc.mean({"w": torch.zeros(2, 3), "b": torch.zeros(2, 3)})
+    assert torch.equal(out["w"][0], torch.full((3,), 2.0)) and torch.equal(out["w"][1], torch.zeros(3))

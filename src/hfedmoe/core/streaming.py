@@ -104,7 +104,9 @@ class PerExpertMean:
     def __init__(self, num_experts: int) -> None:
         self.num_experts = _checks.positive_int("num_experts", num_experts)
         self._means: dict[str, torch.Tensor] = {}  # name -> (E, *P)
+        self._rows: dict[str, tuple[torch.Tensor, ...]] = {}  # name -> E views (*P) of _means[name]
         self._names: tuple[str, ...] | None = None
+        self._order: tuple[str, ...] | None = None  # the names in the order last seen (fast check)
         self._mass = [0.0] * self.num_experts
 
     @property
@@ -113,16 +115,21 @@ class PerExpertMean:
         return torch.tensor(self._mass, dtype=torch.float64)
 
     def _check_names(self, tensors: dict[str, torch.Tensor]) -> None:
-        names = tuple(sorted(tensors))
+        order = tuple(tensors)
+        if order == self._order:  # the common case: same names in the same order, no sort
+            return
+        names = tuple(sorted(order))
         if self._names is None:
             self._names = names
         elif names != self._names:
             raise ValueError(f"tensors: expected names {list(self._names)} as in earlier clients, got {list(names)}")
+        self._order = order  # only once accepted: a refused order must be refused again
 
     def _mean(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         if name not in self._means:
             self._means[name] = torch.zeros((self.num_experts, *shape), dtype=acc_dtype(x.dtype), device=x.device)
-        elif tuple(self._means[name].shape[1:]) != tuple(shape):
+            self._rows[name] = self._means[name].unbind(0)
+        elif self._means[name].shape[1:] != shape:
             raise ValueError(f"{name}: expected shape {_checks.shape_str(self._means[name].shape[1:])} per expert "
                              f"as in earlier clients, got {_checks.shape_str(shape)}")
         return self._means[name]
@@ -157,8 +164,8 @@ class PerExpertMean:
             self._mass[expert_idx] += mass
             share = mass / self._mass[expert_idx]
             for name, x in tensors.items():
-                acc = self._mean(name, x, tuple(x.shape))
-                targets.append(acc[expert_idx])
+                acc = self._mean(name, x, x.shape)
+                targets.append(self._rows[name][expert_idx])
                 sources.append(x.detach() if x.dtype == acc.dtype else x.detach().to(acc.dtype))
                 shares.append(share)
 
