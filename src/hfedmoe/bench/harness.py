@@ -130,11 +130,17 @@ def _timed_run(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], bool, float]:
     return summary, skipped, time.perf_counter() - t
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, level: int) -> None:
+    """A spawned worker: the runs' thread count, and the parent's log level with transformers as
+    quiet as in the parent (no load reports or progress bars interleaved with the bench's lines)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("transformers").setLevel(max(level, logging.WARNING))
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None]) -> list[tuple[dict[str, Any], bool, float]]:
@@ -164,7 +170,7 @@ def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None]) -> li
     threads = max(1, jobs[pending[0]].cfg.runtime.threads)
     ctx = multiprocessing.get_context("spawn")  # no forked torch / tokenizer state
     with ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
         futures = {}
         for i in pending:
             emit({"kind": "run_start", "dataset": jobs[i].dataset, "method": jobs[i].method, "seed": jobs[i].seed})
