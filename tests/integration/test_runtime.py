@@ -85,3 +85,19 @@ def test_cost_model_step_flops_is_the_flop_model_on_an_expected_batch(tmp_path):
                        [cost.tokens_per_batch * cost.top_k] * cost.num_layers, [0] * cost.num_layers)
     fwd_only = cost.flops.forward(shape)
     assert steps[0] > fwd_only  # the dense part still trains (head, routers)
+
+
+def test_evaluation_cadence_does_not_change_training(tmp_path):
+    """Evaluation is read-only: evaluating every round or every other round gives the same model
+    and the same accuracy at the rounds both evaluate (so a cheaper cadence is free)."""
+    runs = {}
+    for every in (1, 2):
+        sim = Simulation(load_config(TINY, FAST + ["federation.rounds=2", f"federation.eval_every={every}"]),
+                         tmp_path / f"e{every}")
+        rows = sim.run()
+        runs[every] = (rows, {k: v.clone() for k, v in sim.mm.model.state_dict().items()})
+    (rows1, state1), (rows2, state2) = runs[1], runs[2]
+    assert [r["test_accuracy"] is None for r in rows2] == [False, True, False]
+    assert rows1[2]["test_accuracy"] == rows2[2]["test_accuracy"]
+    assert rows1[2]["client_val_accuracy"] == rows2[2]["client_val_accuracy"]
+    assert all(torch.equal(state1[k], state2[k]) for k in state1)
