@@ -37,6 +37,28 @@ def matmul_rate(m: int = 1024, k: int = 384, n: int = 768, repeats: int = 20) ->
     return 2.0 * m * k * n / sec
 
 
+def shape_matched_rate(tokens: int, hidden: int, expert_tokens: int, expert_width: int, num_experts: int,
+                       repeats: int = 20) -> float:
+    """FLOP/s of the matmuls one layer of a step runs, at their own (small) shapes: four
+    ``(tokens, hidden) x (hidden, hidden)`` projections and, per expert, ``(expert_tokens, hidden) x
+    (hidden, width)`` and back. Short dynamic-padded batches make these far smaller than the large
+    GEMM of :func:`matmul_rate`; this is the ceiling a step can reach at its shapes."""
+    x, w = torch.randn(tokens, hidden), torch.randn(hidden, hidden)
+    xe = [torch.randn(expert_tokens, hidden) for _ in range(num_experts)]
+    w1 = [torch.randn(hidden, expert_width) for _ in range(num_experts)]
+    w2 = [torch.randn(expert_width, hidden) for _ in range(num_experts)]
+
+    def layer():
+        for _ in range(4):
+            x @ w
+        for a, b, c in zip(xe, w1, w2):
+            (a @ b) @ c
+
+    sec = alternate({"layer": layer}, repeats, warmup=3)["layer"]
+    flops = 4 * 2.0 * tokens * hidden * hidden + num_experts * 2 * 2.0 * expert_tokens * hidden * expert_width
+    return flops / sec
+
+
 def default_batches(num_batches: int, batch_size: int = 16, seed: int = 0):
     """Real dynamic-padded training batches of the default preset (VADER, max_length 48), drawn
     the way a client draws them (shuffled; each batch padded to its longest example)."""
