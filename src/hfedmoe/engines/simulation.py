@@ -37,7 +37,8 @@ from hfedmoe.moe import MoEModel
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, pool_clients, span, split_seconds, train_settings,
+    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, pool_clients, span, split_seconds,
+    train_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -430,4 +431,6 @@ class Simulation:
                 save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state())
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
+            if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
+                export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)
         return read_metrics(self.metrics_path)
