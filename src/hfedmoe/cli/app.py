@@ -403,6 +403,24 @@ def generate(
     _guard(go, debug)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Option("--run", help="a LoRA run directory (model.lora_r > 0)")],
+    peft: Annotated[Path, typer.Option("--peft", help="output PEFT adapter directory")],
+    debug: Debug = False,
+) -> None:
+    """Write a LoRA run's newest global adapter as a PEFT directory (PeftModel.from_pretrained)."""
+    _setup_logging(False, True)
+
+    def go() -> None:
+        from hfedmoe.cli.export import export_run
+
+        out, rnd = export_run(run_dir, peft)
+        console.print(f"PEFT adapter of round {rnd}: {out}")
+
+    _guard(go, debug)
+
+
 def main() -> None:
     try:
         app()

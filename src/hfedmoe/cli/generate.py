@@ -14,7 +14,7 @@ def load_run_model(run_dir: Path):
     newest complete checkpoint loaded (strict). Causal-LM runs only."""
     from hfedmoe.config import load_config
     from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
-    from hfedmoe.federation.model import build_model
+    from hfedmoe.federation.model import build_model, wrap_for_run
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -26,6 +26,7 @@ def load_run_model(run_dir: Path):
     if not rounds:
         raise HFedMoEError(f"--run: {run_dir} has no complete checkpoint yet")
     model, tokenizer, _ = build_model(cfg.model, 1, cfg.seed)
+    wrap_for_run(model, cfg.model)  # LoRA experts: the same PEFT-wrapped keys as the run's checkpoints
     tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
     model.load_state_dict(tensors, strict=True)
     return model.eval(), tokenizer, rounds[-1]

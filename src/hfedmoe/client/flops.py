@@ -24,7 +24,7 @@ def flop_model(mm: MoEModel, parts: Sequence[str], *, train_routers: bool | None
         if p.dim() >= 2 and part != "embeddings":
             by_part[part] = by_part.get(part, 0) + p.numel()
     router = sum(p.numel() for p in mm.router_parameters() if p.dim() >= 2) // L
-    expert = sum(t.numel() for t in mm.get_expert(0, 0).values() if t.dim() >= 2)
+    expert = sum(t.numel() for t in mm.base_expert(0, 0).values() if t.dim() >= 2)  # LoRA: the frozen base
     parts = set(parts)
     return FlopModel(
         num_layers=L,

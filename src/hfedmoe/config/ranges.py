@@ -28,6 +28,7 @@ INT_RANGES: tuple[tuple[str, int, int], ...] = (
     ("model.num_experts", 2, 256),
     ("model.tiny_hidden", 4, 4096),
     ("model.tiny_layers", 1, 48),
+    ("model.lora_r", 0, 4096),
     ("data.max_examples", 0, 100_000_000),
     ("data.num_clients", 1, 100_000),
     ("data.clients_per_group", 1, 1_000),
@@ -48,6 +49,7 @@ INT_RANGES: tuple[tuple[str, int, int], ...] = (
 #: (dotted field, minimum, maximum, left bound open?, right bound open?) for float fields.
 FLOAT_RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("data.alpha", 0.0, 1e6, True, False),
+    ("model.lora_alpha", 0.0, 1e6, True, False),
     ("train.lr", 0.0, 10.0, True, False),
     ("train.weight_decay", 0.0, 10.0, False, False),
     ("train.momentum", 0.0, 1.0, False, True),

@@ -80,6 +80,13 @@ class ModelConfig:
         "smollm2-moe: copy (every expert a copy of the whole FFN: the dense function at step 0) | "
         "split (fine-grained experts: the FFN's neurons split into num_experts experts)",
     )
+    lora_r: int = _f(
+        0,
+        "LoRA experts: rank r of the PEFT LoRA put on every fused expert tensor (target_parameters); "
+        "per-expert adapter slices are then what clients select, train, upload and the server aggregates "
+        "(product mean re-factorised by SVD). 0 = off: full expert fine-tuning",
+    )
+    lora_alpha: float = _f(16.0, "LoRA experts: lora_alpha (the update is scaled by lora_alpha / lora_r)")
 
 
 @dataclass
@@ -322,6 +329,9 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     if m.combine != "straight-through":
         need(m.name in ("minilm-moe", "tiny-moe"), "model.name",
              "minilm-moe | tiny-moe when model.combine is not straight-through", m.name)
+    if m.lora_r > 0:
+        need("experts" in t.trainable, "train.trainable", "a list with 'experts' when model.lora_r > 0 (LoRA "
+             "experts are the trained unit)", t.trainable)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
     need(t.local_steps >= 0, "train.local_steps", "an integer >= 0", t.local_steps)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)

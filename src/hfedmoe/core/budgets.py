@@ -189,6 +189,9 @@ class CostModel:
         estimate from the counts above.
     seq_len : int
         Padded length of the expected batch (``tokens_per_batch / seq_len`` sequences); 0 = unknown.
+    trainable_expert_params : int or None
+        Parameters trained per trained expert (None: ``expert_params``; LoRA experts: the expert's
+        adapter slices, while ``expert_params`` stays the frozen expert's size for weights and FLOPs).
     """
 
     expert_params: int
@@ -207,6 +210,7 @@ class CostModel:
     dense_activation_bytes_per_token: int | None = None
     flops: FlopModel | None = None
     seq_len: int = 0
+    trainable_expert_params: int | None = None
 
     def __post_init__(self) -> None:
         for attr in ("expert_params", "num_layers", "num_experts", "top_k", "hidden_size",
@@ -220,6 +224,10 @@ class CostModel:
             raise ValueError(
                 f"embedding_params: expected at most dense_params={self.dense_params}, got {self.embedding_params}"
             )
+        if self.trainable_expert_params is None:
+            object.__setattr__(self, "trainable_expert_params", self.expert_params)
+        else:
+            _checks.positive_int("trainable_expert_params", self.trainable_expert_params)
         if self.trainable_dense_params is None:
             object.__setattr__(self, "trainable_dense_params", self.dense_params)
         elif _checks.non_negative_int("trainable_dense_params", self.trainable_dense_params) > self.dense_params:
@@ -289,7 +297,7 @@ class CostModel:
             )
         b = self.bytes_per_param
         weights = (self.num_layers * held * self.expert_params + self.dense_params) * b
-        trainable = num_trained_total * self.expert_params + self.trainable_dense_params
+        trainable = num_trained_total * self.trainable_expert_params + self.trainable_dense_params
         grads_and_state = trainable * b * (1 + self.optimizer_state_copies)
         activations = 0
         if trainable > 0:

@@ -98,3 +98,22 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
     return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
                           public_idx=fed.public_idx, heldout=fed.heldout)
+
+
+#: Evaluation fields of the last metrics row copied into the export's ``hfedmoe_export.json``.
+EXPORT_FIELDS = ("test_accuracy", "test_loss", "test_perplexity", "heldout_perplexity", "client_val_perplexity_mean")
+
+
+def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
+    """LoRA runs: the global adapter as a PEFT directory ``out_dir`` (``PeftModel.from_pretrained(
+    base, out_dir)`` reproduces ``row``'s evaluation), with the round and that evaluation in
+    ``hfedmoe_export.json``. Called by both engines after the last round and by ``hfedmoe export``."""
+    from hfedmoe.moe.lora_export import export_peft
+
+    info = {"round": int(row.get("round", 0)), "method": row.get("method"), "model": cfg.model.name,
+            "seed": cfg.seed, "lora_r": cfg.model.lora_r, "lora_alpha": cfg.model.lora_alpha,
+            "base": ("the run's base model: hfedmoe.federation.model.build_model(cfg.model, num_labels, cfg.seed) "
+                     "with cfg from the run's config.toml" if cfg.model.name != "hf" else cfg.model.path),
+            **{k: row[k] for k in EXPORT_FIELDS if row.get(k) is not None}}
+    return export_peft(mm, out_dir, cfg.train.trainable,
+                       base_model_name_or_path=cfg.model.path or None, info=info)

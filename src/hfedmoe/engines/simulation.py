@@ -28,16 +28,17 @@ from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
-from hfedmoe.federation.model import build_model
+from hfedmoe.federation.model import build_model, wrap_for_run
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
 from hfedmoe.federation.warmup import mean_top_prob, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
 from hfedmoe.methods._common import per_layer_budget, seed_of
-from hfedmoe.moe import MoEModel, wrap
+from hfedmoe.moe import MoEModel
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, pool_clients, span, split_seconds, train_settings,
+    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, pool_clients, span, split_seconds,
+    train_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Simulation:
             set_combine(model, cfg.model.combine)
         set_attention_dropout(model, cfg.model.attention_dropout)
         model, self.device = place_model(model, cfg)
-        self.mm: MoEModel = wrap(model)
+        self.mm: MoEModel = wrap_for_run(model, cfg.model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
         # Router warm-up on the disjoint public split, before federation (deterministic in the
         # seed, so a resumed run rebuilds the same starting point before loading its checkpoint).
@@ -430,4 +431,6 @@ class Simulation:
                 save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state())
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
+            if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
+                export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)
         return read_metrics(self.metrics_path)

@@ -43,16 +43,19 @@ class ClientBudget:
 
 def cost_model(mm: MoEModel, cfg: RunConfig) -> CostModel:
     """Count the model's parameters through the adapter and describe one local batch."""
-    expert_params = sum(t.numel() for t in mm.get_expert(0, 0).values())
+    first = mm.base_expert(0, 0)  # the expert's own weights (LoRA experts: the frozen base)
+    expert_params = sum(t.numel() for t in first.values())
+    trainable_expert = sum(t.numel() for t in mm.get_expert(0, 0).values())  # LoRA: its adapter slices
     dense = mm.dense_named_parameters()
     router_params = sum(p.numel() for p in mm.router_parameters())
     dense_params = sum(p.numel() for p in dense.values()) + router_params
+    if trainable_expert != expert_params:  # LoRA experts: every expert's adapter is held too
+        dense_params += mm.num_layers * mm.num_experts * trainable_expert
     trainable_names = dense_names_for(list(dense), list(cfg.train.trainable))
     trainable_dense = sum(dense[n].numel() for n in trainable_names)
     if "routers" in cfg.train.trainable:
         trainable_dense += router_params
     embedding = sum(p.numel() for n, p in dense.items() if "embed" in n)
-    first = mm.get_expert(0, 0)
     intermediate = max(min(t.shape) for t in first.values() if t.dim() == 2)
     return CostModel(
         expert_params=expert_params,
@@ -68,6 +71,7 @@ def cost_model(mm: MoEModel, cfg: RunConfig) -> CostModel:
         embedding_params=embedding,
         flops=flop_model(mm, cfg.train.trainable),
         seq_len=cfg.data.max_length,
+        trainable_expert_params=trainable_expert,
     )
 
 

@@ -12,6 +12,20 @@ from hfedmoe.errors import HFedMoEError
 log = logging.getLogger(__name__)
 
 
+def wrap_for_run(model, cfg: ModelConfig):
+    """The run's MoE adapter over ``model``: :func:`hfedmoe.moe.wrap`, plus LoRA experts
+    (:func:`hfedmoe.moe.lora_model.enable_lora`) when ``model.lora_r > 0``. Every engine and the
+    CLI build their adapter here, so a run's state-dict keys are the same everywhere."""
+    from hfedmoe.moe import wrap
+
+    mm = wrap(model)
+    if cfg.lora_r > 0:
+        from hfedmoe.moe.lora_model import enable_lora
+
+        mm = enable_lora(mm, cfg.lora_r, cfg.lora_alpha)
+    return mm
+
+
 def build_model(cfg: ModelConfig, num_labels: int, seed: int):
     """Return ``(model, tokenizer, description)``; the model is an MoE sequence classifier
     (``model.task = "causal-lm"``: an MoE causal LM, see :mod:`hfedmoe.federation.lm_model`)."""

@@ -19,6 +19,7 @@ import torch
 
 from hfedmoe.client import ClientUpdate
 from hfedmoe.core.streaming import PerExpertMean, RouterMean, WeightedMean, fold_all
+from hfedmoe.methods.lora_parts import LoraExpertMeans, is_lora
 from hfedmoe.moe import MoEModel
 
 
@@ -103,6 +104,8 @@ class SparseExperts(Part):
     def __init__(self, mm: MoEModel, *, tau: float, usage_gate: bool = True) -> None:
         self.tau, self.usage_gate = tau, usage_gate
         self.sums = [PerExpertMean(mm.num_experts) for _ in range(mm.num_layers)]
+        # LoRA experts: the same client weights, on the products B_e A_e (methods/lora_parts.py)
+        self.lora = LoraExpertMeans(mm) if is_lora(mm) else None
 
     def add(self, update: ClientUpdate) -> None:
         n = float(update.num_examples)
@@ -112,6 +115,9 @@ class SparseExperts(Part):
         if self.usage_gate:
             qualifies = qualifies & (update.usage.cpu() >= self.tau)
         q = qualifies.tolist()
+        if self.lora is not None:
+            self.lora.add(update, q)
+            return
         by_layer: dict[int, list] = {}
         for (layer, e), tensors in update.experts.items():
             if q[layer][e]:
@@ -124,6 +130,8 @@ class SparseExperts(Part):
         fold_all(targets, sources, shares)  # the whole update in one fused pass
 
     def finish(self, mm: MoEModel) -> dict[str, float]:
+        if self.lora is not None:
+            return self.lora.finish(mm)
         for layer, acc in enumerate(self.sums):
             if acc.qualified_all():  # no global value needed: skip reading it
                 mm.set_experts(layer, acc.mean({k: v for k, v in acc.shapes().items()}))
@@ -139,14 +147,20 @@ class UniformExperts(Part):
     def __init__(self, mm: MoEModel) -> None:
         self.sums = [PerExpertMean(mm.num_experts) for _ in range(mm.num_layers)]
         self.total = 0.0
+        self.lora = LoraExpertMeans(mm, uniform=True) if is_lora(mm) else None
 
     def add(self, update: ClientUpdate) -> None:
+        if self.lora is not None:
+            self.lora.add(update, None)
+            return
         n = float(update.num_examples)
         self.total += n
         for (layer, e), tensors in update.experts.items():
             self.sums[layer].add_expert(e, tensors, n)
 
     def finish(self, mm: MoEModel) -> dict[str, float]:
+        if self.lora is not None:
+            return self.lora.finish(mm)
         for layer, acc in enumerate(self.sums):
             mm.set_experts(layer, acc.mean_with_rest(mm.get_experts(layer), self.total))
         return {}

@@ -160,6 +160,12 @@ class MoEModel:
         self._check_expert(info, idx)
         return {n: t.detach().clone() for n, t in self._expert_tensors(info, idx).items()}
 
+    def base_expert(self, layer: int, idx: int) -> dict[str, torch.Tensor]:
+        """The expert's own weights (what it computes with); :meth:`get_expert` here, the frozen
+        base tensors for LoRA experts (:mod:`hfedmoe.moe.lora_model`), whose expert tensors are
+        their adapter slices. For sizes: FLOPs and memory of weights."""
+        return self.get_expert(layer, idx)
+
     def set_expert(self, layer: int, idx: int, tensors: dict[str, torch.Tensor]) -> None:
         """Copy ``tensors`` into expert ``idx`` of MoE layer ``layer`` in place (live storage).
 
