@@ -1,7 +1,7 @@
 """Every transformers MoE causal-LM family in the table: tiny random model, budgeted training.
 
-Per family: wrapping leaves outputs unchanged; the adapter's own experts loop (used inside
-``train_only``) computes what the family's forward computes; two optimizer steps with a budget of
+Per family: wrapping leaves outputs unchanged; ``train_only``'s experts forward (the registered
+implementation on stand-ins of the experts module) computes what the family's forward computes; two optimizer steps with a budget of
 experts per layer update exactly the selected experts and leave every other expert bit-identical.
 """
 
@@ -67,7 +67,7 @@ def test_family_trains_a_budget_and_freezes_the_rest(family):
         assert torch.equal(model(**batch).logits, before)
         with adapter.capture_routing() as cap:
             model(**batch)
-        # the adapter's experts loop (train_only, all experts) computes the family's forward on
+        # train_only's experts forward (all experts trainable) computes the family's forward on
         # real tokens (padding skips the experts inside train_only, so pad positions may differ)
         real = batch["attention_mask"].bool()  # (B, S)
         with adapter.train_only([None] * adapter.num_layers):
