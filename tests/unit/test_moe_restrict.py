@@ -157,3 +157,16 @@ def test_a_router_the_mask_cannot_reach_is_refused_not_misrouted():
     allowed[4] = True  # both chosen experts allowed: the output passes unchanged
     _, _, idx = route_masked(_SortRouter(), (torch.zeros(3, 4),), {}, allowed)
     assert idx.tolist() == [[5, 4]] * 3
+
+
+def test_deepseek_v4_hash_routed_layers_are_refused(monkeypatch):
+    # hash-routed layers pick experts from a fixed token-id table: nothing to restrict
+    from hfedmoe.moe import catalog
+
+    monkeypatch.setitem(catalog.TINY_OVERRIDES, "deepseek_v4", {"mlp_layer_types": ["hash_moe", "moe"]})
+    adapter = wrap(tiny_family_model("deepseek_v4"))
+    table = adapter._layers[0].router.tid2eid
+    table.copy_(torch.arange(table.numel()).view_as(table) % adapter.num_experts)  # every expert in use
+    with torch.no_grad(), adapter.restrict_routing([HELD] * adapter.num_layers):
+        with pytest.raises(UnsupportedModelError, match="DeepseekV4HashRouter routed"):
+            adapter.model(**_batch())
