@@ -54,16 +54,22 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
     if pad is not None:
         keep = keep & ~pad[token]
     chosen = train._selected_sets.get(layer)
-    selected = list(range(num_experts)) if chosen is None else sorted(chosen)
-    position = torch.full((num_experts + 1,), -1, dtype=torch.long, device=device)
-    position[selected] = torch.arange(len(selected), device=device)  # expert -> row in the stack
-    trained = keep & (position[expert.clamp(max=num_experts)] >= 0)
+    is_selected = torch.ones(num_experts + 1, dtype=torch.bool, device=device)
+    if chosen is not None:
+        is_selected[:] = False
+        is_selected[sorted(chosen)] = True
+    trained = keep & is_selected[expert.clamp(max=num_experts)]
     out = torch.zeros_like(hidden_states)  # (T, H)
     rows = trained.nonzero().flatten()
     if rows.numel():
+        # only selected experts that some pair reaches join the stack: a selected expert no token
+        # reaches gets no gradient at all (None, not zeros), as with the family's own forward
+        used = torch.unique(expert[rows]).tolist()
+        position = torch.full((num_experts + 1,), -1, dtype=torch.long, device=device)
+        position[used] = torch.arange(len(used), device=device)  # expert -> row in the stack
         leaves = adapter._leaves[layer]
-        stacked = {n: torch.stack([leaves[e][i] for e in selected]) for i, n in enumerate(info.param_names)}
-        y = own(_stand_in(self, stacked, len(selected)), hidden_states[token[rows]],
+        stacked = {n: torch.stack([leaves[e][i] for e in used]) for i, n in enumerate(info.param_names)}
+        y = own(_stand_in(self, stacked, len(used)), hidden_states[token[rows]],
                 position[expert[rows]].unsqueeze(1), weight[rows])  # (P, H)
         out = out.index_add(0, token[rows], y.to(out.dtype))
     rows = (keep & ~trained).nonzero().flatten()
