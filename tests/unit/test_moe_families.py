@@ -1,11 +1,13 @@
 """Every transformers MoE causal-LM family in the table: tiny random model, budgeted training.
 
-Per family: wrapping leaves outputs unchanged; the adapter's own experts loop (used inside
-``train_only``) computes what the family's forward computes; two optimizer steps with a budget of
+Per family: wrapping leaves outputs unchanged; ``train_only``'s experts forward (the registered
+implementation on stand-ins of the experts module) computes what the family's forward computes; two optimizer steps with a budget of
 experts per layer update exactly the selected experts and leave every other expert bit-identical.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_family_trains_a_budget_and_freezes_the_rest(family):
         assert torch.equal(model(**batch).logits, before)
         with adapter.capture_routing() as cap:
             model(**batch)
-        # the adapter's experts loop (train_only, all experts) computes the family's forward on
+        # train_only's experts forward (all experts trainable) computes the family's forward on
         # real tokens (padding skips the experts inside train_only, so pad positions may differ)
         real = batch["attention_mask"].bool()  # (B, S)
         with adapter.train_only([None] * adapter.num_layers):
@@ -92,16 +94,21 @@ def test_family_trains_a_budget_and_freezes_the_rest(family):
 
 
 @pytest.mark.parametrize("family", _params(COVERED))
-def test_family_restrict_routing_or_clear_refusal(family):
+def test_family_restrict_routing(family):
+    # every covered family has a route function: hand-written (layouts) or the generic mask
+    # (restrict.route_masked, tested in depth in test_moe_restrict.py)
     adapter = wrap(tiny_family_model(family))
-    spec = next((f for f in TRANSFORMERS_FAMILIES if f.name == family), None)
     subsets = [[0, 2, 4]] * adapter.num_layers
-    if spec is not None and spec.route is None:
-        with pytest.raises(UnsupportedModelError, match=family):
-            adapter.restrict_routing(subsets)
-        return
     with torch.no_grad(), adapter.restrict_routing(subsets), adapter.capture_routing() as cap:
         out = adapter.model(**_batch()).logits
     assert torch.isfinite(out).all()
     for layer in range(adapter.num_layers):
         assert torch.isin(cap.topk_idx[layer], torch.tensor([0, 2, 4])).all()
+
+
+def test_a_family_without_route_function_is_refused_in_one_line(monkeypatch):
+    adapter = wrap(tiny_family_model("granitemoe"))
+    info = adapter._layers[0]
+    monkeypatch.setattr(info, "spec", dataclasses.replace(info.spec, route=None))
+    with pytest.raises(UnsupportedModelError, match="not available for family 'granitemoe'"):
+        adapter.restrict_routing([[0, 2, 4]] * adapter.num_layers)

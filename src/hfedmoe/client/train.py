@@ -113,8 +113,10 @@ def _optimizer(params: list[torch.Tensor], s: TrainSettings) -> torch.optim.Opti
 
 
 def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
-    """Names of the dense parameters trained under ``parts``."""
-    return dense_names_for(list(mm.dense_named_parameters()), list(parts))
+    """Names of the dense parameters trained under ``parts`` (quantised, i.e. non-floating,
+    weights of a 4-bit checkpoint are never trained)."""
+    dense = mm.dense_named_parameters()
+    return dense_names_for([n for n, p in dense.items() if p.is_floating_point()], list(parts))
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

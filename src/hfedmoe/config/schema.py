@@ -47,6 +47,11 @@ class ModelConfig:
         "MiniLM tokenizer, for tests), or hf (any supported HF MoE checkpoint in `path`)",
     )
     path: str = _f("", "local directory of an HF MoE checkpoint (model.name = 'hf')")
+    load_in_4bit: bool = _f(
+        False,
+        "model.name = 'hf': load with bitsandbytes NF4 4-bit Linear layers (frozen; fused experts and "
+        "routers stay bfloat16 and train); needs CUDA and the bitsandbytes package; untested here (no GPU)",
+    )
     num_experts: int = _f(8, "experts per MoE layer (MoEfication)")
     top_k: int = _f(2, "experts each token is routed to")
     tiny_hidden: int = _f(36, "hidden size of the tiny model (model.name = 'tiny-moe')")
@@ -298,6 +303,15 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(1 <= m.top_k <= max(m.num_experts, 1), "model.top_k", f"an integer in [1, {m.num_experts}]", m.top_k)
     if m.name == "hf":
         need(bool(m.path), "model.path", "a checkpoint directory for model.name = 'hf'", m.path)
+    if m.load_in_4bit:
+        need(m.name == "hf", "model.load_in_4bit", "false unless model.name = 'hf'", m.load_in_4bit)
+        need(cfg.runtime.device != "cpu", "runtime.device", "auto | cuda with model.load_in_4bit", cfg.runtime.device)
+        from hfedmoe.federation.quant import four_bit_problem
+
+        problem = four_bit_problem() if "model.load_in_4bit" not in reported else None
+        if problem:
+            reported.add("model.load_in_4bit")
+            p.append(f"model.load_in_4bit: needs CUDA and bitsandbytes, {problem}")
     lm_models = ("smollm2-moe", "tiny-lm", "hf")
     if m.task == "causal-lm":
         need(m.name in lm_models, "model.name", "one of " + " | ".join(lm_models) + " for model.task = 'causal-lm'", m.name)

@@ -52,10 +52,13 @@ def build_lm_model(cfg: ModelConfig, seed: int):
     if cfg.name == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from hfedmoe.federation.quant import from_pretrained_kwargs
+
         if not Path(cfg.path).is_dir():
             raise HFedMoEError(f"model.path: expected a local checkpoint directory, got {cfg.path!r} (not found)")
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.path, **{"dtype": torch.float32, **from_pretrained_kwargs(cfg.load_in_4bit)})
             tok = _tokenizer_with_pad(AutoTokenizer.from_pretrained(cfg.path))
         except (OSError, ValueError) as exc:
             raise HFedMoEError(f"model.path: cannot load an HF causal LM from {cfg.path!r}: {exc}") from None

@@ -65,10 +65,13 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int):
     if cfg.name == "hf":
         from pathlib import Path
 
+        from hfedmoe.federation.quant import from_pretrained_kwargs
+
         if not Path(cfg.path).is_dir():
             raise HFedMoEError(f"model.path: expected a local checkpoint directory, got {cfg.path!r} (not found)")
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                cfg.path, num_labels=num_labels, **from_pretrained_kwargs(cfg.load_in_4bit))
             tok = AutoTokenizer.from_pretrained(cfg.path)
         except (OSError, ValueError) as exc:
             raise HFedMoEError(f"model.path: cannot load an HF checkpoint from {cfg.path!r}: {exc}") from None

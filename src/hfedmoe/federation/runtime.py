@@ -43,7 +43,7 @@ def place_model(model: nn.Module, cfg: RunConfig) -> tuple[nn.Module, torch.devi
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype)
     model = model.to(device=device)
-    if dtype != torch.float32:
+    if dtype != torch.float32 and not getattr(model, "is_quantized", False):  # 4-bit: loaded in bf16
         model = model.to(dtype=dtype)
     return model, device
 

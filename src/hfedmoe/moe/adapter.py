@@ -122,6 +122,9 @@ class MoEModel:
         if allowed is None:
             output = type(router).forward(router, *args, **kwargs)
             gate_probs, topk_idx = info.spec.from_output(router, output)
+        elif getattr(info.spec.route, "calls_router", False):  # restrict.route_masked
+            output = info.spec.route(router, args, kwargs, allowed)
+            gate_probs, topk_idx = info.spec.from_output(router, output)
         else:
             hidden_states = args[0] if args else kwargs["hidden_states"]
             output, gate_probs, topk_idx = info.spec.route(router, hidden_states, allowed)

@@ -30,28 +30,69 @@ def _router_forward(self: nn.Module, *args, **kwargs):
 
 
 def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_weights):
+    """Inside ``train_only``, the class's own forward, i.e. transformers' experts-implementation
+    registry (``config._experts_implementation``: eager, batched_mm, grouped_mm or any function
+    registered in ``ALL_EXPERTS_FUNCTIONS``), runs on stand-ins of this module: once on the
+    (token, slot) pairs routed to selected experts, with those experts' leaves stacked (only they
+    get gradients), once on the pairs routed to frozen experts, with detached weights. Each pair is
+    one row with top-1 routing, so no implementation needs a "no expert" index; padding pairs
+    are dropped."""
     adapter, layer = self._hfedmoe
     train = adapter._innermost("train")
+    own = type(self).forward  # the registry dispatch of use_experts_implementation classes
     if train is None:
-        return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
+        return own(self, hidden_states, top_k_index, top_k_weights)
     info = adapter._layers[layer]
-    selected = train._selected_sets.get(layer)
-    leaves = adapter._leaves[layer]
-    names = info.param_names
+    num_experts = info.num_experts
+    num_tokens, k = top_k_index.shape
+    device = top_k_index.device
+    token = torch.arange(num_tokens, device=device).repeat_interleave(k)  # (T*k,) token of each pair
+    expert = top_k_index.reshape(-1)  # (T*k,)
+    weight = top_k_weights.reshape(-1, 1)  # (T*k, 1)
+    keep = expert < num_experts
     pad = _padding(adapter, info, train, hidden_states)
-    if pad is not None:  # index num_experts = "no expert": the loop skips it
-        top_k_index = top_k_index.masked_fill(pad.unsqueeze(1), self.num_experts)
-
-    def run(expert_idx: int, x: torch.Tensor) -> torch.Tensor:
-        if selected is None or expert_idx in selected:
-            return layouts.fused_expert_apply(self, x, dict(zip(names, leaves[expert_idx])))
-        frozen = {n: getattr(self, n).detach()[expert_idx] for n in names}
-        if train.mode == "no_grad":
+    if pad is not None:
+        keep = keep & ~pad[token]
+    chosen = train._selected_sets.get(layer)
+    is_selected = torch.ones(num_experts + 1, dtype=torch.bool, device=device)
+    if chosen is not None:
+        is_selected[:] = False
+        is_selected[sorted(chosen)] = True
+    trained = keep & is_selected[expert.clamp(max=num_experts)]
+    out = torch.zeros_like(hidden_states)  # (T, H)
+    rows = trained.nonzero().flatten()
+    if rows.numel():
+        # only selected experts that some pair reaches join the stack: a selected expert no token
+        # reaches gets no gradient at all (None, not zeros), as with the family's own forward
+        used = torch.unique(expert[rows]).tolist()
+        position = torch.full((num_experts + 1,), -1, dtype=torch.long, device=device)
+        position[used] = torch.arange(len(used), device=device)  # expert -> row in the stack
+        leaves = adapter._leaves[layer]
+        stacked = {n: torch.stack([leaves[e][i] for e in used]) for i, n in enumerate(info.param_names)}
+        y = own(_stand_in(self, stacked, len(used)), hidden_states[token[rows]],
+                position[expert[rows]].unsqueeze(1), weight[rows])  # (P, H)
+        out = out.index_add(0, token[rows], y.to(out.dtype))
+    rows = (keep & ~trained).nonzero().flatten()
+    if rows.numel():
+        frozen = _stand_in(self, {n: getattr(self, n).detach() for n in info.param_names}, num_experts)
+        args = (hidden_states[token[rows]], expert[rows].unsqueeze(1))
+        if train.mode == "detach":  # detached weights; gradient to the input and routing weights
+            y = own(frozen, *args, weight[rows])
+        else:  # "no_grad": weight 1 inside, the routing weight outside keeps the router's gradient
             with torch.no_grad():
-                return layouts.fused_expert_apply(self, x, frozen)
-        return layouts.fused_expert_apply(self, x, frozen)
+                y = own(frozen, *args, torch.ones_like(weight[rows]))
+            y = y * weight[rows]
+        out = out.index_add(0, token[rows], y.to(out.dtype))
+    return out
 
-    return layouts.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+
+def _stand_in(experts: nn.Module, tensors: dict, num_experts: int) -> nn.Module:
+    """A shallow copy of ``experts`` whose fused tensors are ``tensors`` ``{name: (n, ...)}``: its
+    own forward (and any registered implementation) then computes with them."""
+    stand_in = object.__new__(type(experts))
+    stand_in.__dict__.update(experts.__dict__)
+    stand_in.__dict__.update(tensors, num_experts=num_experts)
+    return stand_in
 
 
 def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, routing_weights):
