@@ -159,3 +159,20 @@ def test_score_experts_runs_once_per_batch_and_layer(monkeypatch):
     monkeypatch.setattr(importance, "score_experts", lambda *a, **k: calls.append(1) or real(*a, **k))
     train_client(mm, 0, _data(), np.arange(16), plan, TrainSettings(local_steps=2, batch_size=8), seed=0)
     assert len(calls) == 2 * mm.num_layers  # 2 batches; the selector's s_b is reused for the importance
+
+
+def test_flop_count_includes_fedmoe_profiling_pass_and_the_oracles_full_backward():
+    """Every method's compute by the one FLOP model: FedMoE's no-grad profiling pass is forward
+    compute the client pays, and the oracle backpropagates through every routed expert to rank them
+    by gradient norm; both match torch's counter within 5%."""
+    mm = wrap(tiny_model("minilm_moe", seed=0))
+    L = mm.num_layers
+    parts = ("experts", "routers", "head")
+    profiled = TrainPlan(profile=lambda usage, imp: TrainPlan(static_subsets=[[0]] * L), budget=1)
+    counter, ours = _counted(mm, parts, profiled, _data())
+    assert ours == pytest.approx(counter.get_total_flops(), rel=0.05)
+    _, without = _counted(mm, parts, TrainPlan(static_subsets=[[0]] * L), _data())
+    assert ours > without * 1.2  # the profiling pass (4 batches forward) is a real share of the cost
+    oracle = TrainPlan(grad_selector=lambda layer, norms, routed: [int(torch.argmax(norms))], budget=1)
+    counter, ours = _counted(mm, parts, oracle, _data())
+    assert ours == pytest.approx(counter.get_total_flops(), rel=0.05)

@@ -18,7 +18,7 @@ import torch
 
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
-from hfedmoe.core.flops import BatchShape
+from hfedmoe.core.flops import BatchShape, FlopModel
 from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
@@ -152,15 +152,17 @@ def train_client(
         # endless search for a first batch when local_steps > 0
         log.warning("client %d: no training examples, skipping local training", client_id)
         return _empty_update(mm, client_id)
+    parts = tuple(settings.trainable)
+    profile_flops = 0.0
     if plan.profile is not None:
-        usage0, importance0 = profile_routing(mm, data, indices, settings, plan.profile_batches,
-                                             np.random.default_rng([seed, 17]))
+        usage0, importance0, profile_flops = profile_routing(
+            mm, data, indices, settings, plan.profile_batches, np.random.default_rng([seed, 17]),
+            flop_model(mm, parts))
         budget, on_batch = plan.budget, plan.on_batch
         plan = plan.profile(usage0, importance0)
         plan.budget = plan.budget if plan.budget is not None else budget
         plan.on_batch = plan.on_batch or on_batch
 
-    parts = tuple(settings.trainable)
     dense_names = trainable_dense_names(mm, parts)
     dense_params = mm.dense_named_parameters()
     expert_leaves = mm.expert_leaves() if "experts" in parts else {}
@@ -192,7 +194,7 @@ def train_client(
     num_batches_done = 0
     loss_sum = 0.0
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
-    fwd_flops = bwd_flops = 0.0
+    fwd_flops, bwd_flops = profile_flops, 0.0  # FedMoE's profiling pass is forward compute too
     diag = None
     if settings.diagnostics and plan.budget is not None:
         diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
@@ -267,9 +269,13 @@ def train_client(
                     sel = sel[torch.isin(sel, topk.unique())] if sel.numel() else sel
                     if "experts" in parts and sel.numel():
                         selected_counts[l, sel] += 1
-                    # FLOPs: real token-expert pairs of this batch, and those that went through backward.
+                    # FLOPs: real token-expert pairs of this batch, and those that went through
+                    # backward (the oracle's: every routed pair, it needs every expert's gradient).
                     expert_pairs.append(topk.numel())
-                    trained_pairs.append(int(torch.isin(topk, sel).sum()) if sel.numel() else 0)
+                    if plan.grad_selector is not None and "experts" in parts:
+                        trained_pairs.append(topk.numel())
+                    else:
+                        trained_pairs.append(int(torch.isin(topk, sel).sum()) if sel.numel() else 0)
                 f, b = flops.step(BatchShape(num_seq, padded_len, expert_pairs, trained_pairs))
                 fwd_flops += f
                 bwd_flops += b
@@ -343,13 +349,15 @@ def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
 @torch.no_grad()
 def profile_routing(
     mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, settings: TrainSettings, max_batches: int,
-    rng: np.random.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    rng: np.random.Generator, flops: FlopModel,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Usage (Eq. 16) and mean per-batch importance (Eq. 5), both ``(L, E)``, of an unrestricted
-    no-grad pass over up to ``max_batches`` shuffled batches of the client's data."""
+    no-grad pass over up to ``max_batches`` shuffled batches of the client's data, and the pass's
+    forward FLOPs by ``flops`` (the client pays them: they count in its compute)."""
     L, E = mm.num_layers, mm.num_experts
     acc = [UsageAccumulator(E) for _ in range(L)]
     imp = torch.zeros(L, E, dtype=torch.float64)
+    fwd = 0.0
     n = 0
     was_training = mm.model.training
     mm.model.eval()
@@ -359,14 +367,18 @@ def profile_routing(
         batch = to_device(batch, next(mm.model.parameters()).device)
         with mm.capture_routing(batch["attention_mask"]) as cap:
             mm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        pairs = []
         for l in range(L):
             r = cap.layer(l)
             acc[l].update(r.gate_probs, r.token_mask)
             imp[l] += routing_scores(r, settings.lam).double().cpu()
+            pairs.append(int(r.token_mask.sum()) * r.topk_idx.shape[1])
+        B, S = (int(x) for x in batch["attention_mask"].shape)
+        fwd += flops.forward(BatchShape(B, S, pairs, [0] * L))
         n += 1
     mm.model.train(was_training)
     usage = torch.stack([a.usage() for a in acc]).float()  # (L, E)
-    return usage, (imp / max(n, 1)).float()
+    return usage, (imp / max(n, 1)).float(), fwd
 
 
 @torch.no_grad()
