@@ -110,3 +110,24 @@ def test_parallel_workers_give_the_same_runs_as_sequential(tmp_path):
         assert strip[0] == strip[1]
     res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(tmp_path / "o"), "--workers", "0", "-q"])
     assert res.exit_code == 2 and "workers: expected an integer in [1, 256], got 0" in res.output
+
+
+def test_shipped_bench_files_are_valid_and_fair():
+    """Every configs/bench-*.toml validates (every run and trial config), has >= 5 evaluation seeds,
+    a held-out sweep seed, and gives every swept method the same number of trials with the
+    learning rate tuned for each (issue 8: the same tuning budget, lr included, for every method)."""
+    from pathlib import Path
+
+    from hfedmoe.bench import load_bench_config
+
+    files = sorted(Path(__file__).resolve().parents[2].glob("configs/bench-*.toml"))
+    assert len(files) >= 4
+    for f in files:
+        spec = load_bench_config(f)
+        assert len(spec.seeds) >= 5, f
+        assert spec.sweep is not None and spec.sweep.seed not in spec.seeds, f
+        counts = {m: len(spec.sweep.trials(m)) for m in spec.sweep.methods}
+        assert len(set(counts.values())) == 1, (f, counts)
+        for m in spec.sweep.methods:
+            lrs = {t["train.lr"] for t in spec.sweep.trials(m)}
+            assert len(lrs) >= 2, (f, m, lrs)
