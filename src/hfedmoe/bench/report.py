@@ -169,8 +169,9 @@ def write_bench_report(bench: BenchConfig, out: Path, sweeps: dict[str, dict[str
             md += [f"score: final mean client **validation** accuracy ({SWEEP_SCORE}; the test set is never "
                    f"used), seed {bench.sweep.seed if bench.sweep else '-'}, overrides "
                    f"{', '.join(bench.sweep.overrides) if bench.sweep else '-'}; every swept method gets the same "
-                   "grid; ablations use their family's best values (except the knob they fix); baselines without "
-                   "method knobs are not swept", "", "| method | trial | val acc % | chosen |", "|---|---|---|---|"]
+                   "number of trials (the common grid, e.g. the learning rate, crossed with its own knobs and "
+                   "sampled down to `trials_per_method`); ablations use their family's best values (except the "
+                   "knob they fix); methods not in the sweep run with the base config's values", "", "| method | trial | val acc % | chosen |", "|---|---|---|---|"]
             sw_html = ["<tr><th>method</th><th>trial</th><th>val acc %</th><th>chosen</th></tr>"]
             for t in sw["trials"]:
                 chosen = "yes" if sw["best"].get(t["method"]) == t["trial"] else ""
