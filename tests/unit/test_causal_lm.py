@@ -96,11 +96,21 @@ def test_tiny_lm_run_end_to_end_lowers_perplexity(tmp_path):
     from hfedmoe.engines.simulation import Simulation
 
     cfg = load_config(REPO / "configs" / "tiny-lm.toml", ["federation.rounds=2", "data.max_examples=200"])
-    rows = Simulation(cfg, tmp_path).run()
+    sim = Simulation(cfg, tmp_path)
+    rows = sim.run()
     first, last = rows[0], rows[-1]
     assert first["test_accuracy"] is None and len(first["client_val_perplexity"]) == 16
     assert last["test_perplexity"] < first["test_perplexity"]
     assert math.isfinite(last["heldout_perplexity"])
+    # the run report speaks of perplexity, not of an accuracy a causal LM does not have
+    from hfedmoe.cli.app import _report
+
+    _report(sim)
+    md = (tmp_path / "report.md").read_text()
+    assert "test accuracy:" not in md and "per-client validation accuracy" not in md
+    assert "| round | test ppl | held-out ppl |" in md
+    assert f"| 2 | {last['test_perplexity']:.4g} |" in md
+    assert "15: " in md.split("per client's validation split")[1]
     # the run directory reloads into the same global model: same test perplexity, and it generates
     from hfedmoe.cli.generate import load_run_model, stream_generate
     from hfedmoe.federation.data import build_federation

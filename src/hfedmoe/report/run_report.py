@@ -155,6 +155,15 @@ def _client_lines(clients: list[dict[str, Any]]) -> list[str]:
 def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients: list[dict[str, Any]],
                     plots: dict[str, Any]) -> str:
     s = summary
+    lm = s.get("initial_test_perplexity") is not None  # causal LM: no labels, no accuracy
+    accuracy_lines = [] if lm else [
+        f"- test accuracy: round 0 {_fmt(s['initial_test_accuracy'], True)} -> final "
+        f"{_fmt(s['final_test_accuracy'], True)} (best {_fmt(s['best_test_accuracy'], True)}); "
+        f"majority-class rate {_fmt(s.get('majority_rate'), True)}; final macro-F1 "
+        f"{_fmt(s.get('final_test_macro_f1'), True)}",
+        f"- per-client validation accuracy of the final global model: min "
+        f"{_fmt(s['final_client_val_accuracy_min'], True)}, mean {_fmt(s['final_client_val_accuracy_mean'], True)}",
+    ]
     lines = [
         f"# hfedmoe run: {s.get('method')}",
         "",
@@ -163,17 +172,13 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"- rounds: {s['rounds']}, simulated time {human_duration(s['sim_time_s'])} (compute "
         f"{human_duration(s.get('sim_compute_time_s', 0))}, communication {human_duration(s.get('sim_comm_time_s', 0))}, "
         f"on each round's slowest client), wall time {human_duration(s['wall_time_s'])}",
-        f"- test accuracy: round 0 {_fmt(s['initial_test_accuracy'], True)} -> final "
-        f"{_fmt(s['final_test_accuracy'], True)} (best {_fmt(s['best_test_accuracy'], True)}); "
-        f"majority-class rate {_fmt(s.get('majority_rate'), True)}; final macro-F1 "
-        f"{_fmt(s.get('final_test_macro_f1'), True)}",
-        f"- per-client validation accuracy of the final global model: min "
-        f"{_fmt(s['final_client_val_accuracy_min'], True)}, mean {_fmt(s['final_client_val_accuracy_mean'], True)}",
+        *accuracy_lines,
         *([f"- perplexity (causal LM): test {_fmt(s['initial_test_perplexity'])} -> {_fmt(s['final_test_perplexity'])}; "
            f"held-out {_fmt(s.get('initial_heldout_perplexity'))} -> {_fmt(s.get('final_heldout_perplexity'))}; "
-           "per client (round 0 -> final): " + ", ".join(
-               f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(s['initial_client_val_perplexity'], s['final_client_val_perplexity']))]
-          if s.get("initial_test_perplexity") is not None else []),
+           "per client's validation split (client: round 0 -> final): " + ", ".join(
+               f"{c}: {_fmt(a)} -> {_fmt(b)}" for c, (a, b) in
+               enumerate(zip(s['initial_client_val_perplexity'], s['final_client_val_perplexity'])))]
+          if lm else []),
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
         f"and download {s['download_bytes_per_round'] / 1e6:.2f} MB per round",
         f"- rejected client updates: {s.get('rejected_client_rounds', 0)}"
@@ -189,11 +194,15 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
     if clients:
         lines += _client_lines(clients)
     lines += render_mechanisms(rows, summary, clients)
-    lines += ["## Rounds", "", "| round | test acc | macro-F1 | test loss | train loss | sim time (s) | compute (s) | "
+    first = "| round | test ppl | held-out ppl |" if lm else "| round | test acc | macro-F1 |"
+    lines += ["## Rounds", "", first + " test loss | train loss | sim time (s) | compute (s) | "
               "communication (s) | failed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['round']} | {_fmt(r.get('test_accuracy'), True)} | {_fmt(r.get('test_macro_f1'), True)} | "
-                     f"{_fmt(r.get('test_loss'))} | {_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | "
+        if lm:
+            lead = f"| {r['round']} | {_fmt(r.get('test_perplexity'))} | {_fmt(r.get('heldout_perplexity'))} | "
+        else:
+            lead = f"| {r['round']} | {_fmt(r.get('test_accuracy'), True)} | {_fmt(r.get('test_macro_f1'), True)} | "
+        lines.append(lead + f"{_fmt(r.get('test_loss'))} | {_fmt(r.get('train_loss'))} | {r['sim_time_s']:.1f} | "
                      f"{r.get('round_compute_time_s', 0.0):.2f} | {r.get('round_comm_time_s', 0.0):.2f} | "
                      f"{len(r['failed_clients'])} |")
     lines.append("")
