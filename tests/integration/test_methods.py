@@ -44,6 +44,9 @@ def test_every_method_runs_one_round(one_round_rows):
         for key in ("test_accuracy", "test_loss", "sim_time_s", "backward_flops_per_client"):
             assert math.isfinite(r[key]), (name, key)
         assert r["train_loss"] is not None and math.isfinite(r["train_loss"]), name
+        # honest clients of every method pass the round guard (centralized's pooled client once
+        # failed the per-client budget check, so the centralised bound never trained)
+        assert r["rejected_clients"] == {}, (name, r["rejected_clients"])
 
 
 def test_fedavg_fails_and_fedavg_drop_skips_exactly_the_unfit(one_round_rows):
@@ -160,3 +163,13 @@ def test_assign_experts_respects_counts_and_load_bounds():
 def test_unknown_method_is_a_one_line_error():
     with pytest.raises(HFedMoEError, match="method.name"):
         load_config(TINY, ["method.name=nope"])
+
+
+def test_centralized_trains_everything_whatever_the_clients_budgets(tmp_path):
+    """The pooled client is no device: with typed budgets of 1 expert per layer its update (every
+    expert, every step) must not be held to a client's budget by the round guard."""
+    rows = _sim(tmp_path, "centralized", ["clients.fixed_budgets=[1]"]).run()
+    assert rows[-1]["rejected_clients"] == {}
+    assert rows[-1]["test_loss"] != rows[0]["test_loss"]  # the global model did change
+    trained = np.array(rows[-1]["client_trained"]["0"])  # (L, E)
+    assert trained.sum() > trained.shape[0]  # more than one expert per layer

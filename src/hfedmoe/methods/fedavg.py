@@ -37,5 +37,6 @@ class FedAvgDrop(FedAvg):
 
 class Centralized(FedAvg):
     name = "centralized"
-    respects_budget = True  # the pooled "client" is not a device: budgets do not apply
+    respects_budget = True  # the pooled "client" is not a device: it never fails for memory
+    ignores_budget = True  # and the round guard does not hold its update to a client's budget
     pools_data = True
