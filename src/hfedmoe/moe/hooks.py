@@ -12,7 +12,7 @@ import inspect
 import torch
 from torch import nn
 
-from hfedmoe.moe import layouts
+from hfedmoe.moe import expert_compute
 from hfedmoe.moe.protocol import AdapterCore
 
 
@@ -115,9 +115,9 @@ def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, ro
             out = expert(x)
         elif train.mode == "no_grad":
             with torch.no_grad():
-                out = layouts.switch_expert_apply(expert, x, detach=True)
+                out = expert_compute.switch_expert_apply(expert, x, detach=True)
         else:
-            out = layouts.switch_expert_apply(expert, x, detach=True)
+            out = expert_compute.switch_expert_apply(expert, x, detach=True)
         out = out * routing_weights[token_idx, pos, None]
         final.index_add_(0, token_idx, out.to(hidden_states.dtype))
     return final

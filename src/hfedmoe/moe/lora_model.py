@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hfedmoe.errors import UnsupportedModelError
-from hfedmoe.moe import layouts
+from hfedmoe.moe import expert_compute
 from hfedmoe.moe.adapter import MoEModel
 from hfedmoe.moe.hooks import _padding
 from hfedmoe.moe.lora import expert_views, slice_delta
@@ -167,14 +167,14 @@ def _lora_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_wei
 
     def run(e: int, x: torch.Tensor) -> torch.Tensor:
         if selected is None or e in selected:
-            return layouts.fused_expert_apply(self, x, weights(e, leaves[e]))
+            return expert_compute.fused_expert_apply(self, x, weights(e, leaves[e]))
         frozen = [t.detach() for t in leaves[e]]
         if train.mode == "no_grad":
             with torch.no_grad():
-                return layouts.fused_expert_apply(self, x, weights(e, frozen))
-        return layouts.fused_expert_apply(self, x, weights(e, frozen))
+                return expert_compute.fused_expert_apply(self, x, weights(e, frozen))
+        return expert_compute.fused_expert_apply(self, x, weights(e, frozen))
 
-    return layouts.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+    return expert_compute.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
 
 
 def enable_lora(mm: MoEModel, r: int, alpha: float) -> LoraMoEModel:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from hfedmoe.moe.layouts import fused_expert_apply, fused_experts_loop, route_straight_through
+from hfedmoe.moe.expert_compute import fused_expert_apply, fused_experts_loop
+from hfedmoe.moe.layouts import route_straight_through
 
 
 class TopKRouter(nn.Module):
