@@ -12,24 +12,13 @@ from hfedmoe.errors import HFedMoEError
 def load_run_model(run_dir: Path):
     """``(model, tokenizer, round)``: the run's model rebuilt from its ``config.toml`` with the
     newest complete checkpoint loaded (strict). Causal-LM runs only."""
-    from hfedmoe.config import load_config
-    from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
-    from hfedmoe.federation.model import build_model, wrap_for_run
+    from hfedmoe.cli.rundir import load_run, run_config
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise HFedMoEError(f"--run: expected a run directory with config.toml, got {str(run_dir)!r}")
-    cfg = load_config(run_dir / "config.toml")
+    cfg = run_config(run_dir)
     if cfg.model.task != "causal-lm":
         raise HFedMoEError(f"--run: model.task of {run_dir} is {cfg.model.task!r}; generate needs 'causal-lm'")
-    rounds = complete_rounds(run_dir / "checkpoints")
-    if not rounds:
-        raise HFedMoEError(f"--run: {run_dir} has no complete checkpoint yet")
-    model, tokenizer, _ = build_model(cfg.model, 1, cfg.seed)
-    wrap_for_run(model, cfg.model)  # LoRA experts: the same PEFT-wrapped keys as the run's checkpoints
-    tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
-    model.load_state_dict(tensors, strict=True)
-    return model.eval(), tokenizer, rounds[-1]
+    run = load_run(run_dir, cfg)
+    return run.model.eval(), run.tokenizer, run.round
 
 
 @torch.no_grad()

@@ -1,0 +1,55 @@
+"""A finished (or running) run directory read back: its config and its newest global model.
+
+``hfedmoe generate`` and ``hfedmoe export`` both rebuild the run's model from ``config.toml``
+(through the same :func:`~hfedmoe.federation.model.wrap_for_run` as the engines, so LoRA runs get
+the same PEFT-wrapped state-dict keys) and load the newest complete checkpoint, strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hfedmoe.config import RunConfig
+from hfedmoe.errors import HFedMoEError
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig
+    model: Any  # the transformers model holding the newest global weights
+    tokenizer: Any
+    mm: Any  # hfedmoe.moe.MoEModel over ``model``
+    round: int
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The run's ``config.toml``; a one-line error when ``run_dir`` is not a run directory."""
+    from hfedmoe.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise HFedMoEError(f"--run: expected a run directory with config.toml, got {str(run_dir)!r}")
+    return load_config(run_dir / "config.toml")
+
+
+def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
+    """The run's model rebuilt from ``cfg`` with its newest complete checkpoint loaded (strict)."""
+    from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
+    from hfedmoe.federation.model import build_model, wrap_for_run
+
+    run_dir = Path(run_dir)
+    rounds = complete_rounds(run_dir / "checkpoints")
+    if not rounds:
+        raise HFedMoEError(f"--run: {run_dir} has no complete checkpoint yet")
+    num_labels = 1
+    if cfg.model.task != "causal-lm":
+        from hfedmoe.federation.data import load_run_dataset
+
+        num_labels = load_run_dataset(cfg).num_labels
+    model, tokenizer, _ = build_model(cfg.model, num_labels, cfg.seed)
+    mm = wrap_for_run(model, cfg.model)
+    tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
+    model.load_state_dict(tensors, strict=True)
+    return LoadedRun(cfg, model, tokenizer, mm, rounds[-1])
