@@ -18,7 +18,7 @@ import torch
 
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
-from hfedmoe.core.flops import BatchShape, FlopModel
+from hfedmoe.core.flops import BatchShape
 from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
@@ -153,11 +153,10 @@ def train_client(
         log.warning("client %d: no training examples, skipping local training", client_id)
         return _empty_update(mm, client_id)
     parts = tuple(settings.trainable)
-    profile_flops = 0.0
+    profiled: list[BatchShape] = []  # FedMoE's profiling pass: forward compute the client pays
     if plan.profile is not None:
-        usage0, importance0, profile_flops = profile_routing(
-            mm, data, indices, settings, plan.profile_batches, np.random.default_rng([seed, 17]),
-            flop_model(mm, parts))
+        usage0, importance0, profiled = profile_routing(mm, data, indices, settings, plan.profile_batches,
+                                                        np.random.default_rng([seed, 17]))
         budget, on_batch = plan.budget, plan.on_batch
         plan = plan.profile(usage0, importance0)
         plan.budget = plan.budget if plan.budget is not None else budget
@@ -194,7 +193,7 @@ def train_client(
     num_batches_done = 0
     loss_sum = 0.0
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
-    fwd_flops, bwd_flops = profile_flops, 0.0  # FedMoE's profiling pass is forward compute too
+    fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
     if settings.diagnostics and plan.budget is not None:
         diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
@@ -349,15 +348,15 @@ def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
 @torch.no_grad()
 def profile_routing(
     mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, settings: TrainSettings, max_batches: int,
-    rng: np.random.Generator, flops: FlopModel,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, list[BatchShape]]:
     """Usage (Eq. 16) and mean per-batch importance (Eq. 5), both ``(L, E)``, of an unrestricted
-    no-grad pass over up to ``max_batches`` shuffled batches of the client's data, and the pass's
-    forward FLOPs by ``flops`` (the client pays them: they count in its compute)."""
+    no-grad pass over up to ``max_batches`` shuffled batches of the client's data, and the shape of
+    each batch the pass ran (its forward compute counts in the client's FLOPs)."""
     L, E = mm.num_layers, mm.num_experts
     acc = [UsageAccumulator(E) for _ in range(L)]
     imp = torch.zeros(L, E, dtype=torch.float64)
-    fwd = 0.0
+    shapes: list[BatchShape] = []
     n = 0
     was_training = mm.model.training
     mm.model.eval()
@@ -374,11 +373,11 @@ def profile_routing(
             imp[l] += routing_scores(r, settings.lam).double().cpu()
             pairs.append(int(r.token_mask.sum()) * r.topk_idx.shape[1])
         B, S = (int(x) for x in batch["attention_mask"].shape)
-        fwd += flops.forward(BatchShape(B, S, pairs, [0] * L))
+        shapes.append(BatchShape(B, S, pairs, [0] * L))
         n += 1
     mm.model.train(was_training)
     usage = torch.stack([a.usage() for a in acc]).float()  # (L, E)
-    return usage, (imp / max(n, 1)).float(), fwd
+    return usage, (imp / max(n, 1)).float(), shapes
 
 
 @torch.no_grad()
