@@ -197,10 +197,9 @@ def _tuned_as(method: str, tuned: dict[str, list[str]]) -> str:
 
 def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event], None]) -> dict[str, Any]:
     assert bench.sweep is not None
+    trials = [(m, trial) for m in bench.sweep.methods for trial in bench.sweep.trials(m)]
     jobs = [Job(d.name, m, f"sweep {trial_id(trial)}", sweep_config(bench, d, m, trial),
-                out / "sweep" / d.name / m / trial_id(trial))
-            for m in bench.sweep.methods for trial in bench.sweep.trials(m)]
-    trials = [trial for m in bench.sweep.methods for trial in bench.sweep.trials(m)]
+                out / "sweep" / d.name / m / trial_id(trial)) for m, trial in trials]
     trials_out: list[dict[str, Any]] = []
     best: dict[str, dict[str, Any]] = {}
     best_score: dict[str, float] = {}
@@ -208,7 +207,7 @@ def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event]
     def quiet(e: Event) -> None:  # sweep trials report no test accuracy
         emit({**e, "final_test_accuracy": None} if e["kind"] == "run_end" else e)
 
-    for job, trial, (summary, _, _) in zip(jobs, trials, _execute(jobs, bench.workers, quiet)):
+    for job, (_, trial), (summary, _, _) in zip(jobs, trials, _execute(jobs, bench.workers, quiet)):
         score = summary.get(f"final_{SWEEP_SCORE}")
         trials_out.append({"method": job.method, "trial": trial, "val_accuracy": score})
         # ties: the first trial in grid order
