@@ -24,6 +24,7 @@ from hfedmoe.core.budgets import DEVICE_PROFILES, GIB, BudgetError, CostModel, D
 from hfedmoe.core.budgets import transfer_seconds as _transfer_seconds
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.moe import MoEModel
+from hfedmoe.moe.lora_model import is_lora
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
 
@@ -49,7 +50,7 @@ def cost_model(mm: MoEModel, cfg: RunConfig) -> CostModel:
     dense = mm.dense_named_parameters()
     router_params = sum(p.numel() for p in mm.router_parameters())
     dense_params = sum(p.numel() for p in dense.values()) + router_params
-    if trainable_expert != expert_params:  # LoRA experts: every expert's adapter is held too
+    if is_lora(mm):  # LoRA experts: every expert's adapter is held too
         dense_params += mm.num_layers * mm.num_experts * trainable_expert
     trainable_names = dense_names_for(list(dense), list(cfg.train.trainable))
     trainable_dense = sum(dense[n].numel() for n in trainable_names)

@@ -19,7 +19,8 @@ import torch
 
 from hfedmoe.client import ClientUpdate
 from hfedmoe.core.streaming import PerExpertMean, RouterMean, WeightedMean, fold_all
-from hfedmoe.methods.lora_parts import LoraExpertMeans, is_lora
+from hfedmoe.methods.lora_parts import LoraExpertMeans
+from hfedmoe.moe.lora_model import is_lora
 from hfedmoe.moe import MoEModel
 
 

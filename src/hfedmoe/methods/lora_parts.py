@@ -18,11 +18,6 @@ from hfedmoe.moe import MoEModel
 from hfedmoe.moe.lora import ProductMean
 
 
-def is_lora(mm: MoEModel) -> bool:
-    """True when ``mm``'s expert tensors are LoRA slices."""
-    return hasattr(mm, "lora_r")
-
-
 def _pairs(names) -> list[str]:
     """``["gate_up_proj", ...]`` from slice names ``"gate_up_proj.lora_A"``, ``".lora_B"``, ..."""
     return sorted({n.rsplit(".", 1)[0] for n in names})

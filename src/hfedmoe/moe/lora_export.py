@@ -57,7 +57,9 @@ def export_peft(mm, out_dir: str | Path, parts: Iterable[str], *, base_model_nam
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    if not hasattr(mm, "lora_r"):
+    from hfedmoe.moe.lora_model import is_lora
+
+    if not is_lora(mm):
         raise ValueError("export_peft: the model has no LoRA experts (model.lora_r = 0)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

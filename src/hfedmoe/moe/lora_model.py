@@ -137,6 +137,11 @@ class LoraMoEModel(MoEModel):
         return super().__repr__()[:-1] + f", lora_r={self.lora_r}, lora_alpha={self.lora_alpha})"
 
 
+def is_lora(mm: MoEModel) -> bool:
+    """True when ``mm``'s expert tensors are LoRA slices (:func:`enable_lora` was applied)."""
+    return isinstance(mm, LoraMoEModel)
+
+
 def _raw(module: nn.Module, name: str) -> torch.Tensor:
     """The module's own tensor ``name``, bypassing a PEFT parametrisation if one is active."""
     if parametrize.is_parametrized(module, name):
