@@ -128,8 +128,10 @@ def test_bounds(tmp_path):
     # oracle: per layer the routed experts with the largest gradient norms
     m = make_method(load_config(TINY, ["method.name=oracle"]).method)
     plan = m.plan(fit_sim.mm, ClientInfo(0, 2, 10, "x"), 1)
-    routed = torch.tensor([True, True, False, True])
-    assert sorted(plan.grad_selector(0, torch.tensor([0.5, 0.1, 9.0, 0.7]), routed)) == [0, 3]
+    L = fit_sim.mm.num_layers
+    routed = torch.tensor([[True, True, False, True]] * L)
+    norms = torch.tensor([[0.5, 0.1, 9.0, 0.7]] * L)
+    assert [sorted(s) for s in plan.grad_selector(norms, routed)] == [[0, 3]] * L
 
 
 def test_diagnostics_are_in_every_row_and_report(tmp_path):

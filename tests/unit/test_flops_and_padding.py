@@ -173,6 +173,6 @@ def test_flop_count_includes_fedmoe_profiling_pass_and_the_oracles_full_backward
     assert ours == pytest.approx(counter.get_total_flops(), rel=0.05)
     _, without = _counted(mm, parts, TrainPlan(static_subsets=[[0]] * L), _data())
     assert ours > without * 1.2  # the profiling pass (4 batches forward) is a real share of the cost
-    oracle = TrainPlan(grad_selector=lambda layer, norms, routed: [int(torch.argmax(norms))], budget=1)
+    oracle = TrainPlan(grad_selector=lambda norms, routed: [[int(torch.argmax(n))] for n in norms], budget=1)
     counter, ours = _counted(mm, parts, oracle, _data())
     assert ours == pytest.approx(counter.get_total_flops(), rel=0.05)

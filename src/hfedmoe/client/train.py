@@ -42,8 +42,8 @@ class TrainPlan:
     ``restrict`` limits routing (restrict mode / sub-MoE baselines).
 
     ``grad_selector`` (the oracle bound): every routed expert gets a gradient in this batch, then
-    per layer only the experts it returns (from the per-expert gradient norms ``(E,)`` and the
-    routed mask ``(E,)``) keep theirs and are stepped.
+    only the experts it returns per layer (from the per-expert gradient norms ``(L, E)`` and the
+    routed mask ``(L, E)``) keep theirs and are stepped.
     ``profile``: before training, a no-grad *unrestricted* pass over up to ``profile_batches``
     batches of the client's data measures usage and importance ``(L, E)``; ``profile(usage,
     importance)`` then returns the plan actually trained (FedMoE / restrict mode choose the held
@@ -58,7 +58,7 @@ class TrainPlan:
     static_subsets: list[Sequence[int] | None] | None = None
     restrict: list[Sequence[int] | None] | None = None
     train_routers: bool = True
-    grad_selector: Callable[[int, torch.Tensor, torch.Tensor], Sequence[int]] | None = None
+    grad_selector: Callable[[torch.Tensor, torch.Tensor], list[Sequence[int]]] | None = None
     profile: Callable[[torch.Tensor, torch.Tensor], "TrainPlan"] | None = None
     profile_batches: int = 4
     budget: int | None = None
@@ -236,12 +236,11 @@ def train_client(
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
-                        chosen = []
+                        routed = torch.zeros(L, E, dtype=torch.bool)
                         for l in range(L):
-                            routed = torch.zeros(E, dtype=torch.bool)
-                            routed[cap.layer(l).topk_idx[cap.layer(l).token_mask].unique()] = True
-                            chosen.append(torch.as_tensor(sorted(int(e) for e in plan.grad_selector(l, norms[l], routed)),
-                                                          dtype=torch.long))
+                            routed[l, cap.layer(l).topk_idx[cap.layer(l).token_mask].unique()] = True
+                        chosen = [torch.as_tensor(sorted(int(e) for e in sel), dtype=torch.long)
+                                  for sel in plan.grad_selector(norms, routed)]
                     # Per-round memory bound: only the experts trained in THIS step keep gradient
                     # and optimizer state (client/state.py explains the eviction choice).
                     keep = {(l, int(e)) for l in range(L) for e in chosen[l]}

@@ -8,14 +8,28 @@ import numpy as np
 import torch
 
 from hfedmoe.client import ClientUpdate
+from hfedmoe.core.selection import select_experts
 from hfedmoe.methods.aggregation import DenseByData, Part, RoutersByData, SparseExperts
 from hfedmoe.methods.base import run_parts
 from hfedmoe.moe import MoEModel
 
 
 def per_layer_budget(budget: int, budget_scope: str, num_layers: int) -> int:
-    """Trainable experts per layer: the budget itself ("layer") or an even share of it ("model")."""
+    """Trainable experts per layer: the budget itself ("layer") or an even share of it ("model").
+
+    The even share is for the static sub-MoE baselines (FedMoE, FLEX-MoE), whose papers count
+    experts per layer; per-batch selectors choose across layers with :func:`select_in_model`."""
     return budget if budget_scope == "layer" else max(1, budget // num_layers)
+
+
+def select_in_model(scores: torch.Tensor, routed: torch.Tensor, budget: int) -> list[list[int]]:
+    """Eq. 15 with one count over the whole model (``budget_scope = "model"``): the ``budget``
+    best (layer, expert) pairs among the routed ones, returned per layer.
+
+    scores (L, E) float, routed (L, E) bool; equal scores go to the lower (layer, expert)."""
+    num_layers, num_experts = scores.shape
+    flat = select_experts(scores.reshape(-1).float(), routed.reshape(-1), budget)  # (k,) over L*E
+    return [(flat[flat // num_experts == layer] % num_experts).tolist() for layer in range(num_layers)]
 
 
 def seed_of(*parts: int) -> int:

@@ -22,7 +22,7 @@ import torch
 
 from hfedmoe.client import TrainPlan
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget
+from hfedmoe.methods._common import fedavg_trained_parts, select_in_model
 from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, all_experts
 from hfedmoe.moe import MoEModel
@@ -43,13 +43,17 @@ class OracleGradNorm(_FedAvgAggregation):
         self.budget_scope = budget_scope
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
-        budget = per_layer_budget(client.budget, self.budget_scope, mm.num_layers)
+        budget = client.budget
+        per_layer = self.budget_scope == "layer"
 
-        def grad_selector(layer: int, norms: torch.Tensor, routed: torch.Tensor) -> Sequence[int]:
-            # norms (E,) gradient L2 norm per expert; routed (E,) bool
-            return select_experts(norms.float(), routed & (norms > 0), budget).tolist()
+        def grad_selector(norms: torch.Tensor, routed: torch.Tensor) -> list[Sequence[int]]:
+            # norms (L, E) gradient L2 norm per expert; routed (L, E) bool
+            usable = routed & (norms > 0)
+            if not per_layer:  # one count over the model: the best (layer, expert) pairs
+                return select_in_model(norms, usable, budget)
+            return [select_experts(norms[l].float(), usable[l], budget).tolist() for l in range(norms.shape[0])]
 
-        return TrainPlan(grad_selector=grad_selector, budget=budget)
+        return TrainPlan(grad_selector=grad_selector, budget=budget if per_layer else None)
 
 
 class FedAvgFull(_FedAvgAggregation):

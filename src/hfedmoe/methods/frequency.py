@@ -5,6 +5,9 @@
 * ``random``: experts drawn uniformly among those the batch was routed to, up to the budget;
   the generator is seeded by (run seed, round, client), so a resumed run repeats the draws.
 
+With ``budget_scope = "model"`` both count one budget over the whole model: the pairs
+(layer, expert) are ranked across layers from a no-grad pre-pass of the batch (as HFedMoE's).
+
 Both aggregate like FedAvg over the trained experts; routers and dense parts by data size.
 """
 
@@ -16,7 +19,7 @@ import torch
 
 from hfedmoe.client import TrainPlan
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained_parts, per_layer_budget, seed_of
+from hfedmoe.methods._common import fedavg_trained_parts, seed_of, select_in_model
 from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.moe import MoEModel
@@ -31,14 +34,30 @@ class FluxFreq(Method):
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         E = mm.num_experts
-        budget = per_layer_budget(client.budget, self.budget_scope, mm.num_layers)
 
-        def selector(layer: int, routing) -> Sequence[int]:
+        def counts_of(routing) -> torch.Tensor:  # (E,) top-k activation counts of real tokens
             hits = routing.topk_idx[routing.token_mask].reshape(-1)  # (T_real * k,)
-            counts = torch.bincount(hits, minlength=E).to(torch.float32)  # (E,)
-            return select_experts(counts, counts > 0, budget).tolist()
+            return torch.bincount(hits, minlength=E).to(torch.float32)
 
-        return TrainPlan(selector=selector)
+        return self._plan(mm, client.budget, counts_of)
+
+    def _plan(self, mm: MoEModel, budget: int, scores_of) -> TrainPlan:
+        """A per-batch selector of the ``budget`` experts with the best ``scores_of(routing)``
+        (E,) among the routed ones: per layer, or across layers for a model-scope budget."""
+        E = mm.num_experts
+        if self.budget_scope == "layer":
+            def selector(layer: int, routing) -> Sequence[int]:
+                return select_experts(scores_of(routing), routed_mask(routing, E), budget).tolist()
+
+            return TrainPlan(selector=selector, budget=budget)
+
+        def batch_subsets(capture) -> list[Sequence[int]]:
+            layers = [capture.layer(layer) for layer in range(mm.num_layers)]
+            scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
+            routed = torch.stack([routed_mask(r, E) for r in layers])  # (L, E)
+            return select_in_model(scores, routed, budget)
+
+        return TrainPlan(batch_subsets=batch_subsets)
 
     def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
         return Parts(mm, fedavg_trained_parts(mm))
@@ -49,11 +68,9 @@ class RandomExperts(FluxFreq):
 
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
         E = mm.num_experts
-        budget = per_layer_budget(client.budget, self.budget_scope, mm.num_layers)
         gen = torch.Generator().manual_seed(seed_of(self.seed, round_idx, client.client_id, 11))
 
-        def selector(layer: int, routing) -> Sequence[int]:
-            scores = torch.rand(E, generator=gen)  # (E,) uniform: a random order of the routed experts
-            return select_experts(scores, routed_mask(routing, E), budget).tolist()
+        def scores_of(routing) -> torch.Tensor:  # (E,) uniform: a random order of the routed experts
+            return torch.rand(E, generator=gen)
 
-        return TrainPlan(selector=selector)
+        return self._plan(mm, client.budget, scores_of)
