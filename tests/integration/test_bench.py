@@ -1,7 +1,12 @@
 """`hfedmoe bench --quick` on a tiny bench file: report files, resumability, bad configs."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from hfedmoe.cli import app
@@ -131,3 +136,33 @@ def test_shipped_bench_files_are_valid_and_fair():
         for m in spec.sweep.methods:
             lrs = {t["train.lr"] for t in spec.sweep.trials(m)}
             assert len(lrs) >= 2, (f, m, lrs)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()  # exited, not yet reaped by its new parent
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_a_worker_exits_when_the_bench_process_is_killed():
+    """SIGKILL (or SIGTERM) of the bench process runs no cleanup: its spawned workers must notice
+    and stop instead of training orphaned runs."""
+    script = (
+        "import multiprocessing as mp, os, sys, time\n"
+        "from hfedmoe.bench.harness import _exit_with\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=_exit_with, args=(os.getpid(), 0.1))\n"
+        "    p.start(); print(p.pid, flush=True); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert not _gone(child)  # alive while the bench process lives
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child)

@@ -130,11 +130,26 @@ def _timed_run(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], bool, float]:
     return summary, skipped, time.perf_counter() - t
 
 
-def _worker_init(threads: int, level: int) -> None:
+def _exit_with(parent: int, poll_s: float = 2.0) -> None:
+    """Ends this worker process once ``parent`` is gone (killed by SIGTERM or SIGKILL, which run
+    no cleanup): a spawned worker would otherwise go on training an orphaned run. The run itself
+    resumes from its last checkpoint when the bench is started again."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
+def _worker_init(threads: int, level: int, parent: int | None = None) -> None:
     """A spawned worker: the runs' thread count, and the parent's log level with transformers as
-    quiet as in the parent (no load reports or progress bars interleaved with the bench's lines)."""
+    quiet as in the parent (no load reports or progress bars interleaved with the bench's lines);
+    it exits when the bench process ``parent`` dies."""
+    import threading
+
     import torch
     from transformers.utils import logging as hf_logging
+
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -170,7 +185,7 @@ def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None]) -> li
     threads = max(1, jobs[pending[0]].cfg.runtime.threads)
     ctx = multiprocessing.get_context("spawn")  # no forked torch / tokenizer state
     with ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+                             initargs=(threads, logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
         futures = {}
         for i in pending:
             emit({"kind": "run_start", "dataset": jobs[i].dataset, "method": jobs[i].method, "seed": jobs[i].seed})
