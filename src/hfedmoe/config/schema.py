@@ -74,6 +74,14 @@ class ModelConfig:
         "output norm per token (+ load balancing) so routing is decisive; 0 = off",
     )
     router_warmup_lr: float = _f(1e-2, "learning rate of the router warm-up")
+    head_warmup_steps: int = _f(
+        0,
+        "classification: steps of training the task head (classifier and pooler) on the public split's "
+        "labels before federation (a labelled public set on the server), after the router warm-up; "
+        "with train.trainable without 'head' the head then stays fixed and only experts and routers "
+        "adapt; 0 = off",
+    )
+    head_warmup_lr: float = _f(1e-3, "learning rate of the head warm-up")
     task: str = _f(
         "classification",
         "classification (sequence classification, accuracy) | causal-lm (next-token loss on the "
@@ -335,6 +343,12 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(0.0 <= d.public_fraction < 1.0, "data.public_fraction", "a float in [0, 1)", d.public_fraction)
     need(m.router_warmup_steps >= 0, "model.router_warmup_steps", "an integer >= 0", m.router_warmup_steps)
     need(m.router_warmup_lr > 0, "model.router_warmup_lr", "a float > 0", m.router_warmup_lr)
+    need(m.head_warmup_steps >= 0, "model.head_warmup_steps", "an integer >= 0", m.head_warmup_steps)
+    need(m.head_warmup_lr > 0, "model.head_warmup_lr", "a float > 0", m.head_warmup_lr)
+    if m.head_warmup_steps > 0:
+        need(d.public_fraction > 0, "data.public_fraction", "a fraction > 0 when model.head_warmup_steps > 0",
+             d.public_fraction)
+        need(m.task == "classification", "model.task", "classification when model.head_warmup_steps > 0", m.task)
     if m.router_warmup_steps > 0:
         need(d.public_fraction > 0, "data.public_fraction", "a fraction > 0 when model.router_warmup_steps > 0",
              d.public_fraction)

@@ -30,7 +30,7 @@ from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.federation.model import build_model, wrap_for_run
 from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
-from hfedmoe.federation.warmup import mean_top_prob, warmup_routers
+from hfedmoe.federation.warmup import mean_top_prob, warmup_head, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
 from hfedmoe.methods._common import per_layer_budget, seed_of
 from hfedmoe.moe import MoEModel
@@ -80,6 +80,11 @@ class Simulation:
                 self.mm, self.fed.tokens, self.fed.public_idx, steps=cfg.model.router_warmup_steps,
                 lr=cfg.model.router_warmup_lr, batch_size=cfg.train.batch_size, seed=seed_of(cfg.seed, 5),
             )
+        if cfg.model.head_warmup_steps > 0:  # after the routers: the head learns the routed features
+            self.warmup_metrics.update(warmup_head(
+                self.mm, self.fed.tokens, self.fed.public_idx, steps=cfg.model.head_warmup_steps,
+                lr=cfg.model.head_warmup_lr, batch_size=cfg.train.batch_size, seed=seed_of(cfg.seed, 6),
+            ))
         num_federated = len(self.fed.clients)
         if self.method.pools_data:
             self.fed = pool_clients(self.fed, cfg)

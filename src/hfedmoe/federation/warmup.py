@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.data.batches import TokenizedTexts, iter_batches
 from hfedmoe.moe import MoEModel
 
@@ -118,3 +119,67 @@ def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray,
     after = mean_top_prob(mm, tokens, public_idx)
     log.info("router warm-up: %d steps, mean top probability %.3f -> %.3f", steps, before, after)
     return {"router_top_prob_before": before, "router_top_prob_after": after, "router_warmup_loss": last}
+
+
+def warmup_head(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray, *, steps: int, lr: float,
+                batch_size: int, seed: int) -> dict[str, float]:
+    """Train only the task head (the "head" part: classifier and pooler) of ``mm`` for ``steps``
+    Adam steps on the labelled public split, every other weight frozen; returns the head's
+    accuracy and mean loss on the public split before and after.
+
+    With a head that stays fixed afterwards (``train.trainable`` without "head"), the experts and
+    routers are the only parameters federated training changes, so what a client trains is
+    decided by its expert selection alone (docs/results/choice-checks/)."""
+    if steps <= 0 or len(public_idx) == 0:
+        return {}
+
+
+    model = mm.model
+    head = dict(model.named_parameters())
+    names = trainable_dense_names(mm, ["head"])
+    if not names:
+        raise ValueError("head warm-up: the model has no head parameters")
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [head[n] for n in names]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    was = model.training
+    model.eval()  # no dropout: the frozen body's features as the federation will see them
+    acc0, loss0 = _public_fit(model, tokens, public_idx, batch_size)
+    step = 0
+    try:
+        while step < steps:
+            for batch in iter_batches(tokens, public_idx, batch_size, shuffle=True, rng=rng):
+                if step >= steps:
+                    break
+                loss = model(**batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+        model.train(was)
+    acc1, loss1 = _public_fit(model, tokens, public_idx, batch_size)
+    log.info("head warm-up: %d steps, public accuracy %.3f -> %.3f, loss %.3f -> %.3f", steps, acc0, acc1,
+             loss0, loss1)
+    return {"head_public_acc_before": acc0, "head_public_acc_after": acc1, "head_public_loss_before": loss0,
+            "head_public_loss_after": loss1}
+
+
+@torch.no_grad()
+def _public_fit(model, tokens: TokenizedTexts, idx: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on the examples ``idx``."""
+    right = total = 0
+    loss = 0.0
+    for batch in iter_batches(tokens, idx, batch_size, shuffle=False):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, K)
+        right += int((logits.argmax(-1) == batch["labels"]).sum())
+        loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+        total += int(batch["labels"].numel())
+    return right / max(total, 1), loss / max(total, 1)
