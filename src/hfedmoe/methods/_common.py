@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch
 from hfedmoe.client import ClientUpdate
 from hfedmoe.core.selection import select_experts
 from hfedmoe.methods.aggregation import DenseByData, Part, RoutersByData, SparseExperts
-from hfedmoe.methods.base import run_parts
+from hfedmoe.methods.base import routed_mask, run_parts
 from hfedmoe.moe import MoEModel
 
 
@@ -30,6 +31,16 @@ def select_in_model(scores: torch.Tensor, routed: torch.Tensor, budget: int) -> 
     num_layers, num_experts = scores.shape
     flat = select_experts(scores.reshape(-1).float(), routed.reshape(-1), budget)  # (k,) over L*E
     return [(flat[flat // num_experts == layer] % num_experts).tolist() for layer in range(num_layers)]
+
+
+def select_in_model_from(capture: Any, mm: MoEModel, scores_of: Callable[[Any], torch.Tensor],
+                         budget: int) -> list[list[int]]:
+    """:func:`select_in_model` on a no-grad pre-pass ``capture``: ``scores_of(routing)`` (E,)
+    per layer, among the experts the batch was routed to."""
+    layers = [capture.layer(layer) for layer in range(mm.num_layers)]
+    scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
+    routed = torch.stack([routed_mask(r, mm.num_experts) for r in layers])  # (L, E)
+    return select_in_model(scores, routed, budget)
 
 
 def seed_of(*parts: int) -> int:

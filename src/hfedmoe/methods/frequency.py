@@ -19,7 +19,7 @@ import torch
 
 from hfedmoe.client import TrainPlan
 from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained_parts, seed_of, select_in_model
+from hfedmoe.methods._common import fedavg_trained_parts, seed_of, select_in_model_from
 from hfedmoe.methods.aggregation import Aggregation, Parts
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.moe import MoEModel
@@ -52,10 +52,7 @@ class FluxFreq(Method):
             return TrainPlan(selector=selector, budget=budget)
 
         def batch_subsets(capture) -> list[Sequence[int]]:
-            layers = [capture.layer(layer) for layer in range(mm.num_layers)]
-            scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
-            routed = torch.stack([routed_mask(r, E) for r in layers])  # (L, E)
-            return select_in_model(scores, routed, budget)
+            return select_in_model_from(capture, mm, scores_of, budget)
 
         return TrainPlan(batch_subsets=batch_subsets)
 

@@ -20,7 +20,7 @@ from hfedmoe.methods.aggregation import (
     SparseExperts,
     UniformExperts,
 )
-from hfedmoe.methods._common import select_in_model
+from hfedmoe.methods._common import select_in_model_from
 from hfedmoe.methods.base import ClientInfo, Method, routed_mask
 from hfedmoe.methods.diagnostics import TauExclusionPart
 from hfedmoe.moe import MoEModel
@@ -83,10 +83,7 @@ class HFedMoE(Method):
             return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
 
         def batch_subsets(capture) -> list[Sequence[int]]:
-            layers = [capture.layer(layer) for layer in range(mm.num_layers)]
-            scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
-            routed = torch.stack([routed_mask(r, E) for r in layers])  # (L, E)
-            return select_in_model(scores, routed, budget)
+            return select_in_model_from(capture, mm, scores_of, budget)
 
         return TrainPlan(batch_subsets=batch_subsets, on_batch=on_batch)
 
