@@ -161,3 +161,16 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     grid = LoopbackGrid(client_app, [{"partition-id": i} for i in range(len(run.fed.clients))])
     run.strategy.start(grid)
     assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+@pytest.mark.parametrize("extra", [
+    ["method.name=random", "method.budget_scope=model", "clients.fixed_budgets=[1]"],
+    ["method.name=oracle", "method.budget_scope=model", "clients.fixed_budgets=[1]", "data.public_fraction=0.25",
+     "model.head_warmup_steps=10", 'train.trainable=["experts", "routers"]'],
+], ids=["random-model-scope", "oracle-model-scope-head-warmup"])
+def test_flower_matches_in_process_with_model_scope_and_head_warmup(tmp_path, extra):
+    """Cross-layer selection plans rebuilt on the node, and the server's warmed (fixed) head sent
+    with the model: both engines still train the same weights."""
+    Simulation(load_config(TINY, FAST + extra), tmp_path / "sim").run()
+    flower_run(load_config(TINY, FAST + extra), tmp_path / "flower")
+    assert_same_run(tmp_path / "sim", tmp_path / "flower")
