@@ -19,6 +19,7 @@ import torch
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
+from hfedmoe.core.selection import routed_experts
 from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
@@ -215,8 +216,7 @@ def train_client(
                     with torch.no_grad(), mm.capture_routing(batch["attention_mask"]) as pre:
                         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                     subsets = plan.batch_subsets(pre)
-                    pre_pairs = [int(pre.layer(l).token_mask.sum()) * pre.layer(l).topk_idx.shape[1] for l in range(L)]
-                    fwd_flops += flops.forward(BatchShape(num_seq, padded_len, pre_pairs, [0] * L))
+                    fwd_flops += flops.forward(forward_shape(pre, batch["attention_mask"], L))
                 with ExitStack() as stack:
                     if plan.restrict is not None:
                         stack.enter_context(mm.restrict_routing(plan.restrict))
@@ -236,9 +236,8 @@ def train_client(
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
-                        routed = torch.zeros(L, E, dtype=torch.bool)
-                        for l in range(L):
-                            routed[l, cap.layer(l).topk_idx[cap.layer(l).token_mask].unique()] = True
+                        routed = torch.stack([routed_experts(cap.layer(l).topk_idx, cap.layer(l).token_mask, E).cpu()
+                                              for l in range(L)])  # (L, E)
                         chosen = [torch.as_tensor(sorted(int(e) for e in sel), dtype=torch.long)
                                   for sel in plan.grad_selector(norms, routed)]
                     # Per-round memory bound: only the experts trained in THIS step keep gradient
@@ -344,6 +343,14 @@ def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
     )
 
 
+def forward_shape(capture, attention_mask: torch.Tensor, num_layers: int) -> BatchShape:
+    """The FLOP shape of a forward-only pass captured in ``capture`` over a batch with
+    ``attention_mask`` (B, S): every real token's top-k pairs per layer, none through backward."""
+    pairs = [int(capture.layer(l).token_mask.sum()) * capture.layer(l).topk_idx.shape[1] for l in range(num_layers)]
+    num_seq, padded_len = (int(x) for x in attention_mask.shape)
+    return BatchShape(num_seq, padded_len, pairs, [0] * num_layers)
+
+
 @torch.no_grad()
 def profile_routing(
     mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, settings: TrainSettings, max_batches: int,
@@ -365,14 +372,11 @@ def profile_routing(
         batch = to_device(batch, next(mm.model.parameters()).device)
         with mm.capture_routing(batch["attention_mask"]) as cap:
             mm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        pairs = []
         for l in range(L):
             r = cap.layer(l)
             acc[l].update(r.gate_probs, r.token_mask)
             imp[l] += routing_scores(r, settings.lam).double().cpu()
-            pairs.append(int(r.token_mask.sum()) * r.topk_idx.shape[1])
-        B, S = (int(x) for x in batch["attention_mask"].shape)
-        shapes.append(BatchShape(B, S, pairs, [0] * L))
+        shapes.append(forward_shape(cap, batch["attention_mask"], L))
         n += 1
     mm.model.train(was_training)
     usage = torch.stack([a.usage() for a in acc]).float()  # (L, E)
