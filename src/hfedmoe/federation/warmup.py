@@ -13,12 +13,14 @@ disjoint from every client's and the test data, and its labels are not used.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hfedmoe.client.train import trainable_dense_names
+from hfedmoe.client.train import evaluate, to_device, trainable_dense_names
 from hfedmoe.data.batches import TokenizedTexts, iter_batches
 from hfedmoe.moe import MoEModel
 
@@ -70,26 +72,16 @@ def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray,
         raise ValueError("router warm-up supports MoEfied BERT/MiniLM experts only")
     before = mean_top_prob(mm, tokens, public_idx)
     routers = [info.router.weight for info in layers]
-    saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for w in routers:
-        w.requires_grad_(True)
     opt = torch.optim.Adam(routers, lr=lr)
     inputs: dict[int, torch.Tensor] = {}
     hooks = [
         info.block.register_forward_pre_hook(lambda mod, args, i=info.index: inputs.__setitem__(i, args[0].detach()))
         for info in layers
     ]
-    rng = np.random.default_rng(seed)
-    was = model.training
-    model.eval()
-    step, last = 0, float("nan")
+    last = float("nan")
     try:
-        while step < steps:
-            for batch in iter_batches(tokens, public_idx, batch_size, shuffle=True, rng=rng):
-                if step >= steps:
-                    break
+        with _training_only(model, routers):
+            for batch in _public_batches(tokens, public_idx, batch_size, steps, seed):
                 with torch.no_grad():
                     model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 mask = batch["attention_mask"].reshape(-1).bool()  # (T,)
@@ -109,13 +101,9 @@ def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray,
                 loss.backward()
                 opt.step()
                 last = float(loss.detach()) / len(layers)
-                step += 1
     finally:
         for h in hooks:
             h.remove()
-        for n, p in model.named_parameters():
-            p.requires_grad_(saved[n])
-        model.train(was)
     after = mean_top_prob(mm, tokens, public_idx)
     log.info("router warm-up: %d steps, mean top probability %.3f -> %.3f", steps, before, after)
     return {"router_top_prob_before": before, "router_top_prob_after": after, "router_warmup_loss": last}
@@ -132,54 +120,54 @@ def warmup_head(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray, *,
     decided by its expert selection alone (docs/results/choice-checks/)."""
     if steps <= 0 or len(public_idx) == 0:
         return {}
-
-
     model = mm.model
-    head = dict(model.named_parameters())
-    names = trainable_dense_names(mm, ["head"])
-    if not names:
+    dense = mm.dense_named_parameters()
+    params = [dense[n] for n in trainable_dense_names(mm, ["head"])]
+    if not params:
         raise ValueError("head warm-up: the model has no head parameters")
-    saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [head[n] for n in names]
-    for p in params:
-        p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    rng = np.random.default_rng(seed)
-    was = model.training
-    model.eval()  # no dropout: the frozen body's features as the federation will see them
-    acc0, loss0 = _public_fit(model, tokens, public_idx, batch_size)
-    step = 0
-    try:
-        while step < steps:
-            for batch in iter_batches(tokens, public_idx, batch_size, shuffle=True, rng=rng):
-                if step >= steps:
-                    break
-                loss = model(**batch).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(saved[n])
-        model.train(was)
-    acc1, loss1 = _public_fit(model, tokens, public_idx, batch_size)
+    fit0 = evaluate(mm, tokens, public_idx, batch_size)
+    with _training_only(model, params):  # eval mode: the frozen body's features without dropout
+        for batch in _public_batches(tokens, public_idx, batch_size, steps, seed):
+            loss = model(**to_device(batch, params[0].device)).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    fit1 = evaluate(mm, tokens, public_idx, batch_size)
+    acc0, loss0, acc1, loss1 = fit0["accuracy"], fit0["loss"], fit1["accuracy"], fit1["loss"]
     log.info("head warm-up: %d steps, public accuracy %.3f -> %.3f, loss %.3f -> %.3f", steps, acc0, acc1,
              loss0, loss1)
     return {"head_public_acc_before": acc0, "head_public_acc_after": acc1, "head_public_loss_before": loss0,
             "head_public_loss_after": loss1}
 
 
-@torch.no_grad()
-def _public_fit(model, tokens: TokenizedTexts, idx: np.ndarray, batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on the examples ``idx``."""
-    right = total = 0
-    loss = 0.0
-    for batch in iter_batches(tokens, idx, batch_size, shuffle=False):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, K)
-        right += int((logits.argmax(-1) == batch["labels"]).sum())
-        loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        total += int(batch["labels"].numel())
-    return right / max(total, 1), loss / max(total, 1)
+@contextmanager
+def _training_only(model: torch.nn.Module, params: list[torch.Tensor]) -> Iterator[None]:
+    """Inside: only ``params`` require gradients and ``model`` is in eval mode (no dropout); on
+    exit every parameter's flag and the model's mode are restored."""
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    was = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+        model.train(was)
+
+
+def _public_batches(tokens: TokenizedTexts, idx: np.ndarray, batch_size: int, steps: int,
+                    seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly ``steps`` shuffled batches of ``idx``, epoch after epoch (one seeded generator)."""
+    rng = np.random.default_rng(seed)
+    step = 0
+    while step < steps:
+        for batch in iter_batches(tokens, idx, batch_size, shuffle=True, rng=rng):
+            if step >= steps:
+                return
+            yield batch
+            step += 1
