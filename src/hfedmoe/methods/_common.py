@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hfedmoe.client import ClientUpdate
+from hfedmoe.client import ClientUpdate, TrainPlan
 from hfedmoe.core.selection import select_experts
 from hfedmoe.methods.aggregation import DenseByData, Part, RoutersByData, SparseExperts
 from hfedmoe.methods.base import routed_mask, run_parts
@@ -19,7 +19,7 @@ def per_layer_budget(budget: int, budget_scope: str, num_layers: int) -> int:
     """Trainable experts per layer: the budget itself ("layer") or an even share of it ("model").
 
     The even share is for the static sub-MoE baselines (FedMoE, FLEX-MoE), whose papers count
-    experts per layer; per-batch selectors choose across layers with :func:`select_in_model`."""
+    experts per layer; per-batch selectors choose across layers (:func:`per_batch_plan`)."""
     return budget if budget_scope == "layer" else max(1, budget // num_layers)
 
 
@@ -33,14 +33,25 @@ def select_in_model(scores: torch.Tensor, routed: torch.Tensor, budget: int) -> 
     return [(flat[flat // num_experts == layer] % num_experts).tolist() for layer in range(num_layers)]
 
 
-def select_in_model_from(capture: Any, mm: MoEModel, scores_of: Callable[[Any], torch.Tensor],
-                         budget: int) -> list[list[int]]:
-    """:func:`select_in_model` on a no-grad pre-pass ``capture``: ``scores_of(routing)`` (E,)
-    per layer, among the experts the batch was routed to."""
-    layers = [capture.layer(layer) for layer in range(mm.num_layers)]
-    scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
-    routed = torch.stack([routed_mask(r, mm.num_experts) for r in layers])  # (L, E)
-    return select_in_model(scores, routed, budget)
+def per_batch_plan(mm: MoEModel, budget: int, budget_scope: str, scores_of: Callable[[Any], torch.Tensor],
+                   on_batch: Callable[[dict], None] | None = None) -> TrainPlan:
+    """Eq. 15 per batch for any score: the ``budget`` routed experts with the best
+    ``scores_of(routing)`` (E,), per layer inside the forward (``budget_scope = "layer"``), or the
+    best (layer, expert) pairs over the model from a no-grad pre-pass (``"model"``)."""
+    E = mm.num_experts
+    if budget_scope == "layer":
+        def selector(layer: int, routing) -> Sequence[int]:
+            return select_experts(scores_of(routing), routed_mask(routing, E), budget).tolist()
+
+        return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
+
+    def batch_subsets(capture) -> list[Sequence[int]]:
+        layers = [capture.layer(layer) for layer in range(mm.num_layers)]
+        scores = torch.stack([scores_of(r) for r in layers])  # (L, E)
+        routed = torch.stack([routed_mask(r, E) for r in layers])  # (L, E)
+        return select_in_model(scores, routed, budget)
+
+    return TrainPlan(batch_subsets=batch_subsets, on_batch=on_batch)
 
 
 def seed_of(*parts: int) -> int:

@@ -13,15 +13,12 @@ Both aggregate like FedAvg over the trained experts; routers and dense parts by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from hfedmoe.client import TrainPlan
-from hfedmoe.core.selection import select_experts
-from hfedmoe.methods._common import fedavg_trained_parts, seed_of, select_in_model_from
+from hfedmoe.methods._common import fedavg_trained_parts, per_batch_plan, seed_of
 from hfedmoe.methods.aggregation import Aggregation, Parts
-from hfedmoe.methods.base import ClientInfo, Method, routed_mask
+from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.moe import MoEModel
 
 
@@ -39,22 +36,7 @@ class FluxFreq(Method):
             hits = routing.topk_idx[routing.token_mask].reshape(-1)  # (T_real * k,)
             return torch.bincount(hits, minlength=E).to(torch.float32)
 
-        return self._plan(mm, client.budget, counts_of)
-
-    def _plan(self, mm: MoEModel, budget: int, scores_of) -> TrainPlan:
-        """A per-batch selector of the ``budget`` experts with the best ``scores_of(routing)``
-        (E,) among the routed ones: per layer, or across layers for a model-scope budget."""
-        E = mm.num_experts
-        if self.budget_scope == "layer":
-            def selector(layer: int, routing) -> Sequence[int]:
-                return select_experts(scores_of(routing), routed_mask(routing, E), budget).tolist()
-
-            return TrainPlan(selector=selector, budget=budget)
-
-        def batch_subsets(capture) -> list[Sequence[int]]:
-            return select_in_model_from(capture, mm, scores_of, budget)
-
-        return TrainPlan(batch_subsets=batch_subsets)
+        return per_batch_plan(mm, client.budget, self.budget_scope, counts_of)
 
     def start_aggregation(self, mm: MoEModel, round_idx: int) -> Aggregation:
         return Parts(mm, fedavg_trained_parts(mm))
@@ -70,4 +52,4 @@ class RandomExperts(FluxFreq):
         def scores_of(routing) -> torch.Tensor:  # (E,) uniform: a random order of the routed experts
             return torch.rand(E, generator=gen)
 
-        return self._plan(mm, client.budget, scores_of)
+        return per_batch_plan(mm, client.budget, self.budget_scope, scores_of)

@@ -3,13 +3,10 @@ budget, sparsity-aware aggregation of experts, importance-weighted aggregation o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from hfedmoe.client import TrainPlan
 from hfedmoe.core.importance import ib_scores
-from hfedmoe.core.selection import select_experts
 from hfedmoe.methods.aggregation import (
     Aggregation,
     DenseByData,
@@ -20,8 +17,8 @@ from hfedmoe.methods.aggregation import (
     SparseExperts,
     UniformExperts,
 )
-from hfedmoe.methods._common import select_in_model_from
-from hfedmoe.methods.base import ClientInfo, Method, routed_mask
+from hfedmoe.methods._common import per_batch_plan
+from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.methods.diagnostics import TauExclusionPart
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_ib_scores
@@ -62,7 +59,6 @@ class HFedMoE(Method):
 
     # --- client side ---------------------------------------------------------------------
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
-        E = mm.num_experts
         lam, beta, budget = self.lam, self.beta, client.budget
         batch_shape: dict[str, int] = {}
 
@@ -75,17 +71,7 @@ class HFedMoE(Method):
                 return ib_scores(routing.gate_probs, routing.token_mask, lam, beta, pooling="sequence", seq_ids=ids)
             return routing_ib_scores(routing, lam, beta)  # s_b reused by the client
 
-        if self.budget_scope == "layer":
-            def selector(layer: int, routing) -> Sequence[int]:
-                scores = scores_of(routing)  # (E,) Eq. 14
-                return select_experts(scores, routed_mask(routing, E), budget).tolist()
-
-            return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
-
-        def batch_subsets(capture) -> list[Sequence[int]]:
-            return select_in_model_from(capture, mm, scores_of, budget)
-
-        return TrainPlan(batch_subsets=batch_subsets, on_batch=on_batch)
+        return per_batch_plan(mm, budget, self.budget_scope, scores_of, on_batch)
 
     # --- server side ---------------------------------------------------------------------
     def aggregation_parts(self, mm: MoEModel) -> list[Part]:
