@@ -20,6 +20,7 @@ import torch
 
 from hfedmoe.bench.spec import load_bench_config, run_config
 from hfedmoe.client.state import grad_norms
+from hfedmoe.core.selection import routed_experts
 from hfedmoe.data.batches import iter_batches
 from hfedmoe.engines.simulation import Simulation
 
@@ -44,8 +45,7 @@ def concentration(sim: Simulation, batches_per_client: int, budgets: tuple[int, 
             model.zero_grad(set_to_none=True)
             for layer in range(L):
                 r = cap.layer(layer)
-                routed = torch.zeros(E, dtype=torch.bool)
-                routed[r.topk_idx[r.token_mask].unique()] = True
+                routed = routed_experts(r.topk_idx, r.token_mask, E).cpu()  # (E,)
                 v = g2[layer][routed]  # (routed,)
                 for b in budgets:
                     if b < int(routed.sum()):
