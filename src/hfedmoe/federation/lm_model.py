@@ -16,6 +16,12 @@ def _tokenizer_with_pad(tok):
     return tok
 
 
+def scratch_description(cfg: ModelConfig, model) -> str:
+    """The run header's line for a pretrained benchmark MoE."""
+    return (f"{type(model).__name__} pretrained here from scratch (preset {cfg.preset}, seed {cfg.pretrain_seed}: "
+            f"{cfg.num_experts} experts/layer, top-{cfg.top_k})")
+
+
 def build_lm_model(cfg: ModelConfig, seed: int):
     """Return ``(model, tokenizer, description)``; the model is an MoE ``*ForCausalLM``.
 
@@ -49,6 +55,14 @@ def build_lm_model(cfg: ModelConfig, seed: int):
         mcfg._attn_implementation = "eager"
         mcfg._experts_implementation = "eager"
         return MixtralForCausalLM(mcfg), tok, f"tiny random Mixtral (hidden {cfg.tiny_hidden}, {cfg.tiny_layers} layers)"
+    if cfg.name == "scratch-moe":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from hfedmoe.pretrain.presets import pretrained_path
+
+        path = pretrained_path(cfg.preset, cfg.pretrain_seed)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(str(path)), scratch_description(cfg, model)
     if cfg.name == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,4 +77,4 @@ def build_lm_model(cfg: ModelConfig, seed: int):
         except (OSError, ValueError) as exc:
             raise HFedMoEError(f"model.path: cannot load an HF causal LM from {cfg.path!r}: {exc}") from None
         return model, tok, f"{type(model).__name__} from {cfg.path}"
-    raise HFedMoEError(f"model.name: expected smollm2-moe | tiny-lm | hf for causal-lm, got {cfg.name!r}")
+    raise HFedMoEError(f"model.name: expected smollm2-moe | tiny-lm | scratch-moe | hf for causal-lm, got {cfg.name!r}")

@@ -62,6 +62,14 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int):
         model = BertForSequenceClassification(bert_cfg)
         moefy_bert(model, cfg.num_experts, cfg.top_k, seed=seed)
         return model, tok, f"tiny random BERT (hidden {cfg.tiny_hidden}, {cfg.tiny_layers} layers) MoEfied"
+    if cfg.name == "scratch-moe":
+        from hfedmoe.federation.lm_model import scratch_description
+        from hfedmoe.pretrain.presets import pretrained_path
+
+        path = pretrained_path(cfg.preset, cfg.pretrain_seed)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
+                                                                   dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(str(path)), scratch_description(cfg, model)
     if cfg.name == "hf":
         from pathlib import Path
 
@@ -79,4 +87,4 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int):
             tok.pad_token = tok.eos_token
         model.config.pad_token_id = tok.pad_token_id
         return model, tok, f"{type(model).__name__} from {cfg.path}"
-    raise HFedMoEError(f"model.name: expected minilm-moe | tiny-moe | hf, got {cfg.name!r}")
+    raise HFedMoEError(f"model.name: expected minilm-moe | tiny-moe | scratch-moe | hf, got {cfg.name!r}")
