@@ -125,7 +125,7 @@ def pretrain(name: str, seed: int = 0, *, root: Path | None = None, on_step: Ste
         opt.step()
         opt.zero_grad(set_to_none=True)
         if on_step is not None:
-            on_step(step + 1, p.steps, float(loss))
+            on_step(step + 1, p.steps, float(loss.detach()))
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
             _save_state(state_path, model, opt, step + 1)
     seconds = time.perf_counter() - t0
