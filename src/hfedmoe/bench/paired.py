@@ -129,7 +129,7 @@ def render_paired(out: Path, dataset: str, methods: list[str], seeds: list[int],
     mech = mechanism_rows(out, dataset, methods, seeds)
     if mech:
         md += ["### Mechanism diagnostics (mean over seeds and rounds)", "",
-               "| method | IB changes choice | HFedMoE vs freq differ | std(beta KL)/std(s_b) | tau-excluded pairs | "
+               "| method | IB changes choice | HFedMoE vs freq differ | IB scale std(s_b-I_b)/std(s_b) | tau-excluded pairs | "
                "max abs(alpha-1/C) | L1(alpha, shares) | router top prob r0 |", "|---|---|---|---|---|---|---|---|"]
         for r in mech:
             md.append(
