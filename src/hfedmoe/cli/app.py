@@ -321,8 +321,10 @@ def bench(
             if quiet or e["kind"] != "run_end":
                 return
             what = "skipped (finished)" if e["skipped"] else f"{e['seconds']:.0f} s"
-            acc = e.get("final_test_accuracy")
-            acc_s = f", test accuracy {100 * acc:.1f}%" if acc is not None else ""
+            metric, score = e.get("metric"), e.get("final_score")
+            acc_s = ""
+            if metric is not None and score is not None:
+                acc_s = f", {metric.label} {metric.fmt(score)}{metric.unit}"
             console.print(f"{e['dataset']} / {e['method']} / seed {e['seed']}: {what}{acc_s}", highlight=False)
 
         report = run_bench(spec, out, on_event)

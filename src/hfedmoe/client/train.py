@@ -51,7 +51,9 @@ class TrainPlan:
     sub-MoE from it, so the choice follows the current router).
     ``budget``: per-layer expert budget, used only for the selection diagnostics (set by the
     engine when a method leaves it None). ``on_batch`` is called with each batch before its
-    forward (selectors that need the batch shape, e.g. sequence pooling).
+    forward. ``pooling``: how the importance the client uploads (``s^c``, mean per-batch Eq. 5)
+    and its selection diagnostics read a sample ("sequence" | "token"; None = the run's
+    ``TrainSettings.pooling``): HFedMoE sets its own, so its token ablation uploads token scores.
     """
 
     selector: Selector | None = None
@@ -64,6 +66,7 @@ class TrainPlan:
     profile_batches: int = 4
     budget: int | None = None
     on_batch: Callable[[dict], None] | None = None
+    pooling: str | None = None
 
 
 @dataclass
@@ -79,6 +82,8 @@ class TrainSettings:
     grad_mode: str = "no_grad"
     lam: float = 0.5
     beta: float = 0.1  # for the selection diagnostics only (methods carry their own beta)
+    pooling: str = "sequence"  # importance upload and diagnostics, unless the plan says otherwise
+    ib_scale: str = "raw"  # for the selection diagnostics only
     diagnostics: bool = True
 
 
@@ -158,11 +163,13 @@ def train_client(
     if plan.profile is not None:
         usage0, importance0, profiled = profile_routing(mm, data, indices, settings, plan.profile_batches,
                                                         np.random.default_rng([seed, 17]))
-        budget, on_batch = plan.budget, plan.on_batch
+        budget, on_batch, pooling = plan.budget, plan.on_batch, plan.pooling
         plan = plan.profile(usage0, importance0)
         plan.budget = plan.budget if plan.budget is not None else budget
         plan.on_batch = plan.on_batch or on_batch
+        plan.pooling = plan.pooling or pooling
 
+    pooling = plan.pooling or settings.pooling  # what a sample of the uploaded importance is
     dense_names = trainable_dense_names(mm, parts)
     dense_params = mm.dense_named_parameters()
     expert_leaves = mm.expert_leaves() if "experts" in parts else {}
@@ -197,7 +204,8 @@ def train_client(
     fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
     if settings.diagnostics and plan.budget is not None:
-        diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
+        diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E,
+                                    pooling=pooling, ib_scale=settings.ib_scale)
     peak_state = torch.zeros(L, dtype=torch.long)  # max over steps of experts holding grad/opt state
     first_value: dict[tuple[int, int], list[torch.Tensor]] = {}  # expert -> value before its first step
 
@@ -256,10 +264,10 @@ def train_client(
                 for l in range(L):
                     r = cap.layer(l)
                     if diag is not None:
-                        diag.update(r.gate_probs, r.topk_idx, r.token_mask)
+                        diag.update(r)
                     usage_acc[l].update(r.gate_probs, r.token_mask)
                     # s_b of this batch: reused from the selector when it scored this layer already
-                    imp_sum[l] += routing_scores(r, settings.lam).double().cpu()
+                    imp_sum[l] += routing_scores(r, settings.lam, pooling).double().cpu()
                     topk = r.topk_idx[r.token_mask].cpu()  # (T_real, k)
                     sel = torch.as_tensor(chosen[l], dtype=torch.long)
                     # An expert counts as trained only if a token reached it (else it got no gradient).
@@ -375,7 +383,7 @@ def profile_routing(
         for l in range(L):
             r = cap.layer(l)
             acc[l].update(r.gate_probs, r.token_mask)
-            imp[l] += routing_scores(r, settings.lam).double().cpu()
+            imp[l] += routing_scores(r, settings.lam, settings.pooling).double().cpu()
         shapes.append(forward_shape(cap, batch["attention_mask"], L))
         n += 1
     mm.model.train(was_training)

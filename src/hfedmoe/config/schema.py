@@ -185,9 +185,9 @@ class TrainConfig:
 class MethodConfig:
     name: str = _f(
         "hfedmoe",
-        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random | centralized | bounds "
-        "oracle | fedavg-full | fedavg-fit | ablations "
-        "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict",
+        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random (redrawn per batch) | random-round "
+        "(drawn once per client-round) | centralized | bounds oracle | fedavg-full | fedavg-fit | ablations "
+        "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict | hfedmoe-token",
     )
     lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
     beta: float = _f(0.1, "information-bottleneck trade-off beta (Eq. 14); 0 = no-IB ablation")
@@ -195,8 +195,10 @@ class MethodConfig:
     budget_scope: str = _f("layer", "expert budget counted per layer ('layer') or over the model ('model')")
     gate_weights: str = _f("normalized", "router aggregation weights: normalized | paper-literal")
     grad_mode: str = _f("no_grad", "unselected experts: no_grad (no backward at all) | detach")
-    pooling: str = _f("token", "what a 'sample' of Eqs. 3-5 and 14 is: token | sequence (token probabilities "
-                      "averaged per sequence first)")
+    pooling: str = _f("sequence", "what a 'sample' of Eqs. 3-5 and 14 is: sequence (router probabilities averaged "
+                      "over each sequence's real tokens first; the paper's batch of B samples) | token (ablation)")
+    ib_scale: str = _f("raw", "scale of Eq. 14's IB term: raw (s_b - beta*KL) | normalised (KL rescaled by "
+                       "std(s_b)/std(KL) over the batch's routed experts, so beta=1 weighs it like s_b)")
 
 
 @dataclass
@@ -283,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.dtype": ("float32", "bfloat16"),
     "engine.name": ("simulation", "flower-sim"),
     "method.pooling": ("token", "sequence"),
+    "method.ib_scale": ("raw", "normalised"),
     "model.combine": ("straight-through", "topk-prob"),
     "model.task": ("classification", "causal-lm"),
     "model.upcycle": ("copy", "split"),

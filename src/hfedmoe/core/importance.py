@@ -4,10 +4,16 @@ All functions take the router's softmax probabilities of ONE MoE layer for one b
 ``gate_probs  # (T, E)``, and a ``token_mask  # (T,)`` that is ``True`` for real tokens and
 ``False`` for padding. Padding counts nowhere: not in a sum, not in a max, not in a count.
 
-Decision (method.md section 1): a "sample" ``x_i`` of the paper is a token. With
-``pooling="sequence"`` a sample is a sequence instead: the probabilities of a sequence's real
-tokens are averaged first (``seq_ids`` says which sequence each token belongs to), and Eqs. 3-5
-and 14 run over those per-sequence means.
+Decision (method.md section 1, revised): a "sample" ``x_i`` of the paper is a sequence of the
+batch (``pooling="sequence"``, the run default): the probabilities of a sequence's real tokens are
+averaged first (``seq_ids`` says which sequence each token belongs to), and Eqs. 3-5 and 14 run
+over those per-sequence means. ``pooling="token"`` (these functions' default, and the "token"
+ablation of a run) reads a sample as a token.
+
+Scale of the IB term (:func:`ib_combine`): ``ib_scale="raw"`` is Eq. 14 as written,
+``I_b = s_b - beta * KL``; ``"normalised"`` rescales KL to the spread of ``s_b`` over the batch's
+candidate experts first, ``I_b = s_b - beta * (std_C(s_b) / std_C(KL)) * KL``, so that ``beta``
+means the same at any router entropy (beta = 1: the IB term moves scores as much as importance).
 
 A batch with no real token (or no sequence with a real token) has no samples; every score is then
 0 (nothing to rank, and nothing that would put NaN into a later average).
@@ -20,6 +26,7 @@ import torch
 from hfedmoe.core import _checks
 
 POOLINGS = ("token", "sequence")
+IB_SCALES = ("raw", "normalised")
 
 
 def score_experts(
@@ -71,6 +78,8 @@ def ib_scores(
     *,
     pooling: str = "token",
     seq_ids: torch.Tensor | None = None,
+    ib_scale: str = "raw",
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Information-bottleneck expert score of one batch (Eq. 14).
 
@@ -88,6 +97,8 @@ def ib_scores(
         As in :func:`score_experts`.
     beta : float >= 0
         Weight of the compression term.
+    ib_scale, candidates : keyword-only
+        As in :func:`ib_combine` (default: Eq. 14 as written).
 
     Returns
     -------
@@ -95,9 +106,49 @@ def ib_scores(
         ``I_b``; all zeros when the batch has no real token.
     """
     lam = _checks.real_number("lam", lam, 0.0, 1.0)
-    beta = _checks.real_number("beta", beta, 0.0)
     samples = _samples(gate_probs, token_mask, pooling, seq_ids)  # (B, E)
-    return _combined(samples, lam) - beta * _kl(samples)
+    return ib_combine(_combined(samples, lam), _kl(samples), beta, ib_scale=ib_scale, candidates=candidates)
+
+
+def ib_combine(
+    s_b: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    *,
+    ib_scale: str = "raw",
+    candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``I_b = s_b - beta * c * KL`` (Eq. 14) from ``s_b (E,)`` and ``KL (E,)``.
+
+    ``ib_scale="raw"``: ``c = 1``. ``"normalised"``: ``c = std_C(s_b) / std_C(KL)``, population
+    standard deviations over the candidate experts ``C`` (``candidates (E,)`` bool: the experts
+    Eq. 15 may pick, i.e. those the batch was routed to; None = all experts). ``c = 0`` when
+    ``C`` has fewer than two experts or KL is constant over ``C`` (then no ``c`` could change
+    the ranking within ``C``). ``beta = 0`` gives ``s_b`` (a copy) in both scales.
+    """
+    beta = _checks.real_number("beta", beta, 0.0)
+    ib_scale = _checks.one_of("ib_scale", ib_scale, IB_SCALES)
+    if s_b.shape != kl.shape or s_b.dim() != 1:
+        raise ValueError(f"s_b, kl: expected two (E,) tensors, got {tuple(s_b.shape)} and {tuple(kl.shape)}")
+    if beta == 0:
+        return s_b.clone()
+    if ib_scale == "raw":
+        return s_b - beta * kl
+    if candidates is None:
+        candidates = torch.ones_like(s_b, dtype=torch.bool)
+    candidates = _checks.bool_tensor("candidates", candidates, 1, "(E,)").to(s_b.device)
+    _checks.check_dim("candidates", candidates, 0, s_b.shape[0], "(E,)", f"E={s_b.shape[0]} matching s_b")
+    return s_b - beta * ib_factor(s_b, kl, candidates) * kl
+
+
+def ib_factor(s_b: torch.Tensor, kl: torch.Tensor, candidates: torch.Tensor) -> float:
+    """``std_C(s_b) / std_C(KL)`` of :func:`ib_combine` (population std; 0 when undefined)."""
+    if int(candidates.sum()) < 2:
+        return 0.0
+    kl_std = float(kl[candidates].double().std(unbiased=False))
+    if kl_std <= 0.0:
+        return 0.0
+    return float(s_b[candidates].double().std(unbiased=False)) / kl_std
 
 
 def compression_kl(

@@ -65,6 +65,8 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         grad_mode=cfg.method.grad_mode,
         lam=cfg.method.lam,
         beta=cfg.method.beta,
+        pooling=cfg.method.pooling,
+        ib_scale=cfg.method.ib_scale,
     )
 
 

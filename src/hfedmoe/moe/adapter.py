@@ -104,6 +104,12 @@ class MoEModel:
 
     # ----------------------------------------------------------------- routing (installed)
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
+        return self._token_layout(info, num_tokens, explicit, device)[0]
+
+    def _token_layout(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None,
+                      device) -> tuple[torch.Tensor, int | None]:
+        """``(token_mask (T,), S)``: the real tokens, and the padded sequence length of the (B, S)
+        attention mask they came from (None when no mask has T entries)."""
         candidates = []
         if explicit is not None:
             candidates.append(explicit)
@@ -112,8 +118,9 @@ class MoEModel:
             candidates.append(self._masks[key])
         for mask in candidates:
             if mask.numel() == num_tokens:
-                return mask.reshape(-1).to(device=device).bool()
-        return torch.ones(num_tokens, dtype=torch.bool, device=device)
+                seq_len = int(mask.shape[-1]) if mask.dim() == 2 else None
+                return mask.reshape(-1).to(device=device).bool(), seq_len
+        return torch.ones(num_tokens, dtype=torch.bool, device=device), None
 
     def _route(self, layer: int, router: nn.Module, args, kwargs):
         info = self._layers[layer]
@@ -137,11 +144,11 @@ class MoEModel:
         num_tokens = gate_probs.shape[0]
         memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
         for capture in captures:
-            mask = self._token_mask(info, num_tokens, capture.attention_mask, gate_probs.device)
-            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
+            mask, seq_len = self._token_layout(info, num_tokens, capture.attention_mask, gate_probs.device)
+            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
         if train is not None and train.selector is not None:
-            mask = self._token_mask(info, num_tokens, train.attention_mask, gate_probs.device)
-            train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
+            mask, seq_len = self._token_layout(info, num_tokens, train.attention_mask, gate_probs.device)
+            train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
         return output
 
     # ----------------------------------------------------------------- expert access

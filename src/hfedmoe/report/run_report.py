@@ -56,7 +56,7 @@ def _lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not ev:
         return {}
     out: dict[str, Any] = {}
-    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity"):
+    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity", "client_val_perplexity_mean"):
         out[f"initial_{key}"], out[f"final_{key}"] = ev[0].get(key), ev[-1].get(key)
     return out
 
