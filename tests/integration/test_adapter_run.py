@@ -63,3 +63,25 @@ def test_fft_moe_on_a_tiny_llama_causal_lm(tmp_path):
     row = sim.run()[-1]
     assert sim.mm.family == "moe_adapter" and math.isfinite(row["test_loss"])
     assert row["upload_bytes"] > 0
+
+
+def test_run_exports_adapters_that_reload_into_the_dense_base(adapter_runs, tmp_path):
+    from hfedmoe.cli.export import export_run
+    from hfedmoe.federation.model import build_base_model
+    from hfedmoe.moe.adapter_export import load_moe_adapters
+
+    sim, _, _ = adapter_runs["fft-moe"]
+    cfg = sim.cfg
+    ids = torch.randint(5, 1000, (4, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    sim.mm.model.eval()
+    with torch.no_grad():
+        want = sim.mm.model(input_ids=ids, attention_mask=mask).logits
+    for directory in (sim.out_dir / "moe_adapters", export_run(sim.out_dir, tmp_path / "cli")[0]):
+        base, _, _ = build_base_model(cfg.model, sim.fed.dataset.num_labels, cfg.seed)
+        mm = load_moe_adapters(base, directory)
+        mm.model.eval()
+        with torch.no_grad():
+            got = mm.model(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(got, want), directory

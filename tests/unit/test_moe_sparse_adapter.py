@@ -133,3 +133,36 @@ def test_adapter_on_an_moe_model_and_bad_sizes_are_refused():
         add_moe_adapters(tiny_bert(), 4, 2, 3, layers=[5])
     with pytest.raises(UnsupportedModelError, match="no FFN found"):
         add_moe_adapters(torch.nn.Sequential(torch.nn.Linear(3, 3)), 4, 2, 3)
+
+
+def test_exported_adapters_reload_into_a_fresh_base_and_match_outputs(tmp_path):
+    from hfedmoe.errors import HFedMoEError
+    from hfedmoe.moe.adapter_export import CONFIG_FILE, load_moe_adapters, save_moe_adapters
+
+    model = tiny_bert(seed=4)
+    add_moe_adapters(model, 4, 2, 3, layers=[1], seed=5)
+    mm = wrap(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as if trained: adapters and head moved
+        stacked = mm.get_experts(0)
+        mm.set_experts(0, {n: t + torch.randn(t.shape, generator=gen) * 0.1 for n, t in stacked.items()})
+        mm.router_weight(0).add_(torch.randn(mm.router_weight(0).shape, generator=gen))
+        model.classifier.weight.add_(1.0)
+    out = save_moe_adapters(mm, tmp_path / "exp", ["classifier.weight", "classifier.bias"], {"round": 3})
+    ids, mask = batch()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    fresh = tiny_bert(seed=4)
+    with torch.no_grad():
+        assert not torch.equal(fresh(input_ids=ids, attention_mask=mask).logits, want)
+    loaded = load_moe_adapters(fresh, out)
+    with torch.no_grad():
+        got = loaded.model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got, want) and loaded.num_layers == 1
+    with pytest.raises(HFedMoEError, match="tensors that do not fit this model"):
+        other = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2,
+                                                         num_attention_heads=3, intermediate_size=37, num_labels=3))
+        load_moe_adapters(other, out)
+    (out / CONFIG_FILE).write_text("{}")
+    with pytest.raises(HFedMoEError, match="is not a hfedmoe-moe-adapters v1 directory"):
+        load_moe_adapters(tiny_bert(), out)

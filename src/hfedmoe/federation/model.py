@@ -49,10 +49,12 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int):
     """Return ``(model, tokenizer, description)``; the model is an MoE sequence classifier
     (``model.task = "causal-lm"``: an MoE causal LM, see :mod:`hfedmoe.federation.lm_model`), or a
     dense one with MoE adapters (``model.adapter = "moe"``)."""
-    return with_adapters(_build_base(cfg, num_labels, seed), cfg, seed)
+    return with_adapters(build_base_model(cfg, num_labels, seed), cfg, seed)
 
 
-def _build_base(cfg: ModelConfig, num_labels: int, seed: int):
+def build_base_model(cfg: ModelConfig, num_labels: int, seed: int):
+    """The model before any MoE adapter (for ``model.adapter = "moe"``: the frozen dense base that
+    :func:`hfedmoe.moe.adapter_export.load_moe_adapters` loads an export into)."""
     if getattr(cfg, "task", "classification") == "causal-lm":
         from hfedmoe.federation.lm_model import build_lm_model
 
