@@ -39,53 +39,28 @@ from transformers.activations import ACT2FN
 
 from hfedmoe.errors import UnsupportedModelError
 from hfedmoe.moe import layouts
-from hfedmoe.moe.expert_compute import fused_expert_apply, fused_experts_loop
+from hfedmoe.moe.minilm import MoEFiedExperts, TopKRouter
 
 ROUTER_INIT_STD = 0.02  # router weights ~ N(0, 0.02^2): near-uniform probabilities at init
 
 
-class AdapterRouter(nn.Module):
-    """Linear router ``d -> M`` (no bias), softmax, top-k, renormalised top-k weights.
+class AdapterRouter(TopKRouter):
+    """Linear router ``d -> M`` (no bias), softmax, top-k, renormalised top-k weights
+    (:func:`hfedmoe.moe.layouts.route_adapter`).
 
     ``forward(hidden_states (..., d)) -> (router_logits (T, M), top_k_weights (T, k), top_k_index (T, k))``
     """
-
-    def __init__(self, hidden_size: int, num_experts: int, top_k: int):
-        super().__init__()
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        self.hidden_dim = hidden_size
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.weight = nn.Parameter(torch.zeros(num_experts, hidden_size))  # (M, d)
 
     def forward(self, hidden_states: torch.Tensor):
         return layouts.route_adapter(self, hidden_states, None).router_output
 
 
-class AdapterExperts(nn.Module):
-    """Fused non-gated experts without biases: ``down_e(act(up_e x))``, rank ``r``."""
-
-    has_gate = False
-    has_bias = False
-    is_transposed = False
+class AdapterExperts(MoEFiedExperts):
+    """Fused non-gated experts without biases: ``down_e(act(up_e x))``, ``up_proj (M, r, d)``,
+    ``down_proj (M, d, r)``."""
 
     def __init__(self, num_experts: int, hidden_size: int, rank: int, hidden_act: str):
-        super().__init__()
-        self.num_experts = num_experts
-        self.hidden_dim = hidden_size
-        self.intermediate_dim = rank
-        self.up_proj = nn.Parameter(torch.zeros(num_experts, rank, hidden_size))  # (M, r, d)
-        self.down_proj = nn.Parameter(torch.zeros(num_experts, hidden_size, rank))  # (M, d, r)
-        self.act_fn = ACT2FN[hidden_act]
-
-    def forward(self, hidden_states, top_k_index, top_k_weights):
-        """``hidden_states (T, d)``, ``top_k_index (T, k)``, ``top_k_weights (T, k)`` -> ``(T, d)``."""
-
-        def run(idx: int, x: torch.Tensor) -> torch.Tensor:
-            return fused_expert_apply(self, x, {"up_proj": self.up_proj[idx], "down_proj": self.down_proj[idx]})
-
-        return fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+        super().__init__(num_experts, hidden_size, rank, hidden_act, bias=False)
 
 
 class BertFFN(nn.Module):
