@@ -168,7 +168,9 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     ["method.name=oracle", "method.budget_scope=model", "clients.fixed_budgets=[1]", "data.public_fraction=0.25",
      "model.head_warmup_steps=10", 'train.trainable=["experts", "routers"]'],
     ["method.name=random-round", "clients.fixed_budgets=[1, 2]"],
-], ids=["random-model-scope", "oracle-model-scope-head-warmup", "random-round"])
+    ["method.name=fft-moe", "model.name=tiny-bert", "model.adapter=moe", "model.adapter_rank=4",
+     'train.trainable=["experts", "routers", "head"]'],
+], ids=["random-model-scope", "oracle-model-scope-head-warmup", "random-round", "fft-moe-on-adapters"])
 def test_flower_matches_in_process_with_model_scope_and_head_warmup(tmp_path, extra):
     """Cross-layer selection plans rebuilt on the node, and the server's warmed (fixed) head sent
     with the model: both engines still train the same weights."""

@@ -407,18 +407,21 @@ def generate(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Option("--run", help="a LoRA run directory (model.lora_r > 0)")],
-    peft: Annotated[Path, typer.Option("--peft", help="output PEFT adapter directory")],
+    run_dir: Annotated[Path, typer.Option("--run", help="a LoRA run (model.lora_r > 0) or MoE-adapter run "
+                                                     "(model.adapter = 'moe') directory")],
+    peft: Annotated[Path, typer.Option("--peft", help="output directory (PEFT adapter, or MoE adapters: "
+                                                      "docs/fft-moe.md)")],
     debug: Debug = False,
 ) -> None:
-    """Write a LoRA run's newest global adapter as a PEFT directory (PeftModel.from_pretrained)."""
+    """Write a LoRA run's newest global adapter as a PEFT directory (PeftModel.from_pretrained), or an
+    MoE-adapter run's adapters as safetensors (hfedmoe.moe.adapter_export.load_moe_adapters)."""
     _setup_logging(False, True)
 
     def go() -> None:
         from hfedmoe.cli.export import export_run
 
         out, rnd = export_run(run_dir, peft)
-        console.print(f"PEFT adapter of round {rnd}: {out}")
+        console.print(f"adapter of round {rnd}: {out}")
 
     _guard(go, debug)
 

@@ -54,6 +54,9 @@ class TrainPlan:
     forward. ``pooling``: how the importance the client uploads (``s^c``, mean per-batch Eq. 5)
     and its selection diagnostics read a sample ("sequence" | "token"; None = the run's
     ``TrainSettings.pooling``): HFedMoE sets its own, so its token ablation uploads token scores.
+    ``aux_loss``: a term added to the task loss of every step, computed from the step's routing capture (taken with
+    ``live=True``, so its ``live_probs`` carry gradient into the routers); its mean over the
+    steps is reported as the metric ``aux_loss``.
     """
 
     selector: Selector | None = None
@@ -67,6 +70,7 @@ class TrainPlan:
     budget: int | None = None
     on_batch: Callable[[dict], None] | None = None
     pooling: str | None = None
+    aux_loss: Callable[[object], torch.Tensor] | None = None
 
 
 @dataclass
@@ -200,6 +204,7 @@ def train_client(
     selected_counts = torch.zeros(L, E, dtype=torch.long)
     num_batches_done = 0
     loss_sum = 0.0
+    aux_sum = 0.0
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
     fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
@@ -228,7 +233,8 @@ def train_client(
                 with ExitStack() as stack:
                     if plan.restrict is not None:
                         stack.enter_context(mm.restrict_routing(plan.restrict))
-                    cap = stack.enter_context(mm.capture_routing(batch["attention_mask"]))
+                    cap = stack.enter_context(mm.capture_routing(batch["attention_mask"],
+                                                                 live=plan.aux_loss is not None))
                     if "experts" in parts:
                         if plan.grad_selector is not None:
                             ctx = stack.enter_context(mm.train_only([None] * L, mode=settings.grad_mode))
@@ -240,7 +246,12 @@ def train_client(
                         ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
                     out = model(**batch)
                     loss = out.loss
-                    loss.backward()
+                    if plan.aux_loss is None:
+                        loss.backward()
+                    else:
+                        aux = plan.aux_loss(cap)
+                        aux_sum += float(aux.detach())
+                        (loss + aux).backward()
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
@@ -313,6 +324,8 @@ def train_client(
         "backward_flops": bwd_flops,
         "peak_expert_state_max": float(peak_state.max()) if L else 0.0,
     }
+    if plan.aux_loss is not None:
+        metrics["aux_loss"] = aux_sum / max(num_batches_done, 1)
     if diag is not None:
         metrics.update(diag.counts())
     if not math.isfinite(metrics["train_loss"]):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from hfedmoe.config.adapter import check_adapter
 from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.pretrain.presets import PRESETS
@@ -46,7 +47,8 @@ class ModelConfig:
         "minilm-moe",
         "minilm-moe (all-MiniLM-L6-v2 MoEfied), tiny-moe (tiny random MoEfied BERT with the "
         "MiniLM tokenizer, for tests), scratch-moe (the benchmark MoE pretrained here from scratch: "
-        "`hfedmoe pretrain --preset NAME`, see model.preset), or hf (any supported HF MoE checkpoint in `path`)",
+        "`hfedmoe pretrain --preset NAME`, see model.preset), or hf (any supported HF MoE checkpoint in `path`); "
+        "dense models for model.adapter = 'moe': minilm, tiny-bert, smollm2, tiny-llama, hf (a dense checkpoint)",
     )
     preset: str = _f(
         "top2-16",
@@ -109,6 +111,19 @@ class ModelConfig:
         "(product mean re-factorised by SVD). 0 = off: full expert fine-tuning",
     )
     lora_alpha: float = _f(16.0, "LoRA experts: lora_alpha (the update is scaled by lora_alpha / lora_r)")
+    adapter: str = _f(
+        "none",
+        "none | moe: sparse MoE adapters on a frozen DENSE model (FFT-MoE, docs/fft-moe.md): every FFN gets a "
+        "parallel adapter of model.num_experts experts (d -> adapter_rank -> d, zero-initialised output) and a "
+        "top-model.top_k router; the adapter experts are then what clients select, train and upload. Dense models: "
+        "minilm, tiny-bert (classification), smollm2, tiny-llama (causal-lm), hf with a dense checkpoint",
+    )
+    adapter_rank: int = _f(8, "model.adapter = 'moe': hidden width r of each adapter expert (d -> r -> d)")
+    adapter_layers: list = _f(
+        [],
+        "model.adapter = 'moe': indices of the layers whose FFN gets an adapter ([] = every layer); "
+        "the other FFNs stay frozen",
+    )
 
 
 @dataclass
@@ -185,9 +200,10 @@ class TrainConfig:
 class MethodConfig:
     name: str = _f(
         "hfedmoe",
-        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random (redrawn per batch) | random-round "
-        "(drawn once per client-round) | centralized | bounds oracle | fedavg-full | fedavg-fit | ablations "
-        "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict | hfedmoe-token",
+        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | fft-moe | random (redrawn per batch) | "
+        "random-round (drawn once per client-round) | centralized | bounds oracle | fedavg-full | fedavg-fit | "
+        "ablations hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict | "
+        "hfedmoe-token",
     )
     lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
     beta: float = _f(0.1, "information-bottleneck trade-off beta (Eq. 14); 0 = no-IB ablation")
@@ -199,6 +215,8 @@ class MethodConfig:
                       "over each sequence's real tokens first; the paper's batch of B samples) | token (ablation)")
     ib_scale: str = _f("raw", "scale of Eq. 14's IB term: raw (s_b - beta*KL) | normalised (KL rescaled by "
                        "std(s_b)/std(KL) over the batch's routed experts, so beta=1 weighs it like s_b)")
+    aux_weight: float = _f(0.01, "fft-moe: weight of the auxiliary balance loss over each client's active experts "
+                                 "(docs/fft-moe.md); 0 = off")
 
 
 @dataclass
@@ -273,8 +291,10 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm", "scratch-moe"),
+    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm", "scratch-moe", "minilm", "tiny-bert",
+                   "smollm2", "tiny-llama"),
     "model.preset": tuple(PRESETS),
+    "model.adapter": ("none", "moe"),
     "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets", "domains8"),
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
@@ -343,14 +363,16 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
              f"{pre.num_experts} (the experts of model.preset = {m.preset!r})", m.num_experts)
         need(m.top_k == pre.top_k, "model.top_k", f"{pre.top_k} (the top-k of model.preset = {m.preset!r})", m.top_k)
     need(m.pretrain_seed >= 0, "model.pretrain_seed", "an integer >= 0", m.pretrain_seed)
-    lm_models = ("smollm2-moe", "tiny-lm", "hf", "scratch-moe")
+    lm_models = ("smollm2-moe", "tiny-lm", "hf", "scratch-moe", "smollm2", "tiny-llama")
     if m.task == "causal-lm":
         need(m.name in lm_models, "model.name", "one of " + " | ".join(lm_models) + " for model.task = 'causal-lm'", m.name)
     else:
-        need(m.name not in ("smollm2-moe", "tiny-lm"), "model.name", "a classification model for "
-             "model.task = 'classification' (smollm2-moe / tiny-lm need task = 'causal-lm')", m.name)
+        need(m.name not in ("smollm2-moe", "tiny-lm", "smollm2", "tiny-llama"), "model.name", "a classification "
+             "model for model.task = 'classification' (smollm2-moe / tiny-lm / smollm2 / tiny-llama need task = "
+             "'causal-lm')", m.name)
         need(d.dataset != "healthtweets", "data.dataset", "a labelled dataset for model.task = "
              "'classification' (healthtweets has no labels: task = 'causal-lm')", d.dataset)
+    check_adapter(cfg, need)
     need(d.heldout_max_examples >= 1, "data.heldout_max_examples", "an integer >= 1", d.heldout_max_examples)
     if d.dataset == "local":
         need(bool(d.path), "data.path", "a CSV/JSONL/Parquet file for dataset = 'local'", d.path)
@@ -395,6 +417,7 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(0.0 <= meth.lam <= 1.0, "method.lam", "a float in [0, 1]", meth.lam)
     need(meth.beta >= 0, "method.beta", "a float >= 0", meth.beta)
     need(0.0 <= meth.tau <= 1.0, "method.tau", "a float in [0, 1]", meth.tau)
+    need(meth.aux_weight >= 0, "method.aux_weight", "a float >= 0", meth.aux_weight)
     need(bool(c.profiles), "clients.profiles", "a non-empty list of device profile names", c.profiles)
     try:
         from hfedmoe.core.budgets import DEVICE_PROFILES

@@ -106,6 +106,21 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
 EXPORT_FIELDS = ("test_accuracy", "test_loss", "test_perplexity", "heldout_perplexity", "client_val_perplexity_mean")
 
 
+def export_moe_adapters(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
+    """``model.adapter = "moe"`` runs: the global MoE adapters (and the trained dense tensors, e.g.
+    the head) in the layout of :mod:`hfedmoe.moe.adapter_export`, with the round and its
+    evaluation in the config's ``info``. Called after the last round and by ``hfedmoe export``."""
+    from hfedmoe.client.train import trainable_dense_names
+    from hfedmoe.moe.adapter_export import save_moe_adapters
+
+    info = {"round": int(row.get("round", 0)), "method": row.get("method"), "model": cfg.model.name,
+            "seed": cfg.seed, "base": ("the run's dense base model: hfedmoe.federation.model.build_base_model(cfg.model, "
+                                       "num_labels, cfg.seed) with cfg from the run's config.toml"
+                                       if cfg.model.name != "hf" else cfg.model.path),
+            **{k: row[k] for k in EXPORT_FIELDS if row.get(k) is not None}}
+    return save_moe_adapters(mm, out_dir, trainable_dense_names(mm, cfg.train.trainable), info)
+
+
 def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
     """LoRA runs: the global adapter as a PEFT directory ``out_dir`` (``PeftModel.from_pretrained(
     base, out_dir)`` reproduces ``row``'s evaluation), with the round and that evaluation in

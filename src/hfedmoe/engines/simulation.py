@@ -37,7 +37,7 @@ from hfedmoe.moe import MoEModel
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, pool_clients, span, split_seconds,
+    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, export_moe_adapters, pool_clients, span, split_seconds,
     train_settings,
 )
 
@@ -438,4 +438,6 @@ class Simulation:
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
             if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
                 export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)
+            if r == cfg.federation.rounds and cfg.model.adapter == "moe":  # MoE adapters of a dense model
+                export_moe_adapters(self.mm, cfg, self.out_dir / "moe_adapters", result.row)
         return read_metrics(self.metrics_path)

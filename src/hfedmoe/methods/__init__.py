@@ -9,6 +9,7 @@ from hfedmoe.methods.base import ClientInfo, Method
 from hfedmoe.methods.bounds import FedAvgFit, FedAvgFull, OracleGradNorm
 from hfedmoe.methods.fedavg import Centralized, FedAvg, FedAvgDrop
 from hfedmoe.methods.fedmoe import FedMoE
+from hfedmoe.methods.fftmoe import FFTMoE
 from hfedmoe.methods.flexmoe import FlexMoE
 from hfedmoe.methods.frequency import FluxFreq, RandomExperts, RandomRound
 from hfedmoe.methods.hfedmoe import HFedMoE
@@ -36,6 +37,7 @@ METHODS: dict[str, Any] = {
     "fedmoe": lambda mcfg: FedMoE(budget_scope=mcfg.budget_scope),
     "flux-freq": lambda mcfg: FluxFreq(budget_scope=mcfg.budget_scope),
     "flex-moe": lambda mcfg: FlexMoE(budget_scope=mcfg.budget_scope),
+    "fft-moe": lambda mcfg: FFTMoE(budget_scope=mcfg.budget_scope, aux_weight=getattr(mcfg, "aux_weight", 0.01)),
     "random": lambda mcfg: RandomExperts(budget_scope=mcfg.budget_scope),
     "random-round": lambda mcfg: RandomRound(budget_scope=mcfg.budget_scope),
     "centralized": lambda mcfg: Centralized(),

@@ -139,6 +139,7 @@ class MoEModel:
         captures = self._stacks["capture"]
         if not captures and (train is None or train.selector is None):
             return output
+        live_probs = gate_probs.float()  # (T, E), still in the autograd graph (auxiliary losses)
         gate_probs = gate_probs.detach().float()  # (T, E)
         topk_idx = topk_idx.detach().long()  # (T, k)
         num_tokens = gate_probs.shape[0]
@@ -146,6 +147,8 @@ class MoEModel:
         for capture in captures:
             mask, seq_len = self._token_layout(info, num_tokens, capture.attention_mask, gate_probs.device)
             capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
+            if capture.live:
+                capture.live_probs[layer] = live_probs
         if train is not None and train.selector is not None:
             mask, seq_len = self._token_layout(info, num_tokens, train.attention_mask, gate_probs.device)
             train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
@@ -317,7 +320,7 @@ class MoEModel:
         return out
 
     # ----------------------------------------------------------------- contexts
-    def capture_routing(self, attention_mask: torch.Tensor | None = None) -> RoutingCapture:
+    def capture_routing(self, attention_mask: torch.Tensor | None = None, *, live: bool = False) -> RoutingCapture:
         """Context manager recording every MoE layer's routing for the last forward inside it.
 
         Parameters
@@ -326,6 +329,9 @@ class MoEModel:
             ``(B, S)``; 1 for real tokens. If omitted, the ``attention_mask`` (encoder / decoder-only
             layers) or ``decoder_attention_mask`` (Switch decoder layers) passed to the top-level
             model's forward is used; a layer whose token count matches no mask gets all-True.
+        live : bool
+            Also keep ``live_probs[layer]``: the same probabilities ``(T, E)`` *in* the autograd
+            graph (auxiliary routing losses backpropagate through them into the router).
 
         Notes
         -----
@@ -334,7 +340,7 @@ class MoEModel:
         scores normalised to sum 1 per token. ``topk_idx`` are the experts actually used; for
         Switch the argmax, ignoring capacity drops.
         """
-        return RoutingCapture(self, attention_mask)
+        return RoutingCapture(self, attention_mask, live=live)
 
     def restrict_routing(self, subsets: Sequence[Sequence[int] | None]) -> RoutingRestriction:
         """Context manager: tokens of layer l may only be routed to ``subsets[l]`` (None = any).

@@ -172,9 +172,11 @@ class RoutingCapture:
         Per MoE layer: ``(T, E)`` float32, ``(T, k)`` long, ``(T,)`` bool (see :class:`LayerRouting`).
     """
 
-    def __init__(self, adapter: AdapterCore, attention_mask: torch.Tensor | None):
+    def __init__(self, adapter: AdapterCore, attention_mask: torch.Tensor | None, *, live: bool = False):
         self._adapter = adapter
         self.attention_mask = attention_mask
+        self.live = live
+        self.live_probs: dict[int, torch.Tensor] = {}  # live=True: (T, E) probabilities with autograd
         self.gate_probs: dict[int, torch.Tensor] = {}
         self.topk_idx: dict[int, torch.Tensor] = {}
         self.token_mask: dict[int, torch.Tensor] = {}
