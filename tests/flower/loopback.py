@@ -23,6 +23,7 @@ class LoopbackGrid:
         self.replies: list[Message] = []
         self.pairs: list[tuple[Message, Message]] = []  # (sent, its reply)
         self.tamper = None  # optional: reply -> reply (to inject malformed replies)
+        self.tamper_types = ("train",)  # the message types whose replies tamper sees
         self.on_train = None  # optional: called with the node id before a train message is handled
 
     def get_node_ids(self) -> Iterable[int]:
@@ -42,7 +43,7 @@ class LoopbackGrid:
                 reply = self.app(msg, self.contexts[node])
             except Exception as exc:  # noqa: BLE001 (the ClientApp raised: an error reply, as the runtime sends)
                 reply = Message(Error(code=0, reason=str(exc)), reply_to=msg)
-            if self.tamper is not None and msg.metadata.message_type == "train":
+            if self.tamper is not None and msg.metadata.message_type in self.tamper_types:
                 reply = self.tamper(reply)
             self.replies.append(reply)
             self.pairs.append((msg, reply))

@@ -25,7 +25,6 @@ from hfedmoe.engines.flower.strategy import HFedMoEStrategy
 from hfedmoe.engines.shared import ClientSummary, RoundResult
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.federation.budgeting import compute_budgets
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +39,6 @@ class FlowerRun(Simulation):
                                f"{cfg.engine.name!r}")
         self.strategy = HFedMoEStrategy(self)
         self.grid: Grid | None = None
-
-    def set_profiles(self, profiles: dict[int, str]) -> None:
-        """Device profiles reported by the nodes (node config ``profile``); budgets follow them."""
-        changed = {c: p for c, p in profiles.items() if self.fed.clients[c].profile != p}
-        if changed:
-            log.info("flower: node profiles differ from the config's cycle: %s", changed)
-            for c, p in changed.items():
-                self.fed.clients[c].profile = p
-            self.budgets = compute_budgets(self.cfg, self.mm, self.fed)
 
     def _grid(self) -> Grid:
         if self.grid is None:
