@@ -73,3 +73,14 @@ def assign_clients(free: Iterable[int], hints: dict[int, Any]) -> dict[int, int]
     for node, cid in zip(later, open_):
         out[cid] = node
     return out
+
+
+def num_clients(cfg: Any) -> int:
+    """How many clients (so: nodes) a run config federates, by partitioning its data exactly as
+    the run does (the natural partitions depend on the dataset's groups)."""
+    from hfedmoe.federation.data import build_federation, load_run_dataset
+    from hfedmoe.federation.model import build_model
+
+    dataset = load_run_dataset(cfg)
+    _, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
+    return len(build_federation(cfg, tokenizer, dataset).clients)
