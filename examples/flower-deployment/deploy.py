@@ -11,7 +11,9 @@
    by process id (terminate, then kill after a bounded wait).
 
 ``--kill-node K`` kills SuperNode K (and its ClientApp) while round 1 trains, to show that one lost
-client does not stop the run. Usage (from the repository root, with the venv's Python)::
+client does not stop the run. ``--resume`` redeploys everything (SuperLink, keys, SuperNodes) and
+continues the run folder from its last checkpoint: the recovery after a SuperLink or ServerApp
+crash (the SuperLink keeps its state in memory). Usage (from the repository root, with the venv's Python)::
 
     PYTHONPATH=src python examples/flower-deployment/deploy.py --rounds 2 --work /tmp/hfd
 
@@ -179,10 +181,13 @@ class Deployment:
                 "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port()),
             ])
 
-    def submit(self, config: Path, out: Path, overrides: list[str]) -> str:
+    def submit(self, config: Path, out: Path, overrides: list[str], resume: bool = False) -> str:
+        """``flwr run`` the app; ``resume``: continue the run in ``out`` from its last checkpoint."""
         app = self.work / "app"
         shutil.copytree(HERE / "app", app, dirs_exist_ok=True)
         run_config = f'config="{config}" out="{out}" overrides="{";".join(overrides)}"'
+        if resume:
+            run_config += " resume=true"
         r = self._flwr("run", str(app), "hfedmoe-local", "--run-config", run_config, "--format", "json")
         if r.returncode != 0:
             raise RuntimeError(f"flwr run failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
@@ -234,15 +239,22 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hfedmoe-flower-deployment"))
     ap.add_argument("--kill-node", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue WORK/run from its last checkpoint (after a SuperLink or ServerApp crash)")
     args = ap.parse_args()
     out = args.work / "run"
+    if args.resume and not (out / "checkpoints").is_dir():
+        print(f"deploy.py: --resume: expected a run folder with checkpoints in {out}, found none", file=sys.stderr)
+        raise SystemExit(2)
     overrides = [*args.overrides, f"federation.rounds={args.rounds}"]
     try:
         nodes = check_nodes(args.config, overrides, args.nodes)
     except HFedMoEError as exc:
         print(f"deploy.py: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    shutil.rmtree(args.work, ignore_errors=True)
+    for entry in (args.work.iterdir() if args.work.is_dir() else []):  # a fresh deployment; the run
+        if entry != out or not args.resume:                                 # folder stays when resuming
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     with Deployment(args.work, nodes) as d:
         d.setup()
         d.start_superlink()
@@ -250,7 +262,7 @@ def main() -> None:
         d.register_supernodes()
         print(f"registered {nodes} SuperNode public keys", flush=True)
         d.start_supernodes()
-        print(d.submit(args.config.resolve(), out, overrides).strip(), flush=True)
+        print(d.submit(args.config.resolve(), out, overrides, resume=args.resume).strip(), flush=True)
         waited = d.wait_for(out, args.rounds, args.timeout, args.kill_node)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
