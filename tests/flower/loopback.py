@@ -19,6 +19,7 @@ class LoopbackGrid:
             for i, nc in enumerate(node_configs)
         }
         self.dead: set[int] = set()
+        self.silent: set[tuple[int, str]] = set()  # (node, message type) that never gets a reply
         self.sent: list[Message] = []
         self.replies: list[Message] = []
         self.pairs: list[tuple[Message, Message]] = []  # (sent, its reply)
@@ -37,7 +38,7 @@ class LoopbackGrid:
             node = msg.metadata.dst_node_id
             if msg.metadata.message_type == "train" and self.on_train is not None:
                 self.on_train(node)
-            if node in self.dead:
+            if node in self.dead or (node, msg.metadata.message_type) in self.silent:
                 continue  # a dead node never answers (the real grid times out)
             try:
                 reply = self.app(msg, self.contexts[node])

@@ -140,3 +140,14 @@ def test_a_node_that_joins_later_takes_over_a_free_client(tmp_path):
     r = rows(tmp_path / "f")
     assert 3 in r[1]["failed_clients"] and 3 not in r[2]["failed_clients"]
     assert run.strategy.node_of[3] == 1003
+
+
+def test_a_node_silent_at_hello_is_asked_once_and_its_client_fails(tmp_path):
+    run = FlowerRun(load_config(TINY, FAST), tmp_path / "f")
+    grid = LoopbackGrid(client_app, [{"partition-id": i} for i in range(4)])
+    grid.silent.add((1003, "query.hello"))
+    run.strategy.start(grid)
+    hellos = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "query.hello"]
+    assert sorted(hellos) == [1000, 1001, 1002, 1003]  # 1003 asked once, not again every round
+    assert 3 not in run.strategy.node_of
+    assert all(r["failed_reasons"].get("3") == "node offline" for r in rows(tmp_path / "f")[1:])

@@ -117,12 +117,15 @@ class RoundState:
 
 
 class HFedMoEStrategy(Strategy):
-    """Drives one :class:`FlowerRun`: its method, model, budgets and metrics."""
+    """Drives one :class:`FlowerRun`: its method, model, budgets and metrics (the engine's own
+    strategy; in your own ServerApp use :class:`~hfedmoe.engines.flower.moe_strategy.HFedMoE`)."""
 
     def __init__(self, run: FlowerRun) -> None:
         self.run = run
         self.node_of: dict[int, int] = {}  # client id -> node id (assigned by connect/_adopt)
         self._eval_client_of: dict[int, int] = {}  # node id -> client it evaluates this round
+        self._asked: set[int] = set()  # nodes sent a hello (each once)
+        self._hints: dict[int, Any] = {}  # node id -> the partition it suggested (nodes that answered)
         self.state = RoundState()
         self._config_toml = _toml(run)
 
@@ -140,29 +143,31 @@ class HFedMoEStrategy(Strategy):
         log.info("flower: clients -> nodes: %s", {c: self.node_of[c] for c in sorted(self.node_of)})
 
     def _adopt(self, grid: Grid, nodes: Iterable[int], timeout: float) -> None:
-        """Say hello to the ``nodes`` no client is assigned to and give them the clients without
-        a live node. A node that does not answer in ``timeout`` seconds (or answers with an error)
-        is not used; it is asked again when it is still connected at a later round."""
+        """Give the clients without a live node to live ``nodes`` no client is assigned to. A node
+        is asked for its suggestion (hello) once, at most ``timeout`` seconds; one that does not
+        answer, or answers with an error, is never used (so no later round waits for it again)."""
         live = set(self._live(grid))
         held = {nd for nd in self.node_of.values() if nd in live}
-        new = [nd for nd in nodes if nd not in held]
         free = [c for c in range(len(self.run.fed.clients)) if self.node_of.get(c) not in live]
-        if not new or not free:
+        ask = [nd for nd in nodes if nd not in held and nd not in self._asked]
+        if not free:
             return
-        msgs = [Message(RecordDict({"hello": ConfigRecord({})}), nd, HELLO) for nd in new]
-        hints: dict[int, Any] = {}
-        for reply in grid.send_and_receive(msgs, timeout=timeout):
-            node = int(reply.metadata.src_node_id)
-            if node not in new:
-                continue
-            if reply.has_error():
-                log.warning("flower: node %s: hello failed: %s", node, reply.error.reason)
-                continue
-            hints[node] = partition_hint(reply)
-        silent = sorted(set(new) - set(hints))
-        if silent:
-            log.warning("flower: nodes %s did not answer the hello within %.0f s", silent, timeout)
-        self.node_of.update(assign_clients(free, hints))
+        if ask:
+            self._asked.update(ask)
+            msgs = [Message(RecordDict({"hello": ConfigRecord({})}), nd, HELLO) for nd in ask]
+            for reply in grid.send_and_receive(msgs, timeout=timeout):
+                node = int(reply.metadata.src_node_id)
+                if node not in ask:
+                    continue
+                if reply.has_error():
+                    log.warning("flower: node %s: hello failed: %s", node, reply.error.reason)
+                    continue
+                self._hints[node] = partition_hint(reply)
+            silent = sorted(set(ask) - set(self._hints))
+            if silent:
+                log.warning("flower: nodes %s did not answer the hello within %.0f s; not used", silent, timeout)
+        spare = {nd: self._hints[nd] for nd in nodes if nd in self._hints and nd not in held and nd in live}
+        self.node_of.update(assign_clients(free, spare))
 
     def _require(self, live: set[int], when: str) -> None:
         ok = sum(1 for nd in self.node_of.values() if nd in live)
@@ -186,9 +191,8 @@ class HFedMoEStrategy(Strategy):
         run.guard.begin_round(mm)  # the global reference replies are checked against
         st = RoundState(sampled=sampled, failed=failed, dropped=dropped)
         live = self._live(grid)
-        unused = [nd for nd in sorted(live) if nd not in self.node_of.values()]
-        if unused and len([c for c in range(len(run.fed.clients)) if self.node_of.get(c) not in live]):
-            self._adopt(grid, unused, run.cfg.engine.connect_timeout_s)  # nodes that (re)joined
+        if any(self.node_of.get(c) not in live for c in range(len(run.fed.clients))):
+            self._adopt(grid, sorted(live), run.cfg.engine.connect_timeout_s)  # nodes that (re)joined
         self._require(live, f"in round {server_round}")
         full_down = download_bytes(mm)
         msgs = []
