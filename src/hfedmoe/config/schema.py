@@ -272,6 +272,14 @@ class EngineConfig:
         600.0, "Flower: seconds the server waits for a round's replies; a client that has not replied by "
         "then counts as failed for the round",
     )
+    connect_timeout_s: float = _f(
+        300.0, "Flower: seconds the server waits for one node per client at start-up (and for their "
+        "first reply); it goes on with the nodes it has when at least engine.min_clients answered",
+    )
+    min_clients: int = _f(
+        1, "Flower: the fewest clients with a live, answering node the run goes on with; below it the "
+        "run stops with an error (a failed client only misses its rounds)",
+    )
 
 
 @dataclass
@@ -435,6 +443,9 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
     need(cfg.engine.num_actors >= 1, "engine.num_actors", "an integer >= 1", cfg.engine.num_actors)
     need(cfg.engine.round_timeout_s > 0, "engine.round_timeout_s", "a float > 0", cfg.engine.round_timeout_s)
+    need(cfg.engine.connect_timeout_s > 0, "engine.connect_timeout_s", "a float > 0", cfg.engine.connect_timeout_s)
+    need(isinstance(cfg.engine.min_clients, int) and cfg.engine.min_clients >= 1, "engine.min_clients",
+         "an integer >= 1", cfg.engine.min_clients)
     need(cfg.engine.name == "simulation" or cfg.method.name != "centralized",
          "engine.name", "'simulation' for method.name = 'centralized' (pooled data has no clients to federate)",
          cfg.engine.name)

@@ -49,8 +49,8 @@ def _put(rec: ArrayRecord, key: str, t: torch.Tensor, bf16: list[str]) -> None:
 
 
 def _get(rec: ArrayRecord, key: str, bf16: set[str]) -> torch.Tensor:
-    arr = rec[key].numpy()
-    t = torch.from_numpy(np.array(arr, copy=True))
+    arr = rec[key].numpy()  # np.load of the record's bytes: a fresh, writable array, shared as is
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     return t.view(torch.bfloat16) if key in bf16 else t
 
 
