@@ -7,7 +7,8 @@ callable), applies the client's DP, and hands the upload to :meth:`receive`, the
 an update is accepted or rejected. :meth:`end_round` returns the round's metrics fields.
 
 Faults are drawn from the run seed, the round and the client, so a faulted run repeats exactly
-and resumes bit-identically.
+and resumes bit-identically. DP noise is not (it must be unknown to the server): a DP run resumes
+from its checkpoint with its accounting intact but does not repeat bit for bit.
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ class RoundGuard:
     def _privatize(self, round_idx: int, cid: int, upd: Any) -> None:
         p = self.cfg.privacy
         assert self._ref is not None
-        gen = torch.Generator().manual_seed(seed_of(self.cfg.seed, round_idx, cid, 17))
-        self._clip_norms.append(privatize_update(upd, self._ref, p.clip_norm, p.noise_multiplier, gen))
+        # the client's own secure noise (core/privacy.py): nothing the server knows seeds it
+        self._clip_norms.append(privatize_update(upd, self._ref, p.clip_norm, p.noise_multiplier))
         self.uploads[str(cid)] = self.uploads.get(str(cid), 0) + 1
 
     def _deadline_or_none(self) -> float | None:
