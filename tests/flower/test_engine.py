@@ -107,6 +107,27 @@ def test_invalid_update_is_rejected_by_validation(tmp_path, caplog):
     assert "client 2 failed: invalid update: expert" in caplog.text and "non-finite" in caplog.text
 
 
+def test_a_replayed_reply_is_rejected_as_stale(tmp_path, caplog):
+    """The server's per-round nonce travels in the train message and must come back in the reply:
+    node 1's round-1 reply replayed in round 2 is rejected."""
+    cfg = load_config(TINY, FAST)
+    saved = {}
+
+    def replay(reply):
+        if reply.metadata.src_node_id == 1001 and not reply.has_error() and "meta" in reply.content.config_records:
+            if "first" not in saved:
+                saved["first"] = reply.content
+            else:
+                reply.content = saved["first"]
+        return reply
+
+    with caplog.at_level(logging.WARNING):
+        flower_run(cfg, tmp_path / "f", tamper=replay)
+    r = rows(tmp_path / "f")
+    assert 1 not in r[1]["failed_clients"] and 1 in r[2]["failed_clients"]
+    assert "client 1 failed: invalid update: nonce: not this round's (a stale or replayed update)" in caplog.text
+
+
 def test_a_node_lost_mid_round_does_not_stop_the_run(tmp_path):
     cfg = load_config(TINY, FAST)
     state = {"killed": False}

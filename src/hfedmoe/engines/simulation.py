@@ -319,7 +319,7 @@ class Simulation:
                 round_idx, mm, cinfo, plan,
                 train=lambda prog, cid=cid, client=client, plan=plan: train_client(
                     mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                    seed=self.client_seed(round_idx, cid), progress=prog),
+                    seed=self.client_seed(round_idx, cid), progress=prog, nonce=self.guard.nonce(cid)),
                 seconds_of=seconds_of,
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
