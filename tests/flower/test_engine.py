@@ -17,6 +17,7 @@ from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
 from hfedmoe.engines.flower.clientapp import app as client_app
 from hfedmoe.engines.flower.serverapp import FlowerRun
 from hfedmoe.engines.simulation import Simulation
+from hfedmoe.errors import HFedMoEError
 from tests.flower.conftest import FAST, TINY
 from tests.flower.loopback import LoopbackGrid
 
@@ -178,7 +179,9 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     flower_run(load_config(TINY, FAST + ["federation.rounds=1"]), tmp_path / "part")
     cfg = load_config(TINY, FAST)
     run = FlowerRun(cfg, tmp_path / "part")
-    assert run.restore() == 1
+    with pytest.raises(HFedMoEError, match=r"federation.rounds \(1 -> 2\)"):
+        run.restore()  # the rounds differ from the checkpoint's config: only when allowed
+    assert run.restore(allow_change={"federation.rounds"}) == 1
     grid = LoopbackGrid(client_app, [{"partition-id": i} for i in range(len(run.fed.clients))])
     run.strategy.start(grid)
     assert_same_run(tmp_path / "full", tmp_path / "part")

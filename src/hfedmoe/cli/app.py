@@ -248,6 +248,12 @@ def run(
 def resume(
     out: Annotated[Path, typer.Argument(help="run directory written by `hfedmoe run`")],
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="total rounds to reach (default: the config's)")] = None,
+    allow_change: Annotated[Optional[list[str]], typer.Option(
+        "--allow-change", help="a config field that may differ from the checkpoint's (safe ones only: "
+        "federation.rounds, eval/checkpoint frequency, threads, timeouts); repeatable")] = None,
+    discard_invalid: Annotated[bool, typer.Option(
+        "--discard-invalid", help="set checkpoints that do not verify aside (round_N.invalid) and resume "
+        "from the newest valid one (its later metric rows are rewritten)")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
     debug: Debug = False,
@@ -257,9 +263,15 @@ def resume(
 
     def go() -> None:
         from hfedmoe.config import validate
+        from hfedmoe.engines.resume import check_allow_change
         from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
         from hfedmoe.report.metrics import read_metrics
+
+        allowed = set(allow_change or [])
+        check_allow_change(allowed)
+        if rounds is not None:
+            allowed.add("federation.rounds")  # --rounds is the explicit change of the rounds
 
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
@@ -280,7 +292,7 @@ def resume(
                     console.print(f"{out}: finished at round {done}; nothing to do")
                 return
             sim = make_run(cfg, out)
-            start = sim.restore()
+            start = sim.restore(discard_invalid=discard_invalid, allow_change=allowed)
             for note in sim.restore_notes:  # even with --quiet: the run is not resumed from where it stopped
                 err_console.print(f"resume: {note}", highlight=False, soft_wrap=True)
             if not quiet:
