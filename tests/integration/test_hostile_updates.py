@@ -240,3 +240,16 @@ def test_a_sign_flip_inside_the_bound_moves_the_model_at_most_twice_the_bound(tm
     worst = max(float((model[k].double() - honest_model[k].double()).abs().max()) for k in model
                 if model[k].is_floating_point())
     assert 0 < worst <= 2 * tau * (1 + 1e-3) + 2 * 1e-6  # global weights up to ~|g| eps of rounding
+
+
+def test_a_malformed_update_fails_its_client_instead_of_the_run(tmp_path, monkeypatch, honest):
+    """Experts as a list: the upload's size cannot even be computed; the client fails the round."""
+    def as_list(upd, mm):
+        upd.experts = list(upd.experts.values())
+
+    rows, model = _run(tmp_path, monkeypatch, 1, as_list, 1)
+    assert rows[1]["failed_clients"] == [VICTIM]
+    assert rows[1]["failed_reasons"][str(VICTIM)].startswith("malformed update: AttributeError")
+    _, honest_model = honest[1]
+    for k in model:
+        assert torch.equal(model[k], honest_model[k]), k

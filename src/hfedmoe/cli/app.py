@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from hfedmoe.cli.boundary import guard as _guard
+from hfedmoe.cli.boundary import resume_hint
 from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
@@ -59,38 +61,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-def _one_line(msg: str, limit: int = 2000) -> str:
-    msg = " ".join(str(msg).split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    # plain write, no markup: "[0, 2^32)" or "[quick]" in a message must come out as written
-    sys.stderr.write(f"error: {_one_line(msg)}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
-
-
-def _guard(fn, debug: bool = False):
-    """Run ``fn`` turning user errors into one line and exit code 2, anything else into one line
-    and exit code 1 (``debug``: re-raised, so Python prints a plain traceback)."""
-    try:
-        return fn()
-    except HFedMoEError as exc:
-        _fail(str(exc))
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except OSError as exc:  # disk full, permission denied, ... while reading or writing files
-        if debug:
-            raise
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        _fail(f"file system:{where}: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, never a wall of locals
-        if debug:
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", code=1)
 
 
 def _set_threads(cfg: Any) -> None:
@@ -241,7 +211,7 @@ def run(
             _run_simulation(sim, None, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
@@ -300,7 +270,7 @@ def resume(
             _run_simulation(sim, cfg.federation.rounds, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
@@ -337,11 +307,15 @@ def bench(
             acc_s = f", test accuracy {100 * acc:.1f}%" if acc is not None else ""
             console.print(f"{e['dataset']} / {e['method']} / seed {e['seed']}: {what}{acc_s}", highlight=False)
 
-        report = run_bench(spec, out, on_event)
+        from hfedmoe.engines.runlock import RunLock
+
+        with RunLock(out):  # one bench writer per folder (its runs are resumed, not redone, on a rerun)
+            report = run_bench(spec, out, on_event)
         if not quiet:
             console.print(f"report: {report} and {report.with_suffix('.html')}")
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: f"finished runs are kept: rerun the same `hfedmoe bench` command "
+                                           f"with --out {out} to continue")
 
 
 @app.command()
@@ -434,11 +408,17 @@ def export(
 
 
 def main() -> None:
+    from hfedmoe.cli.boundary import INTERRUPT_REPORTED
+
     try:
         app()
     except KeyboardInterrupt:
-        err_console.print("interrupted: the last complete checkpoint is intact; continue with `hfedmoe resume DIR`")
+        sys.stderr.write("\ninterrupted\n")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C outside a command's guard into a silent exit 130
+        if exc.code == 130 and not INTERRUPT_REPORTED:
+            sys.stderr.write("\ninterrupted before the command started: nothing was written\n")
+        raise
 
 
 if __name__ == "__main__":

@@ -165,9 +165,12 @@ class RoundGuard:
             out = self._fail(round_idx, cid, f"exception: {type(exc).__name__}: {exc}", None)
             out.error = exc
             return out
-        seconds = seconds_of(upd)
-        if self.cfg.privacy.enabled:
-            self._privatize(round_idx, cid, upd)
+        try:  # both walk the update: a malformed one (experts as a list, ...) fails its client only
+            seconds = seconds_of(upd)
+            if self.cfg.privacy.enabled:
+                self._privatize(round_idx, cid, upd)
+        except Exception as exc:  # noqa: BLE001 - the upload's shape is the client's, not the server's
+            return self._fail(round_idx, cid, f"malformed update: {type(exc).__name__}: {exc}", None)
         deadline = self.cfg.faults.round_deadline_s
         if fault == "straggler":
             seconds *= self.cfg.faults.straggler_factor
