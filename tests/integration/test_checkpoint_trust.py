@@ -185,11 +185,14 @@ def _edit_config(run, section, key, value):
     (run / "config.toml").write_text(tomli_w.dumps(data))
 
 
-@pytest.mark.parametrize("edit, fields", [
+CONFIG_EDITS = [
     (("train", "lr", 0.01), "train.lr (0.003 -> 0.01)"),
     (("model", "num_experts", 6), "model.num_experts (4 -> 6)"),
     (("method", "name", "fedavg"), "method.name ('hfedmoe' -> 'fedavg')"),
-])
+]  # and the seed, below
+
+
+@pytest.mark.parametrize("edit, fields", CONFIG_EDITS)
 def test_a_hand_edited_config_is_refused_naming_the_fields_and_nothing_moves(edit, fields, finished, tmp_path):
     run = _copy(finished, tmp_path)
     (run / "report.md").unlink()
@@ -337,8 +340,11 @@ class _Killed(BaseException):
     """Stands for SIGKILL in-process: nothing after it runs (no except Exception catches it)."""
 
 
-@pytest.mark.parametrize("point", ["after metrics row", "inside model write", "after model write",
-                                   "before rename", "before prune"])
+KILL_POINTS = ["after metrics row", "inside model write", "after model write", "before rename", "before prune"]
+KILL_DELAYS = [4.0, 7.0, 9.0, 11.0, 14.0]  # seconds after the start of a real `hfedmoe run` (SIGKILL)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
 def test_forced_kill_points_resume_bit_identical(point, finished, tmp_path, monkeypatch):
     run = tmp_path / "run"
     sim = Simulation(load_config(TINY, SETS), run)
@@ -382,7 +388,7 @@ def test_kill_9_at_random_points_resumes_bit_identical(finished, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-c", "from hfedmoe.cli import main; main()"]
     cmd = [*cli, "run", "--config", str(TINY), "-q", *CLI_SETS]
-    for i, delay in enumerate([4.0, 7.0, 9.0, 11.0, 14.0]):
+    for i, delay in enumerate(KILL_DELAYS):
         out = tmp_path / f"k{i}"
         p = subprocess.Popen([*cmd, "--out", str(out)], env=env)
         time.sleep(delay)
