@@ -18,6 +18,9 @@ at most ``eps_dtype |p|`` per step. Over ``steps`` steps, with ``a = steps (lr w
     |u - g|_inf <= (steps lr B_max + a max|g|) / (1 - a)
     |u - g|_2   <= (steps lr B_max sqrt(d) + a |g|_2) / (1 - a)
 
+(``steps lr B_max`` times :data:`FLOAT_SLACK`). Measured on the tiny preset (2 local steps, and one
+epoch): honest updates reach 0.98-1.00 of the per-coordinate bound and 0.09-0.14 of the L2 bound.
+
 An update beyond either bound was not produced by this optimizer from these weights: the server
 rejects it in any round, history or not. SGD has no such bound (its step is the gradient's size):
 :func:`adamw_distance_bounds` is only for AdamW.
@@ -29,6 +32,10 @@ import math
 from dataclasses import dataclass
 
 ADAMW_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the client uses (client/train.py)
+# The step itself is computed in the parameters' precision (lr * m_hat / (sqrt(v_hat) + eps) in
+# float32 is lr B(t) to ~1e-7 relative, not exactly): honest first steps reach the bound (Adam's first
+# step moves every coordinate with a gradient by exactly lr), so the bound carries this margin.
+FLOAT_SLACK = 1.0 + 1e-3
 
 
 def adam_step_factor(t: int, beta1: float = ADAMW_BETAS[0], beta2: float = ADAMW_BETAS[1]) -> float:
@@ -64,6 +71,6 @@ def adamw_distance_bounds(lr: float, steps: int, weight_decay: float, dtype_eps:
     a = steps * (lr * weight_decay + dtype_eps)
     if a >= 1.0:  # decay or rounding alone could move a weight by its whole size: no useful bound
         return StepBounds(math.inf, math.inf)
-    move = steps * lr * b_max
+    move = steps * lr * b_max * FLOAT_SLACK
     return StepBounds(max_abs=(move + a * global_max_abs) / (1.0 - a),
                       l2=(move * math.sqrt(dims) + a * global_norm) / (1.0 - a))
