@@ -160,6 +160,10 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
         seeds = list(seeds_override)
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise HFedMoEError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise HFedMoEError(f"seeds: expected distinct seeds (a repeat is the same run twice), got {seeds!r}")
+    if len(set(methods)) != len(methods):
+        raise HFedMoEError(f"methods: expected distinct names, got {methods!r}")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise HFedMoEError(f"methods: expected names from {', '.join(METHODS)}, got {bad or methods}")

@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from hfedmoe.cli.boundary import guard as _guard
+from hfedmoe.cli.boundary import resume_hint
 from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
@@ -59,38 +61,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-def _one_line(msg: str, limit: int = 2000) -> str:
-    msg = " ".join(str(msg).split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    # plain write, no markup: "[0, 2^32)" or "[quick]" in a message must come out as written
-    sys.stderr.write(f"error: {_one_line(msg)}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
-
-
-def _guard(fn, debug: bool = False):
-    """Run ``fn`` turning user errors into one line and exit code 2, anything else into one line
-    and exit code 1 (``debug``: re-raised, so Python prints a plain traceback)."""
-    try:
-        return fn()
-    except HFedMoEError as exc:
-        _fail(str(exc))
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except OSError as exc:  # disk full, permission denied, ... while reading or writing files
-        if debug:
-            raise
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        _fail(f"file system:{where}: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, never a wall of locals
-        if debug:
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", code=1)
 
 
 def _set_threads(cfg: Any) -> None:
@@ -241,13 +211,19 @@ def run(
             _run_simulation(sim, None, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
 def resume(
     out: Annotated[Path, typer.Argument(help="run directory written by `hfedmoe run`")],
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="total rounds to reach (default: the config's)")] = None,
+    allow_change: Annotated[Optional[list[str]], typer.Option(
+        "--allow-change", help="a config field that may differ from the checkpoint's (safe ones only: "
+        "federation.rounds, eval/checkpoint frequency, threads, timeouts); repeatable")] = None,
+    discard_invalid: Annotated[bool, typer.Option(
+        "--discard-invalid", help="set checkpoints that do not verify aside (round_N.invalid) and resume "
+        "from the newest valid one (its later metric rows are rewritten)")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
     debug: Debug = False,
@@ -257,9 +233,15 @@ def resume(
 
     def go() -> None:
         from hfedmoe.config import validate
+        from hfedmoe.engines.resume import check_allow_change
         from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
         from hfedmoe.report.metrics import read_metrics
+
+        allowed = set(allow_change or [])
+        check_allow_change(allowed)
+        if rounds is not None:
+            allowed.add("federation.rounds")  # --rounds is the explicit change of the rounds
 
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
@@ -280,7 +262,7 @@ def resume(
                     console.print(f"{out}: finished at round {done}; nothing to do")
                 return
             sim = make_run(cfg, out)
-            start = sim.restore()
+            start = sim.restore(discard_invalid=discard_invalid, allow_change=allowed)
             for note in sim.restore_notes:  # even with --quiet: the run is not resumed from where it stopped
                 err_console.print(f"resume: {note}", highlight=False, soft_wrap=True)
             if not quiet:
@@ -288,7 +270,7 @@ def resume(
             _run_simulation(sim, cfg.federation.rounds, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
@@ -327,11 +309,15 @@ def bench(
                 acc_s = f", {metric.label} {metric.fmt(score)}{metric.unit}"
             console.print(f"{e['dataset']} / {e['method']} / seed {e['seed']}: {what}{acc_s}", highlight=False)
 
-        report = run_bench(spec, out, on_event)
+        from hfedmoe.engines.runlock import RunLock
+
+        with RunLock(out):  # one bench writer per folder (its runs are resumed, not redone, on a rerun)
+            report = run_bench(spec, out, on_event)
         if not quiet:
             console.print(f"report: {report} and {report.with_suffix('.html')}")
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: f"finished runs are kept: rerun the same `hfedmoe bench` command "
+                                           f"with --out {out} to continue")
 
 
 @app.command()
@@ -447,11 +433,17 @@ def pretrain(
 
 
 def main() -> None:
+    from hfedmoe.cli.boundary import INTERRUPT_REPORTED
+
     try:
         app()
     except KeyboardInterrupt:
-        err_console.print("interrupted: the last complete checkpoint is intact; continue with `hfedmoe resume DIR`")
+        sys.stderr.write("\ninterrupted\n")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C outside a command's guard into a silent exit 130
+        if exc.code == 130 and not INTERRUPT_REPORTED:
+            sys.stderr.write("\ninterrupted before the command started: nothing was written\n")
+        raise
 
 
 if __name__ == "__main__":

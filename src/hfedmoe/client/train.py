@@ -106,6 +106,7 @@ class ClientUpdate:
     selected_counts: torch.Tensor  # (L, E) int: batches in which each expert was selected
     metrics: dict[str, float] = field(default_factory=dict)
     peak_expert_state: torch.Tensor | None = None  # (L,) max experts holding grad/opt state at once
+    nonce: str = ""  # the server's nonce of the round, echoed (a stale or replayed update is rejected)
 
     def upload_bytes(self) -> int:
         """Bytes of the tensors this update carries (experts, routers, dense, statistics)."""
@@ -146,10 +147,12 @@ def train_client(
     *,
     seed: int,
     progress: Callable[[dict], None] | None = None,
+    nonce: str = "",
 ) -> ClientUpdate:
     """Train ``mm.model`` (holding the global weights) on ``indices`` of ``data`` and return the update.
 
     Randomness (shuffling, dropout) comes only from ``seed``, so a resumed run repeats exactly.
+    ``nonce``: the server's nonce of this round, echoed in the update.
     """
     model = mm.model
     L, E = mm.num_layers, mm.num_experts
@@ -161,7 +164,9 @@ def train_client(
         # nothing to train on: an empty update (no experts, routers or dense tensors), never an
         # endless search for a first batch when local_steps > 0
         log.warning("client %d: no training examples, skipping local training", client_id)
-        return _empty_update(mm, client_id)
+        empty = _empty_update(mm, client_id)
+        empty.nonce = nonce
+        return empty
     parts = tuple(settings.trainable)
     profiled: list[BatchShape] = []  # FedMoE's profiling pass: forward compute the client pays
     if plan.profile is not None:
@@ -342,6 +347,7 @@ def train_client(
         trained=trained,
         selected_counts=selected_counts,
         metrics=metrics,
+        nonce=nonce,
     )
 
 

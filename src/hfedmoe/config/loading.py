@@ -116,6 +116,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        except RecursionError:
+            raise HFedMoEError(f"--set {key.strip()}: expected a value, got one nested too deeply to parse") from None
+        if _depth(value) > 2:
+            raise HFedMoEError(f"--set {key.strip()}: expected a scalar or a list, got a value nested deeper")
         parts = key.split(".")
         if len(parts) > 2 or not all(parts):
             raise HFedMoEError(f"--set: expected 'field' or 'section.field', got {key!r}")
@@ -142,9 +146,32 @@ def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
     except OSError as exc:
         raise HFedMoEError(f"{field_name}: cannot read {p}: {exc.strerror}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HFedMoEError(f"{field_name}: {p} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
+        raise HFedMoEError(f"{field_name}: expected a config TOML file, got {p} nested too deeply to parse") from None
+    depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise HFedMoEError(f"{field_name}: expected a config TOML file nested at most {MAX_DEPTH} levels, "
+                           f"got {p} nested deeper")
+    return data
+
+
+MAX_DEPTH = 16  # a run config is section.field (lists of scalars at most): far below this
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of tables and arrays, without recursion (a 5,000-deep file must not crash)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

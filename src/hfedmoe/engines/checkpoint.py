@@ -2,11 +2,17 @@
 server state (JSON) and ``checksums.json`` (SHA-256 of both). Each is written into a temporary
 folder and renamed into place, so a kill at any moment leaves the last complete checkpoint usable;
 :func:`load_checkpoint` verifies the checksums and parses everything before the caller trusts it,
-raising :class:`CheckpointError` with the reason otherwise."""
+raising :class:`CheckpointError` with the reason otherwise.
+
+Keyed checksums (optional): with a key in ``HFEDMOE_CHECKPOINT_KEY`` (the key text) or in the file
+named by ``HFEDMOE_CHECKPOINT_KEY_FILE``, ``checksums.json`` also holds an HMAC-SHA256 of both files,
+and a checkpoint without a matching one is refused: plain SHA-256 only detects damage, anyone who
+can write the folder can recompute it; the HMAC needs the key."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -21,6 +27,8 @@ _ROUND_DIR = re.compile(r"^round_(\d+)$")
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "server_state.json"
 SUMS_FILE = "checksums.json"
+HMAC_KEY = "hmac-sha256"
+KEY_ENV, KEY_FILE_ENV = "HFEDMOE_CHECKPOINT_KEY", "HFEDMOE_CHECKPOINT_KEY_FILE"
 
 
 class CheckpointError(Exception):
@@ -29,6 +37,33 @@ class CheckpointError(Exception):
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_key() -> bytes | None:
+    """The HMAC key from the environment (see the module docstring), or None."""
+    from hfedmoe.errors import HFedMoEError
+
+    text = os.environ.get(KEY_ENV, "")
+    if text:
+        return text.encode()
+    path = os.environ.get(KEY_FILE_ENV, "")
+    if not path:
+        return None
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise HFedMoEError(f"{KEY_FILE_ENV}: expected a readable key file, got {path!r} ({exc.strerror})") from None
+    if not key:
+        raise HFedMoEError(f"{KEY_FILE_ENV}: expected a non-empty key file, got {path!r} (empty)")
+    return key
+
+
+def _hmac(key: bytes, path: Path) -> str:
+    h = hmac.new(key, digestmod=hashlib.sha256)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -62,7 +97,10 @@ def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tens
         json.dump(server_state, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    sums = {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+    sums: dict[str, Any] = {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+    key = checkpoint_key()
+    if key is not None:
+        sums[HMAC_KEY] = {name: _hmac(key, tmp / name) for name in (MODEL_FILE, STATE_FILE)}
     with open(tmp / SUMS_FILE, "w") as fh:
         json.dump(sums, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -105,6 +143,16 @@ def verify_checkpoint(root: Path, round_idx: int) -> None:
             raise CheckpointError(f"{name} unreadable: {exc}") from None
         if sums.get(name) != actual:
             raise CheckpointError(f"{name}: checksum mismatch (damaged or replaced)")
+    key = checkpoint_key()
+    if key is None:
+        return
+    signed = sums.get(HMAC_KEY)
+    if not isinstance(signed, dict):
+        raise CheckpointError(f"{SUMS_FILE}: no {HMAC_KEY} although {KEY_ENV} / {KEY_FILE_ENV} is set "
+                              "(not written with the key)")
+    for name in (MODEL_FILE, STATE_FILE):
+        if not hmac.compare_digest(str(signed.get(name, "")), _hmac(key, d / name)):
+            raise CheckpointError(f"{name}: {HMAC_KEY} mismatch (replaced, or another key)")
 
 
 def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

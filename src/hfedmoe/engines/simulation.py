@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from hfedmoe.client import ClientUpdate, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.engines.guard import RoundGuard
+from hfedmoe.engines.resume import check_resume_config, config_record
 from hfedmoe.engines.checkpoint import (
     CheckpointError, complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint, set_aside,
 )
@@ -121,22 +122,29 @@ class Simulation:
             "sim_comm_s": self.sim_comm_s,
             "wall_time_s": self.wall_time_s,
             "guard": self.guard.state_dict(),
+            **config_record(self.cfg),
         }
 
-    def restore(self) -> int:
-        """Load the newest complete checkpoint that verifies (checksums, tensors of this model,
-        state of this method); return its round. Untrusted newer ones are renamed
-        ``round_<N>.invalid`` and each fallback is logged and kept in ``restore_notes``.
+    def restore(self, discard_invalid: bool = False, allow_change: Collection[str] = ()) -> int:
+        """Load the newest complete checkpoint (checksums, keyed ones too; tensors of this model;
+        state of this method; the config it was made with, see engines/resume.py); return its round.
 
-        Raises HFedMoEError, before anything is written, when metrics.jsonl lacks rows up to the
-        checkpoint (resuming would rewrite the report with less)."""
+        Raises HFedMoEError, before anything is written, when the newest checkpoint does not verify
+        (unless ``discard_invalid``: it is renamed ``round_<N>.invalid``, the fallback logged and kept
+        in ``restore_notes``), when the config differs in a field not in ``allow_change``, or when
+        metrics.jsonl lacks rows up to the checkpoint. Rows after the resumed round are rewritten."""
         self.restore_notes: list[str] = []
         rows = read_metrics(self.metrics_path)
         for r in reversed(complete_rounds(self.ckpt_root)):
             try:
                 tensors, state = load_checkpoint(self.ckpt_root, r)
+                check_resume_config(state, self.cfg, allow_change, str(self.ckpt_root / f"round_{r}"))
                 self._check_checkpoint(tensors, state)
             except CheckpointError as exc:
+                if not discard_invalid:
+                    raise HFedMoEError(
+                        f"checkpoint of round {r} is not usable ({exc}); nothing was changed (resume with "
+                        "--discard-invalid to set it aside and continue from the newest valid checkpoint)") from None
                 moved = set_aside(self.ckpt_root, r)
                 self.restore_notes.append(f"checkpoint of round {r} is not usable ({exc}); moved to {moved.name}")
                 log.warning("%s", self.restore_notes[-1])
@@ -319,7 +327,7 @@ class Simulation:
                 round_idx, mm, cinfo, plan,
                 train=lambda prog, cid=cid, client=client, plan=plan: train_client(
                     mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                    seed=self.client_seed(round_idx, cid), progress=prog),
+                    seed=self.client_seed(round_idx, cid), progress=prog, nonce=self.guard.nonce(cid)),
                 seconds_of=seconds_of,
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )

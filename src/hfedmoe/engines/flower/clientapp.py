@@ -103,7 +103,8 @@ def train(msg: Message, context: Context) -> Message:
         method.seed = cfg.seed
         local = method.plan(mm, info, round_idx)
     plan = plan_from_json(str(c["plan"]), local)
-    upd = train_client(mm, cid, fed.tokens, fed.clients[cid].train_idx, plan, train_settings(cfg), seed=int(c["seed"]))
+    upd = train_client(mm, cid, fed.tokens, fed.clients[cid].train_idx, plan, train_settings(cfg), seed=int(c["seed"]),
+                      nonce=str(c.get("nonce", "")))
     return Message(update_to_record(upd), reply_to=msg)
 
 

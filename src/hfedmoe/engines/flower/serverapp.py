@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from hfedmoe.config import RunConfig, load_config
 from hfedmoe.engines.flower.strategy import HFedMoEStrategy
 from hfedmoe.engines.shared import ClientSummary, RoundResult
+from hfedmoe.engines.resume import check_allow_change
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
 
@@ -112,5 +113,8 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(rc["out"]))
     run = FlowerRun(cfg, out)
     if bool(rc.get("resume", False)):
-        run.restore()
+        # "allow-change": ';'-separated safe fields that may differ from the checkpoint's config
+        allow = {x.strip() for x in str(rc.get("allow-change", "")).split(";") if x.strip()}
+        check_allow_change(allow)
+        run.restore(discard_invalid=bool(rc.get("discard-invalid", False)), allow_change=allow)
     run.strategy.start(grid, num_rounds=cfg.federation.rounds)

@@ -210,6 +210,7 @@ class HFedMoEStrategy(Strategy):
                 "run_config": self._config_toml, "round": server_round, "client_id": cid,
                 "budget": int(cinfo.budget), "num_examples": int(cinfo.num_examples), "profile": cinfo.profile,
                 "seed": run.client_seed(server_round, cid), "plan": plan_to_json(plan),
+                "nonce": run.guard.nonce(cid),  # echoed in the reply: a stale or replayed one is rejected
             })
             content = RecordDict({"model": model_to_record(mm, plan.restrict), "config": cfg})
             st.infos[cid] = cinfo
