@@ -163,7 +163,7 @@ def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
 
 def _report(sim: Any) -> dict[str, Any]:
     from hfedmoe.report.run_report import write_run_report
-    from hfedmoe.report.settings import key_settings
+    from hfedmoe.report.settings import data_context, key_settings
 
     clients = [
         {"client_id": c.client_id, "profile": c.profile, "num_train": len(c.train_idx), "num_val": len(c.val_idx),
@@ -174,7 +174,8 @@ def _report(sim: Any) -> dict[str, Any]:
                "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
                "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
                "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
-               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients))}
+               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
+               **data_context(sim.cfg, sim.fed)}
     return write_run_report(sim.out_dir, context)
 
 
