@@ -422,6 +422,11 @@ def export(
     _guard(go, debug)
 
 
+from hfedmoe.cli.predict import predict  # noqa: E402 - a command in its own module
+
+app.command()(predict)
+
+
 def main() -> None:
     try:
         app()
