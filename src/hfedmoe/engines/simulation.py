@@ -309,14 +309,14 @@ class Simulation:
         failed: list[int] = []
         errors: list[Exception] = []
         self.guard.begin_round(mm)
-        for cinfo in training:
+        for i, cinfo in enumerate(training):
             cid = cinfo.client_id
             client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
             plan = self.make_plan(cinfo, round_idx)
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
-            self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
+            self.on_event({"kind": "client_start", "round": round_idx, "client": cid, "index": i, "of": len(training)})
             parts: dict[int, tuple[float, float]] = {}
 
             def seconds_of(u: ClientUpdate, cid: int = cid, down: int = down) -> float:
