@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
+from typer.core import TyperCommand
+
+from hfedmoe.cli.inputs import PlainHelpCommand, check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -425,6 +427,9 @@ def export(
 from hfedmoe.cli.predict import predict  # noqa: E402 - a command in its own module
 
 app.command()(predict)
+for _info in app.registered_commands:  # every command, also those added above by other modules
+    if _info.cls in (None, TyperCommand):
+        _info.cls = PlainHelpCommand
 
 
 def main() -> None:
