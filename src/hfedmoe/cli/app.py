@@ -18,9 +18,11 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from typer.core import TyperCommand
+
 from hfedmoe.cli.boundary import guard as _guard
 from hfedmoe.cli.boundary import resume_hint
-from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
+from hfedmoe.cli.inputs import PlainHelpCommand, check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,7 +135,7 @@ def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
 
 def _report(sim: Any) -> dict[str, Any]:
     from hfedmoe.report.run_report import write_run_report
-    from hfedmoe.report.settings import key_settings
+    from hfedmoe.report.settings import data_context, key_settings
 
     clients = [
         {"client_id": c.client_id, "profile": c.profile, "num_train": len(c.train_idx), "num_val": len(c.val_idx),
@@ -144,7 +146,8 @@ def _report(sim: Any) -> dict[str, Any]:
                "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
                "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
                "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
-               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients))}
+               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
+               **data_context(sim.cfg, sim.fed)}
     return write_run_report(sim.out_dir, context)
 
 
@@ -430,6 +433,14 @@ def pretrain(
         run_pretrain(preset, seed, console, quiet)
 
     _guard(go, debug)
+
+
+from hfedmoe.cli.predict import predict  # noqa: E402 - a command in its own module
+
+app.command()(predict)
+for _info in app.registered_commands:  # every command, also those added above by other modules
+    if _info.cls in (None, TyperCommand):
+        _info.cls = PlainHelpCommand
 
 
 def main() -> None:

@@ -7,7 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
+from typer.core import TyperCommand
+
 from hfedmoe.errors import HFedMoEError
+
+
+class PlainHelpCommand(TyperCommand):
+    """A command whose ``--help`` renders as written: typer escapes the ``[`` of ``[default: ...]``
+    for rich even when rich markup is off (``rich_markup_mode=None``), printing ``\\[default: ...]``."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        inner = click.HelpFormatter(width=formatter.width)
+        super().format_help(ctx, inner)
+        formatter.write(inner.getvalue().replace("\\[", "["))
 
 
 def check_out(out: Path, field_name: str = "--out") -> None:

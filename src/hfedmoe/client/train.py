@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hfedmoe.client.flops import flop_model
+from hfedmoe.client.objective import add_prox_grad, label_counts, local_loss
 from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
 from hfedmoe.core.selection import routed_experts
@@ -89,6 +90,8 @@ class TrainSettings:
     pooling: str = "sequence"  # importance upload and diagnostics, unless the plan says otherwise
     ib_scale: str = "raw"  # for the selection diagnostics only
     diagnostics: bool = True
+    prox_mu: float = 0.0  # FedProx weight (client/objective.py)
+    loss: str = "ce"  # ce | logit-adjusted | balanced (client/objective.py)
 
 
 @dataclass
@@ -199,6 +202,8 @@ def train_client(
     for leaves in expert_leaves.values():
         params += list(leaves)
     opt = _optimizer(params, settings)
+    anchors = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []  # FedProx: w_global
+    counts = None  # (C,) the client's label counts, for train.loss other than ce
 
     steps_per_epoch = num_batches(len(indices), settings.batch_size)
     total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
@@ -251,6 +256,10 @@ def train_client(
                         ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
                     out = model(**batch)
                     loss = out.loss
+                    if settings.loss != "ce":
+                        if counts is None:
+                            counts = label_counts(data.labels[indices], out.logits.shape[-1])
+                        loss = local_loss(settings.loss, out.logits, batch["labels"], counts)
                     if plan.aux_loss is None:
                         loss.backward()
                     else:
@@ -268,6 +277,8 @@ def train_client(
                     # and optimizer state (client/state.py explains the eviction choice).
                     keep = {(l, int(e)) for l in range(L) for e in chosen[l]}
                     evict_expert_state(opt, expert_leaves, keep)
+                    if anchors:
+                        add_prox_grad(params, anchors, settings.prox_mu)
                     for key in experts_with_grad(expert_leaves):
                         if key not in first_value:
                             first_value[key] = [t.detach().clone() for t in expert_leaves[key]]

@@ -47,6 +47,29 @@ def config_from_data(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _all_fields() -> list[str]:
+    """Every dotted field name of a RunConfig (``seed``, ``train.lr``, ...)."""
+    out = []
+    for name, typ in _section_types(RunConfig).items():
+        out += [f"{name}.{k}" for k in _section_types(typ)] if dataclasses.is_dataclass(typ) else [name]
+    return out
+
+
+def _unknown(dotted: str, known: list[str], leaf: str, shown: list[str] | None = None) -> str:
+    """``train.lrr: unknown field; did you mean train.lr? (known: ...)``: the closest names in
+    the section, else the same or a close name in another section (``train.rounds`` ->
+    ``federation.rounds``)."""
+    import difflib
+
+    close = difflib.get_close_matches(dotted, known, n=2, cutoff=0.75)
+    if not close:
+        others = _all_fields()
+        close = [f for f in others if f.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(
+            dotted, others, n=2, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{dotted}: unknown field{hint} (known: {', '.join(shown or known)})"
+
+
 def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     """A RunConfig with defaults where a field is unknown or mistyped, and the list of problems."""
     problems: list[str] = []
@@ -54,7 +77,7 @@ def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     hints = _section_types(RunConfig)
     for key, value in data.items():
         if key not in hints:
-            problems.append(f"{key}: unknown field (known: {', '.join(hints)})")
+            problems.append(_unknown(key, list(hints), key))
             continue
         sub = hints[key]
         if dataclasses.is_dataclass(sub):
@@ -65,7 +88,7 @@ def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
             sub_kwargs = {}
             for k, v in value.items():
                 if k not in sub_hints:
-                    problems.append(f"{key}.{k}: unknown field (known: {', '.join(sub_hints)})")
+                    problems.append(_unknown(f"{key}.{k}", [f"{key}.{x}" for x in sub_hints], k, list(sub_hints)))
                     continue
                 ok, coerced = _coerce(v, sub_hints[k])
                 if not ok:

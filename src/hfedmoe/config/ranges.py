@@ -58,6 +58,12 @@ FLOAT_RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("method.aux_weight", 0.0, 1e6, False, False),
     ("clients.memory_scale", 0.0, 1e6, False, False),
     ("federation.clients_per_round", 0.0, 100_000.0, True, False),
+    ("train.prox_mu", 0.0, 1e6, False, False),
+    ("federation.server_lr", 0.0, 100.0, False, False),
+    ("federation.server_momentum", 0.0, 1.0, False, True),
+    ("federation.server_beta1", 0.0, 1.0, False, True),
+    ("federation.server_beta2", 0.0, 1.0, False, True),
+    ("federation.server_tau", 0.0, 1e3, True, False),
 )
 
 

@@ -194,6 +194,14 @@ class TrainConfig:
         "parts trained locally: experts, routers, head, attention, embeddings, norms",
     )
     eval_batch_size: int = _f(64, "batch size for evaluation")
+    prox_mu: float = _f(
+        0.0, "FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 on the trained parameters; 0 = off")
+    loss: str = _f(
+        "ce",
+        "classification loss of local training: ce | logit-adjusted (logits + log of the client's own "
+        "label frequencies, smoothed: absent classes are not pushed down) | balanced (cross-entropy "
+        "weighted by the inverse of the client's label counts)",
+    )
 
 
 @dataclass
@@ -243,6 +251,16 @@ class FederationConfig:
         1, "evaluate the global model on every client's validation split every N rounds (and at the last round)"
     )
     keep_checkpoints: int = _f(2, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
+    server_optimizer: str = _f(
+        "none",
+        "server step on the aggregated update (after the method's own aggregation; parameters nobody "
+        "updated stay unchanged): none | avgm (FedAvgM) | adam (FedAdam) | yogi (FedYogi)",
+    )
+    server_lr: float = _f(0.0, "server learning rate; 0 = the optimizer's default (avgm 1.0, adam/yogi 0.01)")
+    server_momentum: float = _f(0.9, "avgm: server momentum")
+    server_beta1: float = _f(0.9, "adam/yogi: first-moment decay")
+    server_beta2: float = _f(0.99, "adam/yogi: second-moment decay")
+    server_tau: float = _f(1e-3, "adam/yogi: adaptivity tau added to sqrt(v)")
 
 
 @dataclass
@@ -306,6 +324,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets", "domains8"),
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
+    "train.loss": ("ce", "logit-adjusted", "balanced"),
+    "federation.server_optimizer": ("none", "avgm", "adam", "yogi"),
     "method.budget_scope": ("layer", "model"),
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
@@ -419,6 +439,8 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
     need(t.lr > 0, "train.lr", "a float > 0", t.lr)
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
+    need(t.loss == "ce" or m.task == "classification", "train.loss",
+         "'ce' for model.task = 'causal-lm' (label-count losses need classes)", t.loss)
     bad_parts = [x for x in t.trainable if x not in TRAINABLE_PARTS]
     need(not bad_parts and bool(t.trainable), "train.trainable",
          "a non-empty list of " + ", ".join(TRAINABLE_PARTS), t.trainable)

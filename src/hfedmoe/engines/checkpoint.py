@@ -29,6 +29,7 @@ STATE_FILE = "server_state.json"
 SUMS_FILE = "checksums.json"
 HMAC_KEY = "hmac-sha256"
 KEY_ENV, KEY_FILE_ENV = "HFEDMOE_CHECKPOINT_KEY", "HFEDMOE_CHECKPOINT_KEY_FILE"
+OPT_FILE = "server_opt.safetensors"  # the server optimizer's state (federation.server_optimizer), when it has one
 
 
 class CheckpointError(Exception):
@@ -81,8 +82,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tensor], server_state: dict[str, Any]) -> Path:
-    """Write ``root/round_<round_idx>`` atomically and return its path."""
+def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tensor], server_state: dict[str, Any],
+                    server_opt: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``root/round_<round_idx>`` atomically and return its path (``server_opt``: tensors of
+    the server optimizer's state, in their own checksummed file)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"round_{round_idx}"
     tmp = root / f".round_{round_idx}.tmp"
@@ -97,10 +100,14 @@ def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tens
         json.dump(server_state, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    sums: dict[str, Any] = {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+    names = [MODEL_FILE, STATE_FILE]
+    if server_opt:
+        save_file(server_opt, str(tmp / OPT_FILE))
+        names.append(OPT_FILE)
+    sums: dict[str, Any] = {name: _sha256(tmp / name) for name in names}
     key = checkpoint_key()
     if key is not None:
-        sums[HMAC_KEY] = {name: _hmac(key, tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+        sums[HMAC_KEY] = {name: _hmac(key, tmp / name) for name in names}
     with open(tmp / SUMS_FILE, "w") as fh:
         json.dump(sums, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -136,7 +143,7 @@ def verify_checkpoint(root: Path, round_idx: int) -> None:
         raise CheckpointError(f"{SUMS_FILE} unreadable: {exc}") from None
     if not isinstance(sums, dict):
         raise CheckpointError(f"{SUMS_FILE}: expected an object, got {type(sums).__name__}")
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in (MODEL_FILE, STATE_FILE, *([OPT_FILE] if OPT_FILE in sums else [])):
         try:
             actual = _sha256(d / name)
         except OSError as exc:
@@ -150,7 +157,7 @@ def verify_checkpoint(root: Path, round_idx: int) -> None:
     if not isinstance(signed, dict):
         raise CheckpointError(f"{SUMS_FILE}: no {HMAC_KEY} although {KEY_ENV} / {KEY_FILE_ENV} is set "
                               "(not written with the key)")
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in (MODEL_FILE, STATE_FILE, *([OPT_FILE] if OPT_FILE in sums else [])):
         if not hmac.compare_digest(str(signed.get(name, "")), _hmac(key, d / name)):
             raise CheckpointError(f"{name}: {HMAC_KEY} mismatch (replaced, or another key)")
 
@@ -171,6 +178,18 @@ def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor]
     if not isinstance(state, dict) or state.get("round") != round_idx:
         raise CheckpointError(f"{STATE_FILE}: expected a server state of round {round_idx}")
     return tensors, state
+
+
+def load_server_opt(root: Path, round_idx: int) -> dict[str, torch.Tensor]:
+    """The server optimizer's state tensors of a checkpoint ({} when it has none); call after
+    :func:`load_checkpoint` (which verified its checksum)."""
+    path = root / f"round_{round_idx}" / OPT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error types
+        raise CheckpointError(f"{OPT_FILE} does not load: {exc}") from None
 
 
 def set_aside(root: Path, round_idx: int) -> Path:

@@ -67,6 +67,8 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         beta=cfg.method.beta,
         pooling=cfg.method.pooling,
         ib_scale=cfg.method.ib_scale,
+        prox_mu=cfg.train.prox_mu,
+        loss=cfg.train.loss,
     )
 
 

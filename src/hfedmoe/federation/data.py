@@ -37,6 +37,7 @@ class FederationData:
     clients: list[ClientData]
     public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
     heldout: TokenizedTexts | None = None  # causal LM: held-out corpus for perplexity
+    warnings: list[str] = field(default_factory=list)  # about the data, with the field to change (logged)
 
     @property
     def num_labels(self) -> int:
@@ -145,6 +146,7 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     groups = None if ds.groups is None else ds.groups[train_idx]
     if d.partition in ("natural", "natural-dirichlet"):
         num_clients = None  # one client (natural) or clients_per_group clients per group
+        train_idx_before = train_idx
         train_idx, groups = _consolidate(cfg, train_idx, groups)
     natural = d.partition in ("natural", "natural-dirichlet")
     try:
@@ -162,6 +164,8 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     except HFedMoEError as exc:
         raise HFedMoEError(_user_terms(str(exc), natural)) from None
     names = _client_names(groups, parts, natural)
+    if natural and len(parts) < 2:
+        _too_few_clients(cfg, len(np.unique(ds.groups[train_idx_before])) if ds.groups is not None else 0, names)
     profiles = cfg.clients.profiles
     clients = []
     for cid, local in enumerate(parts):
@@ -188,4 +192,29 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     else:
         tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout)
+    fed = FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout)
+    fed.warnings = _data_warnings(cfg, fed)
+    for w in fed.warnings:
+        log.warning("%s", w)
+    return fed
+
+
+def _too_few_clients(cfg: RunConfig, num_groups: int, names: list[str]) -> None:
+    """A natural split that left fewer than 2 clients is no federation: an error with the fix."""
+    d = cfg.data
+    raise HFedMoEError(
+        f"data.min_group_size: the natural split by {d.group_column or 'group'} left {len(names)} client"
+        f"{'' if len(names) == 1 else 's'} ({num_groups} group{'' if num_groups == 1 else 's'} in the training data, "
+        f"data.min_group_size {d.min_group_size}, data.max_clients {d.max_clients or 'no cap'}); a federation needs "
+        "at least 2: lower data.min_group_size, raise data.max_clients, or use data.partition = 'dirichlet'")
+
+
+def _data_warnings(cfg: RunConfig, fed: FederationData) -> list[str]:
+    from hfedmoe.report.advice import data_warnings
+
+    train = np.concatenate([c.train_idx for c in fed.clients]) if fed.clients else np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter((len(x) for x in fed.tokens.input_ids), dtype=np.int64, count=len(fed.tokens))
+    chars = np.fromiter((len(t) for t in fed.dataset.texts), dtype=np.int64, count=len(fed.dataset))
+    return data_warnings([len(c.train_idx) for c in fed.clients], [c.name for c in fed.clients], lengths,
+                         cfg.data.max_length, chars, fed.dataset.labels[train], list(fed.dataset.label_names),
+                         cfg.model.task)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hfedmoe.report.advice import drift_warnings, plural
 from hfedmoe.report.classes import human_duration, learning_warnings
 from hfedmoe.report.metrics import read_metrics
 from hfedmoe.report.mechanisms import mechanism_summary, render_mechanisms
@@ -76,8 +77,10 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     rows = read_metrics(out_dir / "metrics.jsonl")
     summary = {**summarize(rows), **{k: v for k, v in context.items() if k != "clients"}}
     summary["wall_time_human"] = human_duration(summary.get("wall_time_s"))
-    summary["warnings"] = learning_warnings(summary.get("final_test_accuracy"), summary.get("majority_rate"),
-                                            summary.get("final_test_pred_share") or [], summary.get("label_names"))
+    summary["warnings"] = [*context.get("data_warnings", []), *learning_warnings(
+        summary.get("final_test_accuracy"), summary.get("majority_rate"), summary.get("final_test_pred_share") or [],
+        summary.get("label_names")), *drift_warnings(rows, context.get("test_label_share") or [],
+                                                    summary.get("label_names"))]
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     label = summary["method"] or "run"
     plots = {
@@ -140,7 +143,7 @@ def _client_lines(clients: list[dict[str, Any]]) -> list[str]:
     if len(clients) > MAX_CLIENT_ROWS:
         sizes = np.array([c["num_train"] for c in clients])
         budgets = np.array([c["budget"] for c in clients])
-        lines += [f"{len(clients)} clients; training examples per client: min {sizes.min()}, median "
+        lines += [f"{plural(len(clients), 'client')}; training examples per client: min {sizes.min()}, median "
                   f"{int(np.median(sizes))}, max {sizes.max()}, total {sizes.sum()}; expert budgets: "
                   + ", ".join(f"{b}: {int((budgets == b).sum())} clients" for b in np.unique(budgets))
                   + f". The table lists the {MAX_CLIENT_ROWS} largest clients.", ""]
@@ -168,7 +171,8 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"# hfedmoe run: {s.get('method')}",
         "",
         f"- model: {s.get('model', '-')}",
-        f"- data: {s.get('dataset', '-')}",
+        f"- data: {s.get('dataset', '-')}" + (f" ({s['data_source']})" if s.get("data_source") else ""),
+        *([f"- classes: {s['classes']}"] if s.get("classes") else []),
         f"- rounds: {s['rounds']}, simulated time {human_duration(s['sim_time_s'])} (compute "
         f"{human_duration(s.get('sim_compute_time_s', 0))}, communication {human_duration(s.get('sim_comm_time_s', 0))}, "
         f"on each round's slowest client), wall time {human_duration(s['wall_time_s'])}",

@@ -32,7 +32,7 @@ from hfedmoe.engines.flower.codec import (
 from hfedmoe.engines.flower.nodes import assign_clients, partition_hint, wait_for_nodes
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.budgeting import download_bytes
-from hfedmoe.methods.base import ClientInfo, open_aggregation
+from hfedmoe.methods.base import ClientInfo
 from hfedmoe.moe import MoEModel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +48,7 @@ def _aggregate(run: Any, updates: list[ClientUpdate], round_idx: int) -> dict[st
     update through ``run.receive`` into the method's running sums, then ``finish``)."""
     if not updates:
         return {}
-    aggregation = open_aggregation(run.method, run.mm, round_idx)
+    aggregation = run.open_round_aggregation(round_idx)
     for update in updates:
         run.receive(aggregation, update)
     return aggregation.finish()
