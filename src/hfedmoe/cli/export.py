@@ -64,6 +64,11 @@ def export_peft_run(run_dir: Path, out: Path) -> tuple[Path, int]:
     return out, run.round
 
 
+def export_run(run_dir: Path, out: Path) -> tuple[Path, int]:
+    """``hfedmoe export --peft``: see :func:`export_peft_run`."""
+    return export_peft_run(run_dir, out)
+
+
 def _plain_model(run, all_experts: bool):
     """The run's global model as a plain transformers model (LoRA merged, MoEfied BERT made dense)."""
     from hfedmoe.moe.lora_model import is_lora
@@ -149,7 +154,7 @@ def export_merged_run(run_dir: Path, out: Path, all_experts: bool = False) -> tu
                   f"this dense model {dense_acc:.4f}.", ""]
     model.save_pretrained(str(out))
     run.tokenizer.save_pretrained(str(out))
-    (out / "README.md").write_text(_card(cfg, rows, run.round, run.model.__class__.__name__, extra))
+    (out / "README.md").write_text(_card(cfg, rows, run.round, f"{cfg.model.name} ({type(model).__name__})", extra))
     info = {"round": run.round, "run": str(Path(run_dir).resolve()), **{k: v for k, v in rows["last"].items()
             if isinstance(v, (int, float, str)) and k.startswith(("test_", "heldout_"))}}
     if routed_acc is not None:
