@@ -142,12 +142,16 @@ def _report(sim: Any) -> dict[str, Any]:
          "budget": b.budget, "fits_full": b.fits_full, "name": getattr(c, "name", "")}
         for c, b in zip(sim.fed.clients, sim.budgets)
     ]
+    lm = sim.fed.layout is not None  # causal LM: no classes, no majority rate
     context = {"model": sim.model_description, "dataset": sim.fed.dataset.name, "clients": clients,
-               "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
+               "majority_rate": None if lm else sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
                "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
                "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
                "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
                **data_context(sim.cfg, sim.fed)}
+    if lm:
+        context["lm_layout"] = sim.fed.layout.describe(sim.cfg.data.max_length)
+        context["lm_tokens_kept_share"] = sim.fed.layout.kept_share
     return write_run_report(sim.out_dir, context)
 
 
@@ -385,8 +389,9 @@ def generate(
     _setup_logging(False, True)
 
     def go() -> None:
-        from hfedmoe.cli.generate import load_run_model, stream_generate
+        from hfedmoe.cli.generate import check_max_new_tokens, load_run_model, stream_generate
 
+        check_max_new_tokens(max_new_tokens)
         model, tokenizer, rnd = load_run_model(run_dir)
         err_console.print(f"[dim]global model after round {rnd}[/]")
         stream_generate(model, tokenizer, prompt, max_new_tokens, temperature, seed)
@@ -396,21 +401,29 @@ def generate(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Option("--run", help="a LoRA run (model.lora_r > 0) or MoE-adapter run "
-                                                     "(model.adapter = 'moe') directory")],
-    peft: Annotated[Path, typer.Option("--peft", help="output directory (PEFT adapter, or MoE adapters: "
-                                                      "docs/fft-moe.md)")],
+    run_dir: Annotated[Path, typer.Option("--run", help="a run directory (hfedmoe run --out)")],
+    peft: Annotated[Optional[Path], typer.Option("--peft", help="LoRA runs: write the PEFT adapter (with an offline "
+                                                 "base); MoE-adapter runs: their adapters (docs/fft-moe.md)")] = None,
+    merged: Annotated[Optional[Path], typer.Option("--merged", help="write a standard transformers checkpoint "
+                                                   "(config, tokenizer, weights, model card) to this new directory")] = None,
+    all_experts: Annotated[bool, typer.Option("--all-experts", help="MoEfied BERT with top_k < num_experts: write "
+                                              "the dense BERT with every expert active (a different model)")] = False,
     debug: Debug = False,
 ) -> None:
-    """Write a LoRA run's newest global adapter as a PEFT directory (PeftModel.from_pretrained), or an
-    MoE-adapter run's adapters as safetensors (hfedmoe.moe.adapter_export.load_moe_adapters)."""
+    """Write a run's newest global model as a PEFT adapter (--peft) and/or a transformers checkpoint (--merged)."""
     _setup_logging(False, True)
 
     def go() -> None:
-        from hfedmoe.cli.export import export_run
+        from hfedmoe.cli.export import export_merged_run, export_peft_run
 
-        out, rnd = export_run(run_dir, peft)
-        console.print(f"adapter of round {rnd}: {out}")
+        if peft is None and merged is None:
+            raise HFedMoEError("--peft / --merged: expected at least one output directory, got neither")
+        if peft is not None:
+            out, rnd = export_peft_run(run_dir, peft)
+            console.print(f"PEFT adapter of round {rnd}: {out}")
+        if merged is not None:
+            out, rnd = export_merged_run(run_dir, merged, all_experts)
+            console.print(f"transformers checkpoint of round {rnd}: {out}")
 
     _guard(go, debug)
 

@@ -178,6 +178,21 @@ class DataConfig:
     )
     heldout: str = _f("", "causal-lm: held-out corpus for perplexity before/after ('' | wikitext2)")
     heldout_max_examples: int = _f(64, "causal-lm: held-out paragraphs evaluated (first N of WikiText-2 valid)")
+    layout: str = _f(
+        "truncate",
+        "causal-lm: documents -> sequences of max_length tokens: truncate (each cut, its tail lost) | chunk "
+        "(each cut into consecutive pieces) | pack (a split's documents concatenated, cut into blocks); the "
+        "share of tokens kept is logged and reported",
+    )
+    prompt_column: str = _f("", "causal-lm, local file: instruction column (with data.response_column: one user "
+                                "and one assistant turn per row, rendered with data.chat_template)")
+    response_column: str = _f("", "causal-lm, local file: response column (the assistant turn)")
+    messages_column: str = _f("", "causal-lm, local file: chat column, a list of {role, content} messages per row "
+                                  "(roles system | user | assistant)")
+    chat_template: str = _f("tokenizer", "causal-lm, instruction/chat data: tokenizer (its chat template; an error "
+                                         "when it has none) | plain ('User: ...\\nAssistant: ...' with bos/eos)")
+    loss_on: str = _f("response", "causal-lm, instruction/chat data: response (loss on assistant turns only, the "
+                                  "rest labelled -100) | all (every token)")
 
 
 @dataclass
@@ -338,6 +353,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.task": ("classification", "causal-lm"),
     "model.upcycle": ("copy", "split"),
     "data.heldout": ("", "wikitext2"),
+    "data.layout": ("truncate", "chunk", "pack"),
+    "data.chat_template": ("tokenizer", "plain"),
+    "data.loss_on": ("response", "all"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -404,6 +422,17 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(d.heldout_max_examples >= 1, "data.heldout_max_examples", "an integer >= 1", d.heldout_max_examples)
     if d.dataset == "local":
         need(bool(d.path), "data.path", "a CSV/JSONL/Parquet file for dataset = 'local'", d.path)
+    chat_cols = {"data.prompt_column": d.prompt_column, "data.response_column": d.response_column,
+                 "data.messages_column": d.messages_column}
+    for name, col in chat_cols.items():
+        if col:
+            need(m.task == "causal-lm" and d.dataset == "local", name,
+                 "'' unless model.task = 'causal-lm' and data.dataset = 'local'", col)
+    need(bool(d.prompt_column) == bool(d.response_column), "data.response_column" if d.prompt_column
+         else "data.prompt_column", "set together with the other of data.prompt_column / data.response_column",
+         d.response_column or d.prompt_column)
+    need(not (d.messages_column and d.prompt_column), "data.messages_column",
+         "'' when data.prompt_column is set (one kind of conversation per file)", d.messages_column)
     need(d.max_examples >= 0, "data.max_examples", "an integer >= 0", d.max_examples)
     need(0.0 < d.test_fraction < 1.0, "data.test_fraction", "a float in (0, 1)", d.test_fraction)
     need(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "a float in [0, 1)", d.val_fraction)

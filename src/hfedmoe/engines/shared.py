@@ -101,7 +101,7 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
     return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
-                          public_idx=fed.public_idx, heldout=fed.heldout)
+                          public_idx=fed.public_idx, heldout=fed.heldout, layout=fed.layout)
 
 
 #: Evaluation fields of the last metrics row copied into the export's ``hfedmoe_export.json``.
@@ -123,7 +123,8 @@ def export_moe_adapters(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
     return save_moe_adapters(mm, out_dir, trainable_dense_names(mm, cfg.train.trainable), info)
 
 
-def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
+def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any],
+                        base_model_name_or_path: str | None = None) -> Any:
     """LoRA runs: the global adapter as a PEFT directory ``out_dir`` (``PeftModel.from_pretrained(
     base, out_dir)`` reproduces ``row``'s evaluation), with the round and that evaluation in
     ``hfedmoe_export.json``. Called by both engines after the last round and by ``hfedmoe export``."""
@@ -135,4 +136,5 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
                      "with cfg from the run's config.toml" if cfg.model.name != "hf" else cfg.model.path),
             **{k: row[k] for k in EXPORT_FIELDS if row.get(k) is not None}}
     return export_peft(mm, out_dir, cfg.train.trainable,
-                       base_model_name_or_path=cfg.model.path or None, info=info)
+                       base_model_name_or_path=base_model_name_or_path or cfg.model.path or None, info=info,
+                       task_type="CAUSAL_LM" if cfg.model.task == "causal-lm" else None)

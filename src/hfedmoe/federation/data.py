@@ -12,6 +12,7 @@ import numpy as np
 from hfedmoe.assets.datasets import load_dataset
 from hfedmoe.config import RunConfig
 from hfedmoe.data.batches import TokenizedTexts, tokenize
+from hfedmoe.data.lm_layout import LayoutStats
 from hfedmoe.data.partition import partition
 from hfedmoe.data.splits import client_val_split, train_test_split
 from hfedmoe.data.types import LabeledTexts
@@ -38,6 +39,7 @@ class FederationData:
     public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
     heldout: TokenizedTexts | None = None  # causal LM: held-out corpus for perplexity
     warnings: list[str] = field(default_factory=list)  # about the data, with the field to change (logged)
+    layout: LayoutStats | None = None  # causal LM: documents -> sequences (data.layout), tokens kept
 
     @property
     def num_labels(self) -> int:
@@ -52,6 +54,11 @@ class FederationData:
 
 def load_run_dataset(cfg: RunConfig) -> LabeledTexts:
     d = cfg.data
+    if d.dataset == "local" and cfg.model.task == "causal-lm":
+        from hfedmoe.assets.local_corpus import load_local_corpus
+
+        return load_local_corpus(d.path, d.text_column, d.group_column, d.prompt_column, d.response_column,
+                                 d.messages_column, d.drop_invalid)
     if d.dataset == "local":
         opts = {"path": d.path, "text_column": d.text_column, "label_column": d.label_column,
                 "drop_invalid": getattr(d, "drop_invalid", False)}
@@ -184,15 +191,21 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and d.max_length > limit:  # HF uses ~1e30 for "unknown"
         raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
-    heldout = None
-    if cfg.model.task == "causal-lm":
+    heldout, layout, test_idx = None, None, np.sort(test_idx)
+    if cfg.model.task == "causal-lm":  # sequences by data.layout; the splits stay apart by document
         from hfedmoe.federation.lm_data import lm_tokens
 
-        tokens, heldout = lm_tokens(cfg, tokenizer, ds)
+        sets = [test_idx, public_idx] + [i for c in clients for i in (c.train_idx, c.val_idx)]
+        tokens, sets, layout, heldout = lm_tokens(cfg, tokenizer, ds, sets)
+        test_idx, public_idx = sets[0], sets[1]
+        for k, c in enumerate(clients):
+            c.train_idx, c.val_idx = sets[2 + 2 * k], sets[3 + 2 * k]
+        lossy = layout.layout == "truncate" and layout.kept_share < 0.9
+        (log.warning if lossy else log.info)("%s", layout.describe(d.max_length))
     else:
         tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    fed = FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout)
+    fed = FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout, layout=layout)
     fed.warnings = _data_warnings(cfg, fed)
     for w in fed.warnings:
         log.warning("%s", w)

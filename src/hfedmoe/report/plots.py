@@ -51,6 +51,33 @@ def plot_metric(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, k
     return out
 
 
+def plot_perplexity(rows: Sequence[Mapping[str, Any]], out: Path, *, x: str = "round") -> Path | None:
+    """Causal LM: test and held-out perplexity against ``x`` ("round" or "sim_time_s"), and each
+    client's validation perplexity as a thin line; log scale. None when no row has a perplexity."""
+    ev = [r for r in rows if r.get("test_perplexity") is not None]
+    if not ev:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = [r[x] for r in ev]
+    per_client = [r.get("client_val_perplexity") or [] for r in ev]
+    for c in range(max((len(p) for p in per_client), default=0)):
+        ys = [p[c] if c < len(p) and p[c] is not None else np.nan for p in per_client]
+        ax.plot(xs, ys, color="grey", alpha=0.35, linewidth=0.8, label="client validation" if c == 0 else None)
+    ax.plot(xs, [r["test_perplexity"] for r in ev], marker="o", ms=3, color="C0", label="test")
+    if any(r.get("heldout_perplexity") is not None for r in ev):
+        ax.plot(xs, [r.get("heldout_perplexity", np.nan) for r in ev], marker="s", ms=3, color="C1",
+                label="held-out")
+    ax.set_yscale("log")
+    ax.set_xlabel("round" if x == "round" else "simulated time (s)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def client_expert_matrix(rows: Sequence[Mapping[str, Any]], key: str, num_clients: int) -> np.ndarray:
     """(C, L, E) mean over rounds of ``key`` ("client_usage" or "client_trained") per client;
     NaN for clients never sampled."""

@@ -11,7 +11,7 @@ from hfedmoe.report.advice import drift_warnings, plural
 from hfedmoe.report.classes import human_duration, learning_warnings
 from hfedmoe.report.metrics import read_metrics
 from hfedmoe.report.mechanisms import mechanism_summary, render_mechanisms
-from hfedmoe.report.plots import plot_accuracy, plot_heatmaps
+from hfedmoe.report.plots import plot_accuracy, plot_heatmaps, plot_perplexity
 
 #: The clients table lists every client up to this many; beyond, the largest ones plus aggregates.
 MAX_CLIENT_ROWS = 30
@@ -57,8 +57,10 @@ def _lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not ev:
         return {}
     out: dict[str, Any] = {}
-    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity", "client_val_perplexity_mean"):
+    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity", "client_val_perplexity_mean",
+                "test_loss"):
         out[f"initial_{key}"], out[f"final_{key}"] = ev[0].get(key), ev[-1].get(key)
+    out["best_test_perplexity"] = min(r["test_perplexity"] for r in ev)
     return out
 
 
@@ -83,12 +85,17 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
                                                     summary.get("label_names"))]
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     label = summary["method"] or "run"
-    plots = {
-        "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round",
-                                               majority_rate=summary.get("majority_rate")),
-        "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s",
-                                              majority_rate=summary.get("majority_rate")),
-    }
+    if summary.get("initial_test_perplexity") is not None:  # causal LM: perplexity, no accuracy
+        plots = {f"perplexity_vs_{x}.png": plot_perplexity(rows, out_dir / f"perplexity_vs_{x}.png",
+                                                            x="sim_time_s" if x == "time" else x)
+                 for x in ("round", "time")}
+    else:
+        plots = {
+            "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round",
+                                                   majority_rate=summary.get("majority_rate")),
+            "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s",
+                                                  majority_rate=summary.get("majority_rate")),
+        }
     clients = context.get("clients", [])
     n = len(clients)
     labels = [f"{c['client_id']} {c['profile']} b={c['budget']}" for c in clients]
@@ -183,6 +190,7 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
                f"{c}: {_fmt(a)} -> {_fmt(b)}" for c, (a, b) in
                enumerate(zip(s['initial_client_val_perplexity'], s['final_client_val_perplexity'])))]
           if lm else []),
+        *([f"- sequences: {s['lm_layout']}"] if lm and s.get("lm_layout") else []),
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
         f"and download {s['download_bytes_per_round'] / 1e6:.2f} MB per round",
         f"- rejected client updates: {s.get('rejected_client_rounds', 0)}"
