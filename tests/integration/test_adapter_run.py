@@ -85,3 +85,40 @@ def test_run_exports_adapters_that_reload_into_the_dense_base(adapter_runs, tmp_
         with torch.no_grad():
             got = mm.model(input_ids=ids, attention_mask=mask).logits
         assert torch.equal(got, want), directory
+
+
+def test_users_dense_hf_checkpoint_takes_adapters_and_an_moe_one_is_refused_in_one_line(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, MixtralForSequenceClassification
+    from typer.testing import CliRunner
+
+    from hfedmoe.assets.models import load_minilm_tokenizer
+    from hfedmoe.cli import app
+    from hfedmoe.moe.build import tiny_model
+
+    tok = load_minilm_tokenizer()
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, num_labels=2)
+    dense = tmp_path / "my-dense"
+    BertForSequenceClassification(config).save_pretrained(dense)
+    tok.save_pretrained(dense)
+    runner = CliRunner()
+    sets = FAST + ["federation.rounds=1", "model.name=hf", "model.adapter=moe", "model.adapter_rank=2",
+                   'train.trainable=["experts", "routers", "head"]', "method.name=fft-moe"]
+    args = ["run", "--config", str(TINY), "-q", *sum([["--set", s] for s in sets], [])]
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "ok"), "--set", f"model.path={dense}"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ok" / "moe_adapters" / "moe_adapters.safetensors").is_file()
+    moe = tmp_path / "my-moe"  # a user's MoE checkpoint: found MoE at build time, refused in one line
+    mix = tiny_model("mixtral", vocab_size=tok.vocab_size).config
+    mix.num_labels = 2
+    MixtralForSequenceClassification(mix).save_pretrained(moe)
+    tok.save_pretrained(moe)
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--set", f"model.path={moe}"])
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert "\n" not in line and "model.adapter: 'moe' needs a dense model" in line and "mixtral" in line
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "bad2"), "--set", "model.name=tiny-moe"])
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert "\n" not in line and "model.adapter: expected 'none' for model.name = 'tiny-moe'" in line

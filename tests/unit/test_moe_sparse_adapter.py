@@ -166,3 +166,24 @@ def test_exported_adapters_reload_into_a_fresh_base_and_match_outputs(tmp_path):
     (out / CONFIG_FILE).write_text("{}")
     with pytest.raises(HFedMoEError, match="is not a hfedmoe-moe-adapters v1 directory"):
         load_moe_adapters(tiny_bert(), out)
+
+
+def test_flop_model_counts_the_frozen_ffn_forward_and_input_gradients_only():
+    from hfedmoe.client.flops import flop_model
+    from hfedmoe.core.flops import BatchShape, FlopModel
+
+    shape = BatchShape(1, 3, [0, 0], [0, 0])
+    score = 4 * 1 * 3**2 * 4  # QK^T and PV of one layer, width 4
+    fm = FlopModel(num_layers=2, attention_width=4, expert_params=10, attention_params=0, router_params=0,
+                   frozen_layer_params=7, router_trainable=False, head_trainable=False, head_params=0)
+    assert fm.forward(shape) == 2 * (2 * 3 * 7 + score)
+    assert fm.backward(shape) == 0  # nothing below or inside needs a gradient
+    fm_in = FlopModel(num_layers=2, attention_width=4, expert_params=10, attention_params=0, router_params=0,
+                      frozen_layer_params=7, router_trainable=False, head_trainable=False, head_params=0,
+                      embeddings_trainable=True)
+    assert fm_in.backward(shape) == 2 * (2 * score + 2 * 3 * 7)  # input gradients through the frozen FFN
+    model = tiny_bert()
+    add_moe_adapters(model, 4, 2, 3)
+    fm_model = flop_model(wrap(model), ["experts", "routers", "head"])
+    assert fm_model.frozen_layer_params == 30 * 37 * 2 and fm_model.other_layer_params == 0
+    assert fm_model.expert_params == 2 * 3 * 30
