@@ -52,6 +52,10 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert not torch.equal(a, sample_batch(streams, p, 1, 5))
     rows = a.numpy()
     assert np.all(np.diff(rows, axis=1) == 1)  # contiguous windows of one domain's stream
+    # only the preset's pretraining domains are drawn (the others are what fine-tuning learns)
+    drawn = {DOMAINS[int(d)] for d in np.concatenate([sample_batch(streams, p, 0, s)[:, 0].numpy() // 1000
+                                                      for s in range(20)])}
+    assert drawn == set(p.domains) and len(drawn) < len(DOMAINS)
 
 
 def test_lr_schedule_warmup_then_cosine_to_a_tenth():
@@ -74,7 +78,8 @@ def test_pretrain_is_deterministic_cached_and_resumes_bit_identically(tmp_path):
     straight = pretrain("test-tiny", 0, root=tmp_path / "a")
     assert straight == preset_dir("test-tiny", 0, tmp_path / "a")
     report = json.loads((straight / "pretrain.json").read_text())
-    assert set(report["perplexity"]) == set(DOMAINS)
+    assert set(report["perplexity"]) == set(DOMAINS)  # measured on unseen domains too
+    assert report["pretraining_domains"] == list(PRESETS["test-tiny"].domains)
     assert len(report["nmi_domain_expert"]) == PRESETS["test-tiny"].layers
     assert all(0 <= x <= 1 for x in report["nmi_domain_expert"] + report["usage_entropy"])
     assert report["perplexity_mean"] == pytest.approx(

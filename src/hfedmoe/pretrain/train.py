@@ -1,6 +1,6 @@
 """Pretrain a preset from scratch on the domains8 corpus: deterministic, cached, resumable.
 
-Batches: each of the ``batch_size`` rows picks a domain uniformly and a random window of
+Batches: each of the ``batch_size`` rows picks one of the preset's pretraining domains uniformly and a random window of
 ``seq_len`` tokens from that domain's packed stream (``<s> unit </s> <s> unit </s> ...``); the
 row's draws come from ``numpy.random.default_rng([seed, step])``, so a resumed run draws exactly
 what an uninterrupted one would. The tail of every domain's stream (``eval_blocks`` windows) is
@@ -34,7 +34,8 @@ StepCallback = Callable[[int, int, float], None]  # (step done, total steps, los
 
 
 def domain_streams(p: PretrainPreset, tokenizer) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per domain (in :data:`DOMAINS` order): ``(train stream (T,), held-out windows (n, seq_len))``."""
+    """Per domain (all of :data:`DOMAINS`, in order): ``(train stream (T,), held-out windows (n, seq_len))``;
+    only the preset's own domains are sampled for training (:func:`sample_batch`)."""
     corpus = domain_corpus(pretrain_per_domain=p.per_domain_pretrain)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     train, held = [], []
@@ -50,9 +51,11 @@ def domain_streams(p: PretrainPreset, tokenizer) -> tuple[list[np.ndarray], list
 
 
 def sample_batch(streams: list[np.ndarray], p: PretrainPreset, seed: int, step: int) -> torch.Tensor:
-    """``(batch_size, seq_len)`` token windows of step ``step`` (a pure function of seed and step)."""
+    """``(batch_size, seq_len)`` token windows of step ``step`` (a pure function of seed and step),
+    each from one of the preset's pretraining domains (uniformly)."""
     rng = np.random.default_rng([seed, step])
-    domains = rng.integers(0, len(streams), size=p.batch_size)
+    domains = [DOMAINS.index(d) for d in p.domains]
+    domains = rng.choice(domains, size=p.batch_size)
     rows = []
     for d in domains:
         start = int(rng.integers(0, len(streams[d]) - p.seq_len))
@@ -83,7 +86,7 @@ def _tokenizer(work: Path, p: PretrainPreset):
     if (tok_dir / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(tok_dir))
     corpus = domain_corpus(pretrain_per_domain=p.per_domain_pretrain)
-    tok = train_bpe((u for d in DOMAINS for u in corpus.pretrain[d]), p.vocab_size)
+    tok = train_bpe((u for d in p.domains for u in corpus.pretrain[d]), p.vocab_size)
     tok.save_pretrained(str(tok_dir))
     return tok
 
@@ -129,7 +132,7 @@ def pretrain(name: str, seed: int = 0, *, root: Path | None = None, on_step: Ste
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
             _save_state(state_path, model, opt, step + 1)
     seconds = time.perf_counter() - t0
-    report = {"preset": name, "seed": seed, "steps": p.steps, "train_seconds_this_process": round(seconds, 1),
+    report = {"preset": name, "seed": seed, "steps": p.steps, "pretraining_domains": list(p.domains), "train_seconds_this_process": round(seconds, 1),
               "parameters": sum(t.numel() for t in model.parameters()),
               "domains": list(DOMAINS), **routing_report(model, held, list(DOMAINS))}
     final = work / "final"
