@@ -71,3 +71,32 @@ def test_targets_and_tasks_are_validated():
         check_target(ACC, 70, "target_accuracy")
     with pytest.raises(HFedMoEError, match=r"model.task: expected one of classification, causal-lm, got 'seq2seq'"):
         metric_for("seq2seq")
+
+
+def test_bench_file_picks_the_metric_from_the_task_and_per_dataset_targets(tmp_path):
+    from pathlib import Path
+
+    from hfedmoe.bench import load_bench_config
+
+    lm = Path(__file__).resolve().parents[2] / "configs" / "tiny-lm.toml"
+    path = tmp_path / "bench-lm.toml"
+    body = f'''base = "{lm}"
+methods = ["hfedmoe", "random-round", "hfedmoe-token"]
+seeds = [0, 1]
+target_perplexity = 100
+[[datasets]]
+name = "a"
+[[datasets]]
+name = "b"
+target_perplexity = {{}}
+'''
+    path.write_text(body.format(50))
+    spec = load_bench_config(path)
+    assert [d.metric.key for d in spec.datasets] == ["test_perplexity"] * 2
+    assert [d.target for d in spec.datasets] == [100.0, 50.0]
+    path.write_text(body.format(0.5))
+    with pytest.raises(HFedMoEError, match=r"datasets\[1\].target_perplexity: expected a number >= 1"):
+        load_bench_config(path)
+    # no perplexity target at all: rounds to target is not measured (accuracy keeps its 0.5 default)
+    path.write_text(body.format(50).replace("target_perplexity = 100\n", ""))
+    assert [d.target for d in load_bench_config(path).datasets] == [None, 50.0]

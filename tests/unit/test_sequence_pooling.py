@@ -152,3 +152,25 @@ def test_normalised_ib_term_by_hand():
     np.testing.assert_allclose(ib_scores(probs, mask, 0.5, 2.0, ib_scale="normalised", candidates=one).numpy(), s_b)
     with pytest.raises(ValueError, match="ib_scale: expected one of 'raw', 'normalised', got 'log'"):
         ib_scores(probs, mask, 0.5, 1.0, ib_scale="log")
+
+
+def test_switch_decoder_tokens_pool_by_the_batch_size_without_a_decoder_mask():
+    """Switch: encoder tokens take S from attention_mask; decoder tokens (no decoder mask) are all
+    real and belong to sequence t // (T / B). Scores equal numpy over those sequences."""
+    from hfedmoe.moe.contexts import routing_ib_scores, routing_seq_ids
+
+    mm = wrap(tiny_model("switch"))
+    gen = torch.Generator().manual_seed(0)
+    ids, dec = torch.randint(3, 99, (3, 6), generator=gen), torch.randint(3, 99, (3, 4), generator=gen)
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    with torch.no_grad(), mm.capture_routing() as cap:
+        mm.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+    for layer in range(mm.num_layers):
+        r = cap.layer(layer)
+        num_tokens = r.gate_probs.shape[0]
+        seq_len = num_tokens // 3
+        assert routing_seq_ids(r).tolist() == [t // seq_len for t in range(num_tokens)]
+        _, i_b = np_sequence_scores(r.gate_probs.double().numpy(), r.token_mask.numpy(), seq_len, LAM, BETA)
+        np.testing.assert_allclose(routing_ib_scores(r, LAM, BETA, "sequence").double().numpy(), i_b,
+                                   rtol=1e-5, atol=1e-6)

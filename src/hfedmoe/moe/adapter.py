@@ -109,7 +109,9 @@ class MoEModel:
     def _token_layout(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None,
                       device) -> tuple[torch.Tensor, int | None]:
         """``(token_mask (T,), S)``: the real tokens, and the padded sequence length of the (B, S)
-        attention mask they came from (None when no mask has T entries)."""
+        attention mask they came from. Without a mask of T entries (e.g. Switch decoder tokens and
+        no ``decoder_attention_mask``) every token is real and S = T / B from the batch size B of
+        a mask that was seen (None when there is none, or B does not divide T)."""
         candidates = []
         if explicit is not None:
             candidates.append(explicit)
@@ -120,7 +122,10 @@ class MoEModel:
             if mask.numel() == num_tokens:
                 seq_len = int(mask.shape[-1]) if mask.dim() == 2 else None
                 return mask.reshape(-1).to(device=device).bool(), seq_len
-        return torch.ones(num_tokens, dtype=torch.bool, device=device), None
+        seen = candidates + [m for m in self._masks.values() if m is not None]  # the encoder's, for decoder tokens
+        batch = next((int(m.shape[0]) for m in seen if m.dim() == 2 and m.shape[0]), None)
+        seq_len = num_tokens // batch if batch and num_tokens % batch == 0 else None
+        return torch.ones(num_tokens, dtype=torch.bool, device=device), seq_len
 
     def _route(self, layer: int, router: nn.Module, args, kwargs):
         info = self._layers[layer]
