@@ -61,9 +61,11 @@ bench: install
 bench-lm: install
 	$(BIN)/hfedmoe pretrain --preset top2-16
 	$(BIN)/hfedmoe bench --config configs/bench-lm-top2.toml --out runs/bench-lm-top2
+	$(BIN)/hfedmoe bench --config configs/bench-lm-top2-dirichlet.toml --out runs/bench-lm-top2-dirichlet
 	$(BIN)/hfedmoe bench --config configs/bench-cls-top2.toml --out runs/bench-cls-top2
 	$(BIN)/hfedmoe pretrain --preset switch-32
 	$(BIN)/hfedmoe bench --config configs/bench-lm-switch.toml --out runs/bench-lm-switch
+	$(BIN)/hfedmoe bench --config configs/bench-lm-switch-dirichlet.toml --out runs/bench-lm-switch-dirichlet
 
 # Performance ratios, each measured in one process with one torch thread (benchmarks/RESULTS.md).
 # About 8 minutes on a shared 2-core machine. BIN=/path/to/venv/bin make perf to use another venv.
