@@ -135,3 +135,19 @@ def test_moefied_bert_with_every_expert_active_merges_exactly_into_a_dense_bert(
         assert not hasattr(merged.config, "moe_top_k")
         torch.testing.assert_close(merged(input_ids=ids).logits, routed, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(routed, expected)  # the perturbation mattered: the test can fail
+
+
+def test_config_checks_the_corpus_fields():
+    from hfedmoe.config.loading import config_from_data as config_from_dict
+
+    lm = {"model": {"name": "tiny-lm", "task": "causal-lm"}, "data": {"dataset": "local", "path": "x.jsonl"}}
+    with pytest.raises(HFedMoEError, match="data.response_column: expected set together with the other"):
+        config_from_dict({**lm, "data": {**lm["data"], "prompt_column": "q"}})
+    with pytest.raises(HFedMoEError, match="data.prompt_column: expected '' unless model.task = 'causal-lm'"):
+        config_from_dict({"data": {"dataset": "local", "path": "x.csv", "prompt_column": "q", "response_column": "a"}})
+    with pytest.raises(HFedMoEError, match="data.layout: expected one of truncate | chunk | pack, got 'packed'"):
+        config_from_dict({**lm, "data": {**lm["data"], "layout": "packed"}})
+    with pytest.raises(HFedMoEError, match="data.messages_column: expected '' when data.prompt_column is set"):
+        config_from_dict({**lm, "data": {**lm["data"], "messages_column": "m", "prompt_column": "q",
+                                         "response_column": "a"}})
+    assert config_from_dict({**lm, "data": {**lm["data"], "messages_column": "m"}}).data.loss_on == "response"
