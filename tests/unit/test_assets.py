@@ -206,7 +206,7 @@ def test_load_dataset_dispatch_and_unknown_name():
         load_dataset("imdb")
     with pytest.raises(HFedMoEError, match="colour"):
         load_dataset("trec", colour="red")
-    assert set(DATASET_NAMES) == {"vader", "sms_spam", "trec", "bbc", "local", "healthtweets"}
+    assert set(DATASET_NAMES) == {"vader", "sms_spam", "trec", "bbc", "local", "healthtweets", "domains8"}
 
 
 # --- LabeledTexts ----------------------------------------------------------------------------
