@@ -29,7 +29,9 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int, temperat
     if max_new_tokens < 1:
         raise HFedMoEError(f"--max-new-tokens: expected an integer >= 1, got {max_new_tokens}")
     torch.manual_seed(seed)
-    enc = tokenizer(prompt, return_tensors="pt")
+    from hfedmoe.client.train import to_device
+
+    enc = to_device(dict(tokenizer(prompt, return_tensors="pt")), next(model.parameters()).device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sample = temperature > 0
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,

@@ -76,7 +76,8 @@ def select_experts(scores: torch.Tensor, routed_mask: torch.Tensor, budget: int)
     _checks.check_dim("routed_mask", routed_mask, 0, num_experts, "(E,)", f"E={num_experts} matching scores")
     budget = _checks.non_negative_int("budget", budget)
 
-    candidate_idx = routed_mask.to(scores.device).nonzero().squeeze(1)  # (U,) increasing
+    scores = scores.to(routed_mask.device)  # select where the routing lives (a host->device copy at most)
+    candidate_idx = routed_mask.nonzero().squeeze(1)  # (U,) increasing
     candidate_scores = scores[candidate_idx]  # (U,)
     if candidate_scores.numel() and not bool(torch.isfinite(candidate_scores).all()):
         bad = candidate_idx[~torch.isfinite(candidate_scores)][0]
