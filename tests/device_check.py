@@ -33,7 +33,7 @@ _READS = {
     T.item, T.tolist, T.numpy, T.__bool__, T.__int__, T.__float__, T.__index__, T.__repr__, T.__format__,
     T.nonzero, torch.nonzero, T.argwhere, torch.argwhere, T.unique, torch.unique, torch.unique_consecutive,
     T.masked_select, torch.masked_select, T.bincount, torch.bincount, torch.equal, T.equal, torch.allclose,
-    T.allclose, T.repeat_interleave, torch.repeat_interleave, T.__array__,
+    T.allclose, T.__array__,
 }
 _FACTORIES_DEVICE_KW = "device"
 
@@ -186,6 +186,10 @@ class DeviceCheck(TorchFunctionMode):
             elif func in (T.__getitem__, T.index_select) and any(
                     t.dtype == torch.bool for t in tensors[1:]):
                 self._read(func)  # boolean-mask indexing: data-dependent shape
+            elif func in (T.repeat_interleave, torch.repeat_interleave) and "output_size" not in kwargs and (
+                    len(args) > 1 and isinstance(args[1], torch.Tensor) or isinstance(kwargs.get("repeats"),
+                                                                                     torch.Tensor)):
+                self._read(func)  # tensor repeats without output_size: the output length is read
             elif func is torch.where and len(args) == 1:
                 self._read(func)
         out = func(*args, **kwargs)

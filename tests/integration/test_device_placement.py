@@ -90,3 +90,53 @@ def test_causal_lm_lora_run_generate_and_export_place_everything_on_the_model_de
         out, _ = export_run(tmp_path / "run", tmp_path / "adapter")
     assert isinstance(text, str) and (out / "adapter_model.safetensors").is_file()
     assert dc.findings == []
+
+
+def _reads_per_step(tmp_path, monkeypatch, sets) -> float:
+    """Device->host reads a training step adds (the marginal cost of a step: reads of a 4-step
+    round minus those of a 2-step round, over 2 steps and the clients), so reads made once per
+    client-round do not count."""
+    import hfedmoe.engines.simulation as engine
+    from hfedmoe.client.train import train_client as train
+
+    totals = []
+    for steps in (2, 4):
+        sim = Simulation(load_config(TINY, [s for s in ONE if "local_steps" not in s] + sets
+                                     + [f"train.local_steps={steps}"]), tmp_path / str(steps))
+        counted = []
+
+        def counting(*a, _train=train, **k):
+            before = dc.num_reads
+            update = _train(*a, **k)
+            counted.append(dc.num_reads - before)
+            assert update.metrics["steps"] == steps
+            return update
+
+        monkeypatch.setattr(engine, "train_client", counting)
+        with DeviceCheck(sim.mm.model) as dc:
+            dc.device_object(sim.device)
+            sim.run()
+        assert dc.findings == []
+        totals.append((sum(counted), len(counted)))
+    (r2, n2), (r4, n4) = totals
+    assert n2 == n4 > 0
+    return (r4 - r2) / (2 * n4)
+
+
+def test_host_reads_per_training_step_are_a_few_per_layer_and_independent_of_the_experts(tmp_path, monkeypatch):
+    """HFedMoE's per-batch selection (the selector's choice must reach the host to decide which
+    experts join backward) and the sort-based expert dispatch (group sizes, trained and frozen
+    pairs) read the device a few times per MoE layer; usage, importance, selection counts,
+    diagnostics, FLOP pairs and the loss stay on the device until the client-round ends.
+    Measured on the tiny preset: 110 reads per step before (2 layers, 4 experts)."""
+    per_step = {}
+    for layers, experts in ((2, 4), (2, 8), (4, 4)):
+        per_step[layers, experts] = _reads_per_step(
+            tmp_path / f"{layers}x{experts}", monkeypatch,
+            [f"model.tiny_layers={layers}", f"model.num_experts={experts}", "method.name=hfedmoe"])
+    print("device->host reads per training step (layers, experts):", per_step)
+    for (layers, _), reads in per_step.items():
+        # per layer: the selection (1), the dispatch counts (1), the trained and frozen expert
+        # groups (1 each); plus transformers' own attention-mask check (1 per forward)
+        assert reads <= 4 * layers + 1, per_step
+    assert per_step[2, 8] <= 4 * 2 + 1  # 8 experts read no more than 4 did: independent of E

@@ -14,38 +14,51 @@ from __future__ import annotations
 
 import torch
 
-from hfedmoe.core.importance import compression_kl, score_experts
-from hfedmoe.core.selection import routed_experts, select_experts
+from hfedmoe.core.importance import masked_token_kl, masked_token_scores
+from hfedmoe.core.selection import routed_pair_counts, selection_mask
 
 COUNT_KEYS = ("decisions", "differ_hfedmoe_freq", "differ_hfedmoe_noib", "differ_noib_freq")
+_SUM_KEYS = (*COUNT_KEYS, "ib_scale_sum")
 
 
 class SelectionDiagnostics:
-    """Accumulates selection disagreement over (batch, layer) decisions of one client."""
+    """Accumulates selection disagreement over (batch, layer) decisions of one client.
+
+    The sums stay on the routing's device (masks, no data-dependent shapes): :meth:`update` never
+    reads the device; :meth:`counts` reads it once."""
 
     def __init__(self, *, lam: float, beta: float, budget: int, num_experts: int) -> None:
         self.lam, self.beta, self.budget, self.num_experts = lam, beta, int(budget), num_experts
-        self.sums = dict.fromkeys(COUNT_KEYS, 0.0)
-        self.sums["ib_scale_sum"] = 0.0
+        self._sums: torch.Tensor | None = None  # (5,) float64 in _SUM_KEYS order, on the device
 
     def update(self, gate_probs: torch.Tensor, topk_idx: torch.Tensor, token_mask: torch.Tensor) -> None:
-        """One decision: ``gate_probs (T, E)``, ``topk_idx (T, k)``, ``token_mask (T,)``."""
-        if not bool(token_mask.any()) or self.budget < 1:
+        """One decision: ``gate_probs (T, E)``, ``topk_idx (T, k)``, ``token_mask (T,)``; a batch
+        with no real token counts nowhere."""
+        if self.budget < 1:
             return
         E = self.num_experts
-        routed = routed_experts(topk_idx, token_mask, E)  # (E,)
-        s_b = score_experts(gate_probs, token_mask, self.lam)  # (E,)
-        kl = compression_kl(gate_probs, token_mask)  # (E,)
-        hits = torch.bincount(topk_idx[token_mask].reshape(-1), minlength=E).to(torch.float32)  # (E,)
-        hfed = set(select_experts(s_b - self.beta * kl, routed, self.budget).tolist())
-        noib = set(select_experts(s_b, routed, self.budget).tolist())
-        freq = set(select_experts(hits, hits > 0, self.budget).tolist())
-        self.sums["decisions"] += 1
-        self.sums["differ_hfedmoe_freq"] += float(hfed != freq)
-        self.sums["differ_hfedmoe_noib"] += float(hfed != noib)
-        self.sums["differ_noib_freq"] += float(noib != freq)
-        spread = float(s_b.std()) if E > 1 else 0.0
-        self.sums["ib_scale_sum"] += float((self.beta * kl).std()) / spread if spread > 0 else 0.0
+        hits = routed_pair_counts(topk_idx, token_mask, E).to(torch.float32)  # (E,)
+        routed = hits > 0  # (E,)
+        s_b = masked_token_scores(gate_probs, token_mask, self.lam)  # (E,)
+        kl = masked_token_kl(gate_probs, token_mask)  # (E,)
+        hfed = selection_mask(s_b - self.beta * kl, routed, self.budget)  # (E,) bool
+        noib = selection_mask(s_b, routed, self.budget)
+        freq = selection_mask(hits, routed, self.budget)
+        real = token_mask.any().to(torch.float64)  # () 1 for a decision, 0 for an all-padding batch
+        if E > 1:
+            spread = s_b.std()
+            ratio = torch.where(spread > 0, (self.beta * kl).std() / spread.clamp_min(1e-30), 0.0)
+        else:
+            ratio = torch.zeros((), device=s_b.device)
+        row = torch.stack([torch.ones((), dtype=torch.float64, device=s_b.device),
+                           (hfed != freq).any().double(), (hfed != noib).any().double(),
+                           (noib != freq).any().double(), ratio.double()]) * real  # (5,)
+        self._sums = row if self._sums is None else self._sums + row
+
+    @property
+    def sums(self) -> dict[str, float]:
+        values = [0.0] * len(_SUM_KEYS) if self._sums is None else self._sums.tolist()  # one read
+        return dict(zip(_SUM_KEYS, values))
 
     def counts(self) -> dict[str, float]:
         """Sums over this client's decisions (add them over clients, then call :func:`rates`)."""

@@ -19,12 +19,13 @@ import torch
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
-from hfedmoe.core.selection import routed_experts
+from hfedmoe.core.selection import routed_pair_counts
 from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_scores
 from hfedmoe.client.diagnostics import SelectionDiagnostics
+from hfedmoe.client.round_stats import RoundStats
 from hfedmoe.client.state import evict_expert_state, experts_with_grad, grad_norms, live_expert_state
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class TrainSettings:
     lam: float = 0.5
     beta: float = 0.1  # for the selection diagnostics only (methods carry their own beta)
     diagnostics: bool = True
+    foreach: bool = True  # optimizer over all trained tensors at once (foreach kernels)
+    dtype: str = "float32"  # runtime.dtype: float16 scales the loss (GradScaler); autocast is on the model
 
 
 @dataclass
@@ -109,8 +112,8 @@ class ClientUpdate:
 
 def _optimizer(params: list[torch.Tensor], s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, foreach=s.foreach)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, foreach=s.foreach)
 
 
 def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
@@ -181,21 +184,19 @@ def train_client(
     for leaves in expert_leaves.values():
         params += list(leaves)
     opt = _optimizer(params, settings)
+    scaler = torch.amp.GradScaler(device.type) if settings.dtype == "float16" else None  # fp16 only
 
     steps_per_epoch = num_batches(len(indices), settings.batch_size)
     total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
 
-    usage_acc = [UsageAccumulator(E) for _ in range(L)]  # Eq. 16 over all the client's tokens
-    imp_sum = torch.zeros(L, E, dtype=torch.float64)
     trained = torch.zeros(L, E, dtype=torch.bool)
-    selected_counts = torch.zeros(L, E, dtype=torch.long)
-    num_batches_done = 0
-    loss_sum = 0.0
+    shapes: list[tuple[int, int]] = []  # per step (sequences, padded length): host numbers
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
     fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
     if settings.diagnostics and plan.budget is not None:
         diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
+    stats = RoundStats(L, E, settings.lam, device, diag)  # on the device, read once at the end
     peak_state = torch.zeros(L, dtype=torch.long)  # max over steps of experts holding grad/opt state
     first_value: dict[tuple[int, int], list[torch.Tensor]] = {}  # expert -> value before its first step
 
@@ -230,12 +231,12 @@ def train_client(
                         ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
                     out = model(**batch)
                     loss = out.loss
-                    loss.backward()
+                    (loss if scaler is None else scaler.scale(loss)).backward()
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
-                        routed = torch.stack([routed_experts(cap.layer(l).topk_idx, cap.layer(l).token_mask, E).cpu()
-                                              for l in range(L)])  # (L, E)
+                        routed = torch.stack([routed_pair_counts(cap.layer(l).topk_idx, cap.layer(l).token_mask, E)
+                                              for l in range(L)]).cpu() > 0  # (L, E)
                         chosen = [torch.as_tensor(sorted(int(e) for e in sel), dtype=torch.long)
                                   for sel in plan.grad_selector(norms, routed)]
                     # Per-round memory bound: only the experts trained in THIS step keep gradient
@@ -245,47 +246,36 @@ def train_client(
                     for key in experts_with_grad(expert_leaves):
                         if key not in first_value:
                             first_value[key] = [t.detach().clone() for t in expert_leaves[key]]
-                    opt.step()
+                    if scaler is None:
+                        opt.step()
+                    else:  # unscale, skip the step on inf/NaN gradients, adapt the scale
+                        scaler.step(opt)
+                        scaler.update()
                     live = live_expert_state(opt, expert_leaves, L)  # (L,) the step's peak
                     peak_state = torch.maximum(peak_state, live)
                     opt.zero_grad(set_to_none=True)
-                loss_sum += float(loss.detach())
-                expert_pairs, trained_pairs = [], []
-                for l in range(L):
-                    r = cap.layer(l)
-                    if diag is not None:
-                        diag.update(r.gate_probs, r.topk_idx, r.token_mask)
-                    usage_acc[l].update(r.gate_probs, r.token_mask)
-                    # s_b of this batch: reused from the selector when it scored this layer already
-                    imp_sum[l] += routing_scores(r, settings.lam).double().cpu()
-                    topk = r.topk_idx[r.token_mask].cpu()  # (T_real, k)
-                    sel = torch.as_tensor(chosen[l], dtype=torch.long)
-                    # An expert counts as trained only if a token reached it (else it got no gradient).
-                    sel = sel[torch.isin(sel, topk.unique())] if sel.numel() else sel
-                    if "experts" in parts and sel.numel():
-                        selected_counts[l, sel] += 1
-                    # FLOPs: real token-expert pairs of this batch, and those that went through
-                    # backward (the oracle's: every routed pair, it needs every expert's gradient).
-                    expert_pairs.append(topk.numel())
-                    if plan.grad_selector is not None and "experts" in parts:
-                        trained_pairs.append(topk.numel())
-                    else:
-                        trained_pairs.append(int(torch.isin(topk, sel).sum()) if sel.numel() else 0)
-                f, b = flops.step(BatchShape(num_seq, padded_len, expert_pairs, trained_pairs))
-                fwd_flops += f
-                bwd_flops += b
-                num_batches_done += 1
+                # usage, s_b (reused from the selector), selection counts and FLOP pairs: an expert
+                # counts as trained only if a token reached it (else it got no gradient); the
+                # oracle's every routed pair went through backward (it needs every gradient)
+                stats.add_step(cap, chosen, loss, count_selected="experts" in parts,
+                               all_routed_trained=plan.grad_selector is not None and "experts" in parts)
+                shapes.append((num_seq, padded_len))
                 step += 1
-                if progress is not None:
-                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.item(),
+                if progress is not None:  # the loss as a 0-dim tensor: read only if it is shown
+                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.detach(),
                               "live_expert_state": live.tolist()})
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved_flags[n])
 
-    usage = torch.stack([acc.usage() for acc in usage_acc]).float()  # (L, E) token-weighted over batches
-    num_tokens = usage_acc[0].num_tokens
-    importance = (imp_sum / max(num_batches_done, 1)).float()  # (L, E)
+    totals = stats.finish()  # the round's device reads
+    num_batches_done = stats.num_steps
+    for (num_seq, padded_len), (expert_pairs, trained_pairs) in zip(shapes, totals.step_pairs):
+        f, b = flops.step(BatchShape(num_seq, padded_len, expert_pairs, trained_pairs))
+        fwd_flops += f
+        bwd_flops += b
+    usage, importance, num_tokens = totals.usage, totals.importance, totals.num_tokens  # (L, E), (L, E)
+    selected_counts = totals.selected_counts
     # trained = the expert's parameters really changed (not: it was selected)
     for (l, e), before in first_value.items():
         now = expert_leaves[(l, e)]
@@ -296,7 +286,7 @@ def train_client(
     routers = {l: mm.router_state(l) for l in range(L)} if train_routers else {}
     dense = {n: dense_params[n].detach().clone() for n in dense_names}
     metrics = {
-        "train_loss": loss_sum / max(num_batches_done, 1),
+        "train_loss": totals.loss_sum / max(num_batches_done, 1),
         "steps": float(num_batches_done),
         "tokens": float(num_tokens),
         "forward_flops": fwd_flops,

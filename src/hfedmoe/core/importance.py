@@ -166,3 +166,35 @@ def _kl(samples: torch.Tensor) -> torch.Tensor:
     log_ratio = torch.log(samples.clamp_min(tiny)) - torch.log(p.clamp_min(tiny))  # (B, E)
     terms = torch.where(samples > 0, samples * log_ratio, torch.zeros_like(samples))  # (B, E)
     return terms.mean(dim=0).clamp_min(0.0)  # (E,)
+
+
+# ------------------------------------------------------------------- hot path (no host reads)
+
+
+def masked_token_scores(gate_probs: torch.Tensor, token_mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """``s_b`` (Eq. 5, token pooling) of one layer's routing, ``(E,)``, computed with masks instead
+    of selecting the real rows: no data-dependent shape, no device->host read.
+
+    Equal (to round-off) to ``score_experts(gate_probs, token_mask, lam)``; no input checks: for
+    routing the adapter captured (softmax outputs, a bool mask of the same length)."""
+    real, n = _masked(gate_probs, token_mask)  # (T, E), ()
+    s_cum = real.sum(dim=0) / n  # (E,) Eq. 3
+    s_spec = real.amax(dim=0)  # (E,) Eq. 4 (probabilities >= 0: padding's 0 never wins)
+    return lam * s_cum + (1.0 - lam) * s_spec  # (E,) Eq. 5
+
+
+def masked_token_kl(gate_probs: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """``KL_e`` (Eq. 14, token pooling), ``(E,)``, like :func:`masked_token_scores`: equal (to
+    round-off) to ``compression_kl(gate_probs, token_mask)``, no host read, no input checks."""
+    real, n = _masked(gate_probs, token_mask)  # (T, E), ()
+    tiny = torch.finfo(gate_probs.dtype).tiny
+    p = real.sum(dim=0) / n  # (E,) p(z_e)
+    log_ratio = torch.log(real.clamp_min(tiny)) - torch.log(p.clamp_min(tiny))  # (T, E)
+    terms = torch.where(real > 0, real * log_ratio, torch.zeros_like(real))  # (T, E) 0 at padding
+    return (terms.sum(dim=0) / n).clamp_min(0.0)  # (E,)
+
+
+def _masked(gate_probs: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gate_probs`` with padding rows zeroed ``(T, E)`` and the real-token count ``()`` (>= 1)."""
+    m = token_mask.to(device=gate_probs.device, dtype=gate_probs.dtype).unsqueeze(1)  # (T, 1)
+    return gate_probs * m, m.sum().clamp_min(1.0)

@@ -104,16 +104,13 @@ class MoEModel:
 
     # ----------------------------------------------------------------- routing (installed)
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
-        candidates = []
-        if explicit is not None:
-            candidates.append(explicit)
-        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"
-        if self._masks.get(key) is not None:
-            candidates.append(self._masks[key])
-        for mask in candidates:
-            if mask.numel() == num_tokens:
-                return mask.reshape(-1).to(device=device).bool()
-        return torch.ones(num_tokens, dtype=torch.bool, device=device)
+        source = self._mask_source(info, num_tokens, explicit)
+        return torch.ones(num_tokens, dtype=torch.bool, device=device) if source is None else (
+            source.reshape(-1).to(device=device).bool())
+
+    def _mask_source(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None) -> torch.Tensor | None:
+        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"  # else the call's
+        return next((m for m in (explicit, self._masks.get(key)) if m is not None and m.numel() == num_tokens), None)
 
     def _route(self, layer: int, router: nn.Module, args, kwargs):
         info = self._layers[layer]
@@ -136,11 +133,18 @@ class MoEModel:
         topk_idx = topk_idx.detach().long()  # (T, k)
         num_tokens = gate_probs.shape[0]
         memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
+        masks: dict[int, torch.Tensor] = {}  # one token mask per attention-mask object: the memo's key
+        def token_mask(explicit: torch.Tensor | None) -> torch.Tensor:
+            key = id(self._mask_source(info, num_tokens, explicit))
+            if key not in masks:
+                masks[key] = self._token_mask(info, num_tokens, explicit, gate_probs.device)
+            return masks[key]
+
         for capture in captures:
-            mask = self._token_mask(info, num_tokens, capture.attention_mask, gate_probs.device)
+            mask = token_mask(capture.attention_mask)
             capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
         if train is not None and train.selector is not None:
-            mask = self._token_mask(info, num_tokens, train.attention_mask, gate_probs.device)
+            mask = token_mask(train.attention_mask)
             train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
         return output
 

@@ -47,15 +47,15 @@ class LayerRouting(_RoutingFields):
 def routing_scores(routing: LayerRouting, lam: float) -> torch.Tensor:
     """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`,
     computed once per layer and forward (memoised on the routing's ``memo`` when it has one)."""
-    from hfedmoe.core.importance import score_experts
+    from hfedmoe.core.importance import masked_token_scores  # score_experts without host reads
 
     memo = getattr(routing, "memo", None)
     if memo is None:
-        return score_experts(routing.gate_probs, routing.token_mask, lam)
+        return masked_token_scores(routing.gate_probs, routing.token_mask, lam)
     for (mask, key_lam), scores in memo.get("scores", []):
-        if key_lam == lam and (mask is routing.token_mask or torch.equal(mask, routing.token_mask)):
+        if key_lam == lam and mask is routing.token_mask:  # (another mask object: computed anew, no read)
             return scores
-    scores = score_experts(routing.gate_probs, routing.token_mask, lam)
+    scores = masked_token_scores(routing.gate_probs, routing.token_mask, lam)
     memo.setdefault("scores", []).append(((routing.token_mask, lam), scores))
     return scores
 
@@ -63,12 +63,12 @@ def routing_scores(routing: LayerRouting, lam: float) -> torch.Tensor:
 def routing_ib_scores(routing: LayerRouting, lam: float, beta: float) -> torch.Tensor:
     """Eq. 14 scores of this routing, equal to :func:`~hfedmoe.core.importance.ib_scores` but
     reusing :func:`routing_scores` (the ``s_b`` term)."""
-    from hfedmoe.core.importance import compression_kl
+    from hfedmoe.core.importance import masked_token_kl
 
     scores = routing_scores(routing, lam)
     if beta == 0:
         return scores.clone()
-    return scores - beta * compression_kl(routing.gate_probs, routing.token_mask)
+    return scores - beta * masked_token_kl(routing.gate_probs, routing.token_mask)
 
 
 @dataclass
