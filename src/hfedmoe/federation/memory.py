@@ -3,7 +3,10 @@
 Per client, the cost model (:meth:`hfedmoe.core.budgets.CostModel.training_bytes`) gives the
 peak of one training step: every weight, gradients and optimizer state of what the client trains
 (its expert budget, or every expert for the full-model methods), and the activations kept for
-backward. The in-process engine trains its clients one after another on one shared model, and
+backward. The client code adds, per trained expert, three copies the cost model (a property of
+the method, not of this code) leaves out: the stand-in stack of the selected experts kept for
+backward and its gradient (``moe/hooks.py``), and the value before its first step (to tell which
+experts really changed). The in-process engine trains its clients one after another on one shared model, and
 also holds the global weights (a float32 copy loaded into the model before each client) and the
 aggregation's running sums (at most one float32 copy of the weights); the process's own runtime
 (Python, torch, transformers, data) comes on top: the process's resident memory once the model is
@@ -30,7 +33,7 @@ FULL_STATE_METHODS = ("fedavg", "fedavg-drop", "fedavg-full", "fedavg-fit", "cen
 
 @dataclass
 class MemoryPlan:
-    client_bytes: list[int]  # predicted training-step peak per client (cost model)
+    client_bytes: list[int]  # predicted training-step peak per client (cost model + expert copies)
     weights_bytes: int  # the model's weights (float32 master weights)
     engine_bytes: int  # in-process engine: global copy + aggregation sums
     runtime_bytes: int  # this process before the model (Python, torch, data)
@@ -86,7 +89,12 @@ def plan_memory(cfg: RunConfig, mm: MoEModel, budgets: list[ClientBudget], devic
 
     cost = cost_model(mm, cfg)
     full = cfg.method.name in FULL_STATE_METHODS
-    clients = [b.full_bytes if full else b.budget_bytes for b in budgets]
+    per_model = cfg.method.budget_scope == "model"
+    clients = []
+    for b in budgets:
+        experts = cost.num_layers * cost.num_experts if full else b.budget * (1 if per_model else cost.num_layers)
+        copies = 3 * experts * cost.trainable_expert_params * cost.bytes_per_param  # stack, its grad, first value
+        clients.append((b.full_bytes if full else b.budget_bytes) + copies)
     weights = cost.total_params * cost.bytes_per_param
     total, available = machine_memory(device_type)
     return MemoryPlan(client_bytes=clients, weights_bytes=weights, engine_bytes=2 * weights,
