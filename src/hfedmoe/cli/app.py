@@ -121,7 +121,7 @@ def _banner(sim: Any, cfg: Any, quiet: bool) -> None:
         console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
                       f"{len(sim.fed.clients)} clients, budgets {_budget_text([b.budget for b in sim.budgets])}",
                       highlight=False, markup=True)
-    if hasattr(sim, "mm"):  # the in-process engine: the memory plan (`hfedmoe plan`), warned when tight
+    if not quiet and hasattr(sim, "mm"):  # in-process engine: the memory plan (`hfedmoe plan`), warned when tight
         from hfedmoe.federation.memory import plan_memory
 
         plan = plan_memory(cfg, sim.mm, sim.budgets, sim.device.type)
