@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-llm test test-slow bench perf clean-venv docs-results docs-config gpu-check
+.PHONY: install demo demo-llm demo-method test test-slow bench bench-lm perf clean-venv docs-results docs-config gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: install
 demo-llm: install
 	$(BIN)/hfedmoe run --config configs/llm.toml --out runs/demo-llm --overwrite
 
+# Does the choice of experts matter, and does HFedMoE's choice win? HFedMoE vs frequency vs random
+# on the benchmark MoE built here (pretrained once, ~15 min at one thread, then cached), 5 seeds.
+demo-method: install
+	$(BIN)/hfedmoe pretrain --preset top2-16
+	$(BIN)/hfedmoe bench --config configs/demo-method.toml --out runs/demo-method
+
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
 
@@ -49,6 +55,17 @@ bench: install
 	$(BIN)/hfedmoe bench --config configs/bench-vader.toml --out runs/bench-vader
 	$(BIN)/hfedmoe bench --config configs/bench-bbc.toml --out runs/bench-bbc
 	$(BIN)/hfedmoe bench --config configs/bench-trec.toml --out runs/bench-trec
+
+# The decisive benchmark (resumable): both pretrained MoEs, causal-LM (one client per domain and
+# Dirichlet over domains) and domain classification; every method, sweep on a held-out seed, 5 seeds.
+bench-lm: install
+	$(BIN)/hfedmoe pretrain --preset top2-16
+	$(BIN)/hfedmoe bench --config configs/bench-lm-top2.toml --out runs/bench-lm-top2
+	$(BIN)/hfedmoe bench --config configs/bench-lm-top2-dirichlet.toml --out runs/bench-lm-top2-dirichlet
+	$(BIN)/hfedmoe bench --config configs/bench-cls-top2.toml --out runs/bench-cls-top2
+	$(BIN)/hfedmoe pretrain --preset switch-32
+	$(BIN)/hfedmoe bench --config configs/bench-lm-switch.toml --out runs/bench-lm-switch
+	$(BIN)/hfedmoe bench --config configs/bench-lm-switch-dirichlet.toml --out runs/bench-lm-switch-dirichlet
 
 # Performance ratios, each measured in one process with one torch thread (benchmarks/RESULTS.md).
 # About 8 minutes on a shared 2-core machine. BIN=/path/to/venv/bin make perf to use another venv.

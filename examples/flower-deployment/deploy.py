@@ -3,17 +3,23 @@
 1. ``gen-certs.sh``: a private CA + server certificate (TLS) and one ECDSA key pair per SuperNode;
 2. a SuperLink (TLS, ``--enable-supernode-auth``, ``--disable-runtime-dependency-installation``);
 3. each SuperNode's public key registered with ``flwr supernode register`` (only those may join);
-4. N SuperNodes as separate processes, each with its own ``--node-config`` (partition, profile)
-   and its private key;
+4. N SuperNodes as separate processes, each with its own ``--node-config`` (a partition
+   suggestion; the server assigns clients and device profiles) and its private key;
 5. the run submitted as users do: ``flwr run app/ <connection>`` with a Flower config file
    (``$FLWR_HOME/config.toml``: address + root certificate) written into the work directory;
 6. wait for the run folder to hold the last round's checkpoint, then stop everything started here,
    by process id (terminate, then kill after a bounded wait).
 
 ``--kill-node K`` kills SuperNode K (and its ClientApp) while round 1 trains, to show that one lost
-client does not stop the run. Usage (from the repository root, with the venv's Python)::
+client does not stop the run. ``--resume`` redeploys everything (SuperLink, keys, SuperNodes) and
+continues the run folder from its last checkpoint: the recovery after a SuperLink or ServerApp
+crash (the SuperLink keeps its state in memory). Usage (from the repository root, with the venv's Python)::
 
-    PYTHONPATH=src python examples/flower-deployment/deploy.py --nodes 3 --rounds 2 --work /tmp/hfd
+    PYTHONPATH=src python examples/flower-deployment/deploy.py --rounds 2 --work /tmp/hfd
+
+``--nodes`` defaults to the config's number of clients (one node per client); fewer (down to
+``engine.min_clients``) start a run whose missing clients fail their rounds, after the server has
+waited ``engine.connect_timeout_s`` for them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from pathlib import Path
 
 import psutil
 
+from hfedmoe.config import load_config
+from hfedmoe.engines.flower.nodes import num_clients
+from hfedmoe.errors import HFedMoEError
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
@@ -45,10 +55,9 @@ def free_port() -> int:
 class Deployment:
     """SuperLink + SuperNodes on loopback; every process it starts is stopped by :meth:`close`."""
 
-    def __init__(self, work: Path, nodes: int, profiles: list[str] | None = None) -> None:
+    def __init__(self, work: Path, nodes: int) -> None:
         self.work = Path(work)
         self.nodes = nodes
-        self.profiles = profiles
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.certs = self.work / "certs"
@@ -165,8 +174,6 @@ class Deployment:
     def start_supernodes(self) -> None:
         for i in range(self.nodes):
             node_config = f"partition-id={i} num-partitions={self.nodes}"
-            if self.profiles:
-                node_config += f' profile="{self.profiles[i % len(self.profiles)]}"'
             self._start(f"supernode{i}", [
                 str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--root-certificates", str(self.certs / "ca.crt"),
@@ -174,10 +181,13 @@ class Deployment:
                 "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port()),
             ])
 
-    def submit(self, config: Path, out: Path, overrides: list[str]) -> str:
+    def submit(self, config: Path, out: Path, overrides: list[str], resume: bool = False) -> str:
+        """``flwr run`` the app; ``resume``: continue the run in ``out`` from its last checkpoint."""
         app = self.work / "app"
         shutil.copytree(HERE / "app", app, dirs_exist_ok=True)
         run_config = f'config="{config}" out="{out}" overrides="{";".join(overrides)}"'
+        if resume:
+            run_config += " resume=true"
         r = self._flwr("run", str(app), "hfedmoe-local", "--run-config", run_config, "--format", "json")
         if r.returncode != 0:
             raise RuntimeError(f"flwr run failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
@@ -206,27 +216,53 @@ class Deployment:
         raise TimeoutError(f"no round-{rounds} checkpoint in {out} after {timeout_s} s; logs in {self.work}")
 
 
+def check_nodes(config: Path, overrides: list[str], nodes: int | None) -> int:
+    """The number of SuperNodes to start: ``nodes``, or one per client of the config; an
+    :class:`HFedMoEError` naming ``--nodes`` when it is outside [engine.min_clients, clients]."""
+    cfg = load_config(config, overrides)
+    n = num_clients(cfg)
+    if nodes is None:
+        return n
+    low = min(cfg.engine.min_clients, n)
+    if not low <= nodes <= n:
+        raise HFedMoEError(f"--nodes: expected an integer in [{low}, {n}] (the config federates {n} clients, "
+                           f"engine.min_clients = {cfg.engine.min_clients}), got {nodes}")
+    return nodes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=None, help="SuperNodes to start (default: one per client)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "tiny.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, as hfedmoe run --set")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hfedmoe-flower-deployment"))
     ap.add_argument("--kill-node", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue WORK/run from its last checkpoint (after a SuperLink or ServerApp crash)")
     args = ap.parse_args()
     out = args.work / "run"
-    shutil.rmtree(args.work, ignore_errors=True)
+    if args.resume and not (out / "checkpoints").is_dir():
+        print(f"deploy.py: --resume: expected a run folder with checkpoints in {out}, found none", file=sys.stderr)
+        raise SystemExit(2)
     overrides = [*args.overrides, f"federation.rounds={args.rounds}"]
-    with Deployment(args.work, args.nodes) as d:
+    try:
+        nodes = check_nodes(args.config, overrides, args.nodes)
+    except HFedMoEError as exc:
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for entry in (args.work.iterdir() if args.work.is_dir() else []):  # a fresh deployment; the run
+        if entry != out or not args.resume:                                 # folder stays when resuming
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    with Deployment(args.work, nodes) as d:
         d.setup()
         d.start_superlink()
         print(f"superlink on 127.0.0.1:{d.port} (TLS, SuperNode authentication)", flush=True)
         d.register_supernodes()
-        print(f"registered {args.nodes} SuperNode public keys", flush=True)
+        print(f"registered {nodes} SuperNode public keys", flush=True)
         d.start_supernodes()
-        print(d.submit(args.config.resolve(), out, overrides).strip(), flush=True)
+        print(d.submit(args.config.resolve(), out, overrides, resume=args.resume).strip(), flush=True)
         waited = d.wait_for(out, args.rounds, args.timeout, args.kill_node)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rows:

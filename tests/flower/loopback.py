@@ -19,10 +19,12 @@ class LoopbackGrid:
             for i, nc in enumerate(node_configs)
         }
         self.dead: set[int] = set()
+        self.silent: set[tuple[int, str]] = set()  # (node, message type) that never gets a reply
         self.sent: list[Message] = []
         self.replies: list[Message] = []
         self.pairs: list[tuple[Message, Message]] = []  # (sent, its reply)
         self.tamper = None  # optional: reply -> reply (to inject malformed replies)
+        self.tamper_types = ("train",)  # the message types whose replies tamper sees
         self.on_train = None  # optional: called with the node id before a train message is handled
 
     def get_node_ids(self) -> Iterable[int]:
@@ -36,13 +38,13 @@ class LoopbackGrid:
             node = msg.metadata.dst_node_id
             if msg.metadata.message_type == "train" and self.on_train is not None:
                 self.on_train(node)
-            if node in self.dead:
+            if node in self.dead or (node, msg.metadata.message_type) in self.silent:
                 continue  # a dead node never answers (the real grid times out)
             try:
                 reply = self.app(msg, self.contexts[node])
             except Exception as exc:  # noqa: BLE001 (the ClientApp raised: an error reply, as the runtime sends)
                 reply = Message(Error(code=0, reason=str(exc)), reply_to=msg)
-            if self.tamper is not None and msg.metadata.message_type == "train":
+            if self.tamper is not None and msg.metadata.message_type in self.tamper_types:
                 reply = self.tamper(reply)
             self.replies.append(reply)
             self.pairs.append((msg, reply))

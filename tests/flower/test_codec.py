@@ -29,6 +29,7 @@ def test_update_round_trip_is_bit_exact(trained):
         assert u.experts, "the fixture must train some experts"
         v = record_to_update(update_to_record(u))
         assert (v.client_id, v.num_examples) == (u.client_id, u.num_examples)
+        assert v.nonce == u.nonce
         assert set(v.experts) == set(u.experts)
         for k in u.experts:
             assert set(v.experts[k]) == set(u.experts[k])

@@ -53,3 +53,35 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
     r = rows(out)
     assert len(r) == 3 and 2 in r[2]["failed_clients"]
     assert sorted(int(c) for c in r[2]["client_trained"]) == [0, 1]
+
+
+def test_superlink_killed_mid_run_resumes_bit_identical(tmp_path):
+    """The SuperLink dies (SIGKILL) once round 1 is checkpointed; `deploy.py --resume`'s steps (a
+    new SuperLink, keys registered again, new SuperNodes, the app submitted with resume=true)
+    finish the run, which equals the uninterrupted in-process run bit for bit."""
+    import signal
+    import time
+
+    mod = deployment_module()
+    out = tmp_path / "run"
+    first = out / "checkpoints" / "round_1" / "server_state.json"
+    with mod.Deployment(tmp_path / "dep1", nodes=3) as d:
+        d.setup()
+        d.start_superlink()
+        d.register_supernodes()
+        d.start_supernodes()
+        d.submit(TINY, out, SETTINGS)
+        deadline = time.monotonic() + 1200
+        while not first.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert first.is_file(), "no round-1 checkpoint before the deadline"
+        d.stop("superlink", sig=signal.SIGKILL)
+    with mod.Deployment(tmp_path / "dep2", nodes=3) as d:
+        d.setup()
+        d.start_superlink()
+        d.register_supernodes()
+        d.start_supernodes()
+        d.submit(TINY, out, SETTINGS, resume=True)
+        d.wait_for(out, rounds=2, timeout_s=1200)
+    Simulation(load_config(TINY, SETTINGS), tmp_path / "sim").run()
+    assert_same_run(tmp_path / "sim", out)

@@ -17,6 +17,7 @@ from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
 from hfedmoe.engines.flower.clientapp import app as client_app
 from hfedmoe.engines.flower.serverapp import FlowerRun
 from hfedmoe.engines.simulation import Simulation
+from hfedmoe.errors import HFedMoEError
 from tests.flower.conftest import FAST, TINY
 from tests.flower.loopback import LoopbackGrid
 
@@ -107,6 +108,27 @@ def test_invalid_update_is_rejected_by_validation(tmp_path, caplog):
     assert "client 2 failed: invalid update: expert" in caplog.text and "non-finite" in caplog.text
 
 
+def test_a_replayed_reply_is_rejected_as_stale(tmp_path, caplog):
+    """The server's per-round nonce travels in the train message and must come back in the reply:
+    node 1's round-1 reply replayed in round 2 is rejected."""
+    cfg = load_config(TINY, FAST)
+    saved = {}
+
+    def replay(reply):
+        if reply.metadata.src_node_id == 1001 and not reply.has_error() and "meta" in reply.content.config_records:
+            if "first" not in saved:
+                saved["first"] = reply.content
+            else:
+                reply.content = saved["first"]
+        return reply
+
+    with caplog.at_level(logging.WARNING):
+        flower_run(cfg, tmp_path / "f", tamper=replay)
+    r = rows(tmp_path / "f")
+    assert 1 not in r[1]["failed_clients"] and 1 in r[2]["failed_clients"]
+    assert "client 1 failed: invalid update: nonce: not this round's (a stale or replayed update)" in caplog.text
+
+
 def test_a_node_lost_mid_round_does_not_stop_the_run(tmp_path):
     cfg = load_config(TINY, FAST)
     state = {"killed": False}
@@ -157,7 +179,9 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     flower_run(load_config(TINY, FAST + ["federation.rounds=1"]), tmp_path / "part")
     cfg = load_config(TINY, FAST)
     run = FlowerRun(cfg, tmp_path / "part")
-    assert run.restore() == 1
+    with pytest.raises(HFedMoEError, match=r"federation.rounds \(1 -> 2\)"):
+        run.restore()  # the rounds differ from the checkpoint's config: only when allowed
+    assert run.restore(allow_change={"federation.rounds"}) == 1
     grid = LoopbackGrid(client_app, [{"partition-id": i} for i in range(len(run.fed.clients))])
     run.strategy.start(grid)
     assert_same_run(tmp_path / "full", tmp_path / "part")
@@ -167,7 +191,10 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     ["method.name=random", "method.budget_scope=model", "clients.fixed_budgets=[1]"],
     ["method.name=oracle", "method.budget_scope=model", "clients.fixed_budgets=[1]", "data.public_fraction=0.25",
      "model.head_warmup_steps=10", 'train.trainable=["experts", "routers"]'],
-], ids=["random-model-scope", "oracle-model-scope-head-warmup"])
+    ["method.name=random-round", "clients.fixed_budgets=[1, 2]"],
+    ["method.name=fft-moe", "model.name=tiny-bert", "model.adapter=moe", "model.adapter_rank=4",
+     'train.trainable=["experts", "routers", "head"]'],
+], ids=["random-model-scope", "oracle-model-scope-head-warmup", "random-round", "fft-moe-on-adapters"])
 def test_flower_matches_in_process_with_model_scope_and_head_warmup(tmp_path, extra):
     """Cross-layer selection plans rebuilt on the node, and the server's warmed (fixed) head sent
     with the model: both engines still train the same weights."""

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import hfedmoe
 from hfedmoe.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(hfedmoe.__file__).resolve().parent
 TINY = str(ROOT / "configs" / "tiny.toml")
 
 # (id, --set overrides on tiny.toml, field expected in the message)
@@ -116,6 +118,31 @@ def _write_files(tmp: Path) -> dict[str, Path]:
     bench_escape = tmp / "bench_escape.toml"
     bench_escape.write_text(f'base = "{TINY}"\n[[datasets]]\nname = "../../../x"\n')
     files["bench_escape"] = bench_escape
+    dict_labels = tmp / "dict_labels.jsonl"
+    dict_labels.write_text("\n".join(f'{{"text": "t{i}", "label": {{"a": {i % 2}}}}}' for i in range(8)))
+    files["dict_labels"] = dict_labels
+    list_labels = tmp / "list_labels.jsonl"
+    list_labels.write_text("\n".join(f'{{"text": "t{i}", "label": [{i % 2}]}}' for i in range(8)))
+    files["list_labels"] = list_labels
+    bytes_texts = tmp / "bytes_texts.parquet"
+    pd.DataFrame({"text": [b"abc", b"def"] * 4, "label": [0, 1] * 4}).to_parquet(bytes_texts)
+    files["bytes_texts"] = bytes_texts
+    dup = tmp / "dup_columns.csv"
+    dup.write_text("text,label,text\n" + "\n".join(f"a{i},{i % 2},b{i}" for i in range(8)) + "\n")
+    files["dup_columns"] = dup
+    plain = tmp / "plain.csv"
+    plain.write_text("text,label\n" + "\n".join(f"a{i},{i % 2}" for i in range(8)) + "\n")
+    files["plain"] = plain
+    for name, text in (("deep_array", "seed = " + "[" * 5000 + "]" * 5000),
+                       ("deep_inline", "seed = " + "{a = " * 5000 + "1" + "}" * 5000),
+                       ("deep_tables", "[model." + ".".join(["a"] * 5000) + "]")):
+        (tmp / f"{name}.toml").write_text(text + "\n")
+        files[name] = tmp / f"{name}.toml"
+    binary = tmp / "binary_metrics"
+    binary.mkdir()
+    (binary / "config.toml").write_text(Path(TINY).read_text())
+    (binary / "metrics.jsonl").write_bytes(bytes(range(256)) * 8)
+    files["binary_metrics"] = binary
     bench_ok = tmp / "bench_ok.toml"
     bench_ok.write_text(f'base = "{TINY}"\nmethods = ["hfedmoe"]\nseeds = [0]\n')
     files["bench_ok"] = bench_ok
@@ -154,6 +181,24 @@ OTHER: list[tuple[str, list[str], str]] = [
     ("bench-name-escapes-out", ["bench", "-c", "__bench_escape__", "-o", "__OUT__"], "datasets[0].name"),
     ("bench-config-missing", ["bench", "-c", "/nonexistent/b.toml", "-o", "__OUT__"], "--config"),
     ("config-show-bad-set", ["config", "--show", TINY, "--set", "train.lr=inf"], "train.lr"),
+    ("local-dict-labels", ["run", "-c", TINY, "-o", "__OUT__", *sum((["--set", s] for s in _local("dict_labels")), [])],
+     "data.label_column"),
+    ("local-list-labels", ["run", "-c", TINY, "-o", "__OUT__", *sum((["--set", s] for s in _local("list_labels")), [])],
+     "data.label_column"),
+    ("local-bytes-texts", ["run", "-c", TINY, "-o", "__OUT__", *sum((["--set", s] for s in _local("bytes_texts")), [])],
+     "data.text_column"),
+    ("local-duplicated-columns", ["run", "-c", TINY, "-o", "__OUT__",
+                                  *sum((["--set", s] for s in _local("dup_columns")), [])], "data.path"),
+    ("local-label-is-text", ["run", "-c", TINY, "-o", "__OUT__", *sum((["--set", s] for s in _local("plain")), []),
+                             "--set", "data.label_column=text"], "data.label_column"),
+    ("config-5000-deep-array", ["run", "-c", "__deep_array__", "-o", "__OUT__"], "--config"),
+    ("config-5000-deep-inline-table", ["run", "-c", "__deep_inline__", "-o", "__OUT__"], "--config"),
+    ("config-5000-deep-tables", ["run", "-c", "__deep_tables__", "-o", "__OUT__"], "--config"),
+    ("set-5000-deep", ["run", "-c", TINY, "-o", "__OUT__", "--set", "seed=" + "[" * 5000 + "]" * 5000], "--set"),
+    ("resume-binary-metrics", ["resume", "__binary_metrics__"], "metrics.jsonl"),
+    ("bench-seeds-repeated", ["bench", "-c", "__bench_ok__", "-o", "__OUT__", "--seeds", "1,1"], "--seeds"),
+    ("bench-out-inside-package", ["bench", "-c", "__bench_ok__", "-o", str(PACKAGE / "bench_out")], "--out"),
+    ("out-inside-package", ["run", "-c", TINY, "-o", str(PACKAGE / "runs" / "x")], "--out"),
 ]
 
 CASES = [(cid, ["run", "-c", TINY, "-o", "__OUT__", *sum((["--set", s] for s in sets), [])], field)
@@ -187,6 +232,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, arg
     assert field in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert _snapshot(tmp_path) == before  # nothing written, nothing deleted
+    assert not (PACKAGE / "runs").exists() and not (PACKAGE / "bench_out").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")

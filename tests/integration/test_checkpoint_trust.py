@@ -19,6 +19,7 @@ from hfedmoe.config import load_config
 from hfedmoe.engines import checkpoint, simulation
 from hfedmoe.engines.checkpoint import complete_rounds
 from hfedmoe.engines.simulation import Simulation
+from hfedmoe.errors import HFedMoEError
 from hfedmoe.report.metrics import read_metrics
 
 from .conftest import FAST, REPO, TINY
@@ -26,6 +27,11 @@ from .conftest import FAST, REPO, TINY
 runner = CliRunner()
 SETS = FAST + ["federation.rounds=3", "federation.keep_checkpoints=0"]  # keep rounds 1..3 to fall back to
 CLI_SETS = sum([["--set", s] for s in SETS], [])
+
+
+def _files(run):
+    """Every file under ``run`` with its bytes (what a refused command must leave as it was)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
 def _strip(rows):
@@ -136,7 +142,14 @@ def test_resume_falls_back_past_a_bad_checkpoint_and_ends_bit_identical(case, fi
     run = _copy(finished, tmp_path)
     (run / "report.md").unlink()  # not finished any more from the CLI's view: it must resume
     corrupt(run / "checkpoints" / "round_3")
-    res = runner.invoke(app, ["resume", str(run), "-q"])
+    before = _files(run)
+    res = runner.invoke(app, ["resume", str(run), "-q"])  # without the option: refused, nothing moved
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "checkpoint of round 3 is not usable" in text and needle in text and "--discard-invalid" in text
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert _files(run) == before
+    res = runner.invoke(app, ["resume", str(run), "-q", "--discard-invalid"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "checkpoint of round 3 is not usable" in text and needle in text, text
@@ -152,10 +165,96 @@ def test_every_checkpoint_bad_restarts_from_round_0_and_says_so(finished, tmp_pa
     for r in (1, 2, 3):
         _flip(run / "checkpoints" / f"round_{r}")
     sim = Simulation(load_config(TINY, SETS), run)
-    assert sim.restore() == 0
+    before = _files(run)
+    with pytest.raises(HFedMoEError, match="checkpoint of round 3 is not usable"):
+        sim.restore()
+    assert _files(run) == before
+    assert sim.restore(discard_invalid=True) == 0
     assert "starting again from round 0" in sim.restore_notes[-1]
     sim.run()
     _same(_model(run), _model(finished))
+
+
+def _edit_config(run, section, key, value):
+    import tomllib
+
+    import tomli_w
+
+    data = tomllib.loads((run / "config.toml").read_text())
+    data[section][key] = value
+    (run / "config.toml").write_text(tomli_w.dumps(data))
+
+
+CONFIG_EDITS = [
+    (("train", "lr", 0.01), "train.lr (0.003 -> 0.01)"),
+    (("model", "num_experts", 6), "model.num_experts (4 -> 6)"),
+    (("method", "name", "fedavg"), "method.name ('hfedmoe' -> 'fedavg')"),
+]  # and the seed, below
+
+
+@pytest.mark.parametrize("edit, fields", CONFIG_EDITS)
+def test_a_hand_edited_config_is_refused_naming_the_fields_and_nothing_moves(edit, fields, finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    (run / "report.md").unlink()
+    _edit_config(run, *edit)
+    before = _files(run)
+    res = runner.invoke(app, ["resume", str(run), "-q", "--discard-invalid"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "the config differs from the one the checkpoint was made with" in text and fields in text, text
+    assert "nothing was changed" in text and len(res.output.strip().splitlines()) == 1
+    assert _files(run) == before  # no checkpoint set aside, no metrics row dropped
+
+
+def test_a_seed_edit_lists_the_field_and_only_safe_fields_can_be_allowed(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    (run / "report.md").unlink()
+    data = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(data.replace("seed = 0", "seed = 7", 1))
+    res = runner.invoke(app, ["resume", str(run), "-q"])
+    assert res.exit_code == 2 and "seed (0 -> 7)" in " ".join(res.output.split())
+    res = runner.invoke(app, ["resume", str(run), "-q", "--allow-change", "seed"])
+    assert res.exit_code == 2 and "--allow-change: expected fields from" in " ".join(res.output.split())
+
+
+def test_allow_change_extends_the_rounds_of_an_edited_config(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    _edit_config(run, "federation", "rounds", 4)
+    res = runner.invoke(app, ["resume", str(run), "-q"])
+    assert res.exit_code == 2
+    assert "--allow-change federation.rounds" in " ".join(res.output.split())
+    res = runner.invoke(app, ["resume", str(run), "-q", "--allow-change", "federation.rounds"])
+    assert res.exit_code == 0, res.output
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert _strip(rows[:4]) == _strip(read_metrics(finished / "metrics.jsonl"))  # the history kept
+
+
+def test_keyed_checksums_refuse_a_checkpoint_rewritten_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("HFEDMOE_CHECKPOINT_KEY", "k1")
+    sim = Simulation(load_config(TINY, FAST + ["federation.rounds=1"]), tmp_path / "run")
+    sim.run()
+    d = tmp_path / "run" / "checkpoints" / "round_1"
+    sums = json.loads((d / "checksums.json").read_text())
+    assert set(sums["hmac-sha256"]) == {"model.safetensors", "server_state.json"}
+    checkpoint.load_checkpoint(d.parent, 1)  # verifies with the key
+    state = json.loads((d / "server_state.json").read_text())
+    state["sim_time_s"] = 0.0  # forged, with plain checksums recomputed: only the HMAC can tell
+    (d / "server_state.json").write_text(json.dumps(state))
+    _rehash(d)
+    sums2 = json.loads((d / "checksums.json").read_text())
+    sums2["hmac-sha256"] = sums["hmac-sha256"]
+    (d / "checksums.json").write_text(json.dumps(sums2))
+    with pytest.raises(checkpoint.CheckpointError, match="hmac-sha256 mismatch"):
+        checkpoint.load_checkpoint(d.parent, 1)
+    monkeypatch.delenv("HFEDMOE_CHECKPOINT_KEY")
+    checkpoint.load_checkpoint(d.parent, 1)  # no key: the plain checksums only
+    keyfile = tmp_path / "key"
+    keyfile.write_text("k2\n")
+    monkeypatch.setenv("HFEDMOE_CHECKPOINT_KEY_FILE", str(keyfile))
+    _rehash(d)  # plain sums only: unsigned
+    with pytest.raises(checkpoint.CheckpointError, match="no hmac-sha256"):
+        checkpoint.load_checkpoint(d.parent, 1)
 
 
 def test_deleted_metrics_is_an_error_and_the_report_survives(finished, tmp_path):
@@ -241,8 +340,11 @@ class _Killed(BaseException):
     """Stands for SIGKILL in-process: nothing after it runs (no except Exception catches it)."""
 
 
-@pytest.mark.parametrize("point", ["after metrics row", "inside model write", "after model write",
-                                   "before rename", "before prune"])
+KILL_POINTS = ["after metrics row", "inside model write", "after model write", "before rename", "before prune"]
+KILL_DELAYS = [4.0, 7.0, 9.0, 11.0, 14.0]  # seconds after the start of a real `hfedmoe run` (SIGKILL)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
 def test_forced_kill_points_resume_bit_identical(point, finished, tmp_path, monkeypatch):
     run = tmp_path / "run"
     sim = Simulation(load_config(TINY, SETS), run)
@@ -286,7 +388,7 @@ def test_kill_9_at_random_points_resumes_bit_identical(finished, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-c", "from hfedmoe.cli import main; main()"]
     cmd = [*cli, "run", "--config", str(TINY), "-q", *CLI_SETS]
-    for i, delay in enumerate([4.0, 7.0, 9.0, 11.0, 14.0]):
+    for i, delay in enumerate(KILL_DELAYS):
         out = tmp_path / f"k{i}"
         p = subprocess.Popen([*cmd, "--out", str(out)], env=env)
         time.sleep(delay)

@@ -134,8 +134,13 @@ def test_host_reads_per_training_step_are_a_few_per_layer_and_independent_of_the
         per_step[layers, experts] = _reads_per_step(
             tmp_path / f"{layers}x{experts}", monkeypatch,
             [f"model.tiny_layers={layers}", f"model.num_experts={experts}", "method.name=hfedmoe"])
+    # the run's default pools per sequence; token pooling and the normalised IB scale read no more
+    per_step[2, 4, "token+normalised"] = _reads_per_step(
+        tmp_path / "token-normalised", monkeypatch,
+        ["model.tiny_layers=2", "model.num_experts=4", "method.name=hfedmoe", "method.pooling=token",
+         "method.ib_scale=normalised"])
     print("device->host reads per training step (layers, experts):", per_step)
-    for (layers, _), reads in per_step.items():
+    for (layers, *_), reads in per_step.items():
         # per layer: the selection (1), the dispatch counts (1), the trained and frozen expert
         # groups (1 each); plus transformers' own attention-mask check (1 per forward)
         assert reads <= 4 * layers + 1, per_step

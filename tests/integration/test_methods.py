@@ -61,7 +61,7 @@ def test_fedavg_fails_and_fedavg_drop_skips_exactly_the_unfit(one_round_rows):
         assert all(all(row) for row in layers)  # all experts trained where tokens reached them
 
 
-@pytest.mark.parametrize("name", ["random", "flux-freq", "flex-moe", "fedmoe", "hfedmoe-restrict"])
+@pytest.mark.parametrize("name", ["random", "flux-freq", "flex-moe", "fedmoe", "hfedmoe-restrict", "fft-moe"])
 def test_budget_respected(one_round_rows, name):
     rows, sims = one_round_rows
     steps = 2  # train.local_steps in FAST
@@ -71,7 +71,7 @@ def test_budget_respected(one_round_rows, name):
             assert all(c <= steps for c in layer_counts)
             assert sum(layer_counts) <= budget * steps, (name, cid)
         trained = np.array(rows[name]["client_trained"][cid])  # (L, E)
-        if name in ("flex-moe", "fedmoe"):  # fixed subsets for the round
+        if name in ("flex-moe", "fedmoe", "fft-moe"):  # fixed subsets for the round
             assert (trained.sum(axis=1) <= budget).all()
 
 
@@ -101,12 +101,12 @@ def test_random_is_reproducible_and_seeded(tmp_path):
     assert len(set(first)) > 1  # not a fixed choice
 
 
-@pytest.mark.parametrize("name", ["fedmoe", "hfedmoe-restrict"])
+@pytest.mark.parametrize("name", ["fedmoe", "hfedmoe-restrict", "fft-moe"])
 def test_restricted_routing_stays_inside_the_subset(tmp_path, name):
     sim = _sim(tmp_path, name, ["federation.rounds=2"])
     last = sim.run()[-1]
     full_bytes = sum(t.numel() * t.element_size() for t in sim.mm.model.state_dict().values())
-    if name == "fedmoe":  # the unrestricted profiling pass runs every expert: the whole model
+    if name in ("fedmoe", "fft-moe"):  # the unrestricted profiling pass runs every expert: the whole model
         assert last["download_bytes"] == full_bytes * len(last["sampled_clients"])
     else:  # memory-bounded: the dense part and the held experts only
         held_total = sum(len(h) for c in last["sampled_clients"] for h in sim.method.round_held[c])

@@ -111,6 +111,12 @@ def test_tiny_lm_run_end_to_end_lowers_perplexity(tmp_path):
     assert "| round | test ppl | held-out ppl |" in md
     assert f"| 2 | {last['test_perplexity']:.4g} |" in md
     assert "15: " in md.split("per client's validation split")[1]
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_test_loss"] == pytest.approx(math.log(last["test_perplexity"]), rel=1e-9)
+    assert summary["majority_rate"] is None and "majority" not in md
+    assert (tmp_path / "perplexity_vs_round.png").is_file() and not (tmp_path / "accuracy_vs_round.png").exists()
     # the run directory reloads into the same global model: same test perplexity, and it generates
     from hfedmoe.cli.generate import load_run_model, stream_generate
     from hfedmoe.federation.data import build_federation

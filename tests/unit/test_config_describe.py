@@ -29,11 +29,12 @@ def test_every_field_listed_once_with_help():
         assert field in names
 
 
-def test_text_lists_type_default_and_help_per_line():
-    text = render_text()
-    line = next(x for x in text.splitlines() if x.startswith("train.lr "))
-    assert line.split()[:3] == ["train.lr", "float", repr(RunConfig().train.lr)]
-    assert "learning rate" in line
+def test_text_lists_type_default_and_wrapped_help_per_field():
+    lines = render_text().splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("train.lr "))
+    assert lines[at].split() == ["train.lr", "float", repr(RunConfig().train.lr)]
+    assert lines[at + 1] == "    learning rate"
+    assert max(len(x) for x in lines) <= 100
 
 
 def test_readme_table_matches_the_dataclasses():

@@ -59,7 +59,11 @@ def test_an_honest_update_passes_and_its_distance_is_hand_computed():
     ref = _ref()
     u = _honest(ref)
     assert check_update(u, ref, _allow()) is None
-    dist, gnorm, d = update_distance(u, ref)
+    dist, gnorm, d, max_abs, gmax, eps = update_distance(u, ref)
+    assert max_abs == pytest.approx(0.2, rel=1e-6)
+    assert gmax == max(float(t.abs().max()) for t in (ref.experts[1]["w"][2], ref.routers[0]["weight"],
+                                                      ref.routers[1]["weight"], ref.dense["head"]))
+    assert eps == torch.finfo(torch.float32).eps
     assert dist == pytest.approx(math.sqrt(8 * 0.1**2 + 8 * 0.2**2))
     assert d == 8 + 2 * E * 4 + 8
     g2 = sum(float(t.pow(2).sum()) for t in (ref.experts[1]["w"][2], ref.routers[0]["weight"],
@@ -150,3 +154,38 @@ def test_norm_bound_makes_room_for_dp_noise():
     nb = NormBound(factor=10.0, window=2, first_round_factor=1.0, dp_clip=0.5, dp_sigma=2.0)
     # clip (1 + sigma (sqrt(d) + 4)) = 0.5 (1 + 2 (10 + 4)) = 14.5
     assert nb.limit(global_norm=1.0, dims=100) == pytest.approx(14.5)
+
+
+def test_scores_counts_and_nonce_are_range_checked():
+    ref = _ref()
+    u = _honest(ref)
+    u.importance = torch.full((L, E), 1e30)
+    assert "importance: values outside [0, 1]" in check_update(u, ref, _allow())
+    u = _honest(ref)
+    u.importance[0, 0] = 1.0  # the largest honest score (one token, probability 1)
+    assert check_update(u, ref, _allow()) is None
+    u.usage[0, 0] = 1.5
+    assert "usage" in check_update(u, ref, _allow())
+    u = _honest(ref)
+    assert check_update(u, ref, _allow(steps=2)) is None  # 2 batches selected in 2 steps
+    assert "ran 1 local steps" in check_update(u, ref, _allow(steps=1, max_selections=None))
+    u.nonce = "abc"
+    assert check_update(u, ref, _allow(nonce="abc")) is None
+    assert "stale or replayed" in check_update(u, ref, _allow(nonce="def"))
+    del u.nonce  # an update without the field
+    assert "stale or replayed" in check_update(u, ref, _allow(nonce="def"))
+
+
+def test_the_optimizer_bound_replaces_the_first_round_rule_and_caps_the_median():
+    from hfedmoe.core.step_bound import StepBounds
+
+    nb = NormBound(factor=10.0, window=2, first_round_factor=3.0)
+    step = StepBounds(max_abs=0.1, l2=1.0)
+    assert nb.limit(2.0, 100, step) == 1.0  # not 3 x ||g|| = 6
+    assert "optimizer" in nb.check(1.5, 2.0, 100, step, max_abs=0.05)
+    assert "changes a weight by 0.2" in nb.check(0.5, 2.0, 100, step, max_abs=0.2)
+    assert nb.check(0.9, 2.0, 100, step, max_abs=0.09) is None
+    nb.accept(0.05)
+    nb.end_round()
+    assert nb.limit(2.0, 100, step) == pytest.approx(0.5)  # 10 x median 0.05 < 1.0
+    assert "median" in nb.check(0.6, 2.0, 100, step, max_abs=0.01)

@@ -10,6 +10,7 @@ from hfedmoe.bench.paired import paired_ci
 from hfedmoe.client.diagnostics import SelectionDiagnostics, rates
 from hfedmoe.client.state import evict_expert_state, live_expert_state
 from hfedmoe.methods.diagnostics import alpha_vs_shares, tau_exclusion
+from hfedmoe.moe.contexts import LayerRouting
 from hfedmoe.moe.layouts import route_straight_through
 from hfedmoe.moe.minilm import TopKRouter
 
@@ -60,9 +61,9 @@ def test_selection_diagnostics_hand_case():
     probs = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.5, 0.5]])
     topk = torch.tensor([[0, 1], [1, 2]])
     mask = torch.ones(2, dtype=torch.bool)
-    d = SelectionDiagnostics(lam=1.0, beta=1.0, budget=1, num_experts=3)
-    d.update(probs, topk, mask)
-    d.update(probs, topk, torch.zeros(2, dtype=torch.bool))  # no real token: not a decision
+    d = SelectionDiagnostics(lam=1.0, beta=1.0, budget=1, num_experts=3, pooling="token")
+    d.update(LayerRouting(probs, topk, mask))
+    d.update(LayerRouting(probs, topk, torch.zeros(2, dtype=torch.bool)))  # no real token: not a decision
     r = rates([d.counts()])
     assert r["sel_decisions"] == 1
     assert (r["sel_disagree_hfedmoe_freq"], r["sel_disagree_hfedmoe_noib"], r["sel_disagree_noib_freq"]) == (0, 1, 1)
@@ -70,9 +71,15 @@ def test_selection_diagnostics_hand_case():
                        0.25 * math.log(2)])
     assert r["ib_scale_ratio"] == pytest.approx(float(kl.std() / torch.tensor([0.4, 0.35, 0.25]).std()), rel=1e-4)
     # beta = 0: HFedMoE is its no-IB ablation
-    d0 = SelectionDiagnostics(lam=1.0, beta=0.0, budget=1, num_experts=3)
-    d0.update(probs, topk, mask)
+    d0 = SelectionDiagnostics(lam=1.0, beta=0.0, budget=1, num_experts=3, pooling="token")
+    d0.update(LayerRouting(probs, topk, mask))
     assert rates([d0.counts()])["sel_disagree_hfedmoe_noib"] == 0
+    # normalised IB term at beta = 1: KL rescaled to the spread of s_b over the 3 routed experts,
+    # so std(s_b - I_b) / std(s_b) = 1 exactly; the pick is still expert 1 (IB changes the choice)
+    dn = SelectionDiagnostics(lam=1.0, beta=1.0, budget=1, num_experts=3, pooling="token", ib_scale="normalised")
+    dn.update(LayerRouting(probs, topk, mask))
+    rn = rates([dn.counts()])
+    assert rn["ib_scale_ratio"] == pytest.approx(1.0) and rn["sel_disagree_hfedmoe_noib"] == 1
 
 
 def test_server_diagnostics_hand_case():

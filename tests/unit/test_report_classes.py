@@ -18,6 +18,7 @@ def test_one_class_model_gets_zero_f1_for_the_other_and_warnings():
     assert abs(m["macro_f1"] - 0.5 * (2 * 0.6 / 1.6)) < 1e-12
     w = learning_warnings(0.6, 0.6, m["pred_share"], ["neg", "pos"])
     assert len(w) == 2 and "'pos' for 100.0%" in w[0] and "majority-class rate 60.0%" in w[1]
+    assert "train.loss = 'logit-adjusted'" in w[0] and "train.local_epochs" in w[1]  # each says what to try
     assert learning_warnings(0.8, 0.6, [0.5, 0.5]) == []
 
 

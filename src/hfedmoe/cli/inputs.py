@@ -7,7 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
+from typer.core import TyperCommand
+
 from hfedmoe.errors import HFedMoEError
+
+
+class PlainHelpCommand(TyperCommand):
+    """A command whose ``--help`` renders as written: typer escapes the ``[`` of ``[default: ...]``
+    for rich even when rich markup is off (``rich_markup_mode=None``), printing ``\\[default: ...]``."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        inner = click.HelpFormatter(width=formatter.width)
+        super().format_help(ctx, inner)
+        formatter.write(inner.getvalue().replace("\\[", "["))
 
 
 def check_out(out: Path, field_name: str = "--out") -> None:
@@ -21,6 +34,13 @@ def check_out(out: Path, field_name: str = "--out") -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise HFedMoEError(f"{field_name}: expected a folder path, got {out} ({parent} is a file)")
+    import hfedmoe
+
+    package = Path(hfedmoe.__file__).resolve().parent
+    resolved = out.resolve()
+    if resolved == package or package in resolved.parents:
+        raise HFedMoEError(f"{field_name}: expected a folder outside the installed hfedmoe package, got {out} "
+                           f"(inside {package})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HFedMoEError(f"{field_name}: expected a writable location, got {out} ({parent} is not writable)")
 
@@ -49,4 +69,8 @@ def parse_seeds(text: str) -> list[int]:
     bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
     if not seeds or bad:
         raise HFedMoEError(f"--seeds: expected comma-separated integers in [0, 2^32), got {text!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise HFedMoEError(f"--seeds: expected distinct seeds (a repeat is the same run twice), got {text!r} "
+                           f"with {', '.join(map(str, repeated))} more than once")
     return seeds

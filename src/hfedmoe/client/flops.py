@@ -34,6 +34,7 @@ def flop_model(mm: MoEModel, parts: Sequence[str], *, train_routers: bool | None
         router_params=router,
         other_layer_params=by_part.get("experts", 0) // L,
         head_params=by_part.get("head", 0),
+        frozen_layer_params=by_part.get("frozen", 0) // L,
         attention_trainable="attention" in parts,
         router_trainable=("routers" in parts) if train_routers is None else train_routers,
         other_trainable="experts" in parts,

@@ -3,6 +3,8 @@
 Experts and routers are found by the MoE adapter (``hfedmoe.moe``); this module only sorts the
 rest by name: task head, attention, embeddings, norms. A dense tensor matching none of them
 (a shared expert, the MoE block's output bias) counts as part of "experts": it is FFN capacity.
+The dense FFN under an MoE adapter (``frozen_ffn``, :mod:`hfedmoe.moe.sparse_adapter`) is the part
+``"frozen"``, which no ``train.trainable`` list names: it is never trained.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 
 _PATTERNS: dict[str, re.Pattern[str]] = {
+    "frozen": re.compile(r"(^|\.)frozen_ffn(\.|$)"),
     "head": re.compile(r"(^|\.)(classifier|score|lm_head|pooler|qa_outputs)(\.|$)"),
     "embeddings": re.compile(r"(^|\.)(embeddings|embed_tokens|shared|wte|wpe)(\.|$)"),
     "norms": re.compile(r"(LayerNorm|layernorm|layer_norm|(^|\.)norm|_norm)(\.|$|_)"),

@@ -1,7 +1,7 @@
 """A client's per-round statistics, kept on the model's device and read once per client-round.
 
 Per training step the client adds, for every MoE layer, the router probabilities of the real
-tokens (Eq. 16's sums), the batch importance ``s_b`` (Eq. 5), which experts were selected and
+tokens (Eq. 16's sums), the batch importance ``s_b`` (Eq. 5, with the run's pooling), which experts were selected and
 reached by a token (trained this step), and the token-expert pairs for the FLOP model. All of it
 is computed with masks and static shapes (no data-dependent indexing), so a step adds no
 device->host read; :meth:`RoundStats.finish` reads everything back in a few transfers.
@@ -33,8 +33,9 @@ class RoundTotals:
 class RoundStats:
     """Accumulators ``(L, E)`` on ``device``; :meth:`add_step` per step, :meth:`finish` once."""
 
-    def __init__(self, num_layers: int, num_experts: int, lam: float, device: torch.device, diag=None) -> None:
-        self.L, self.E, self.lam, self.diag = num_layers, num_experts, lam, diag
+    def __init__(self, num_layers: int, num_experts: int, lam: float, device: torch.device, diag=None,
+                 pooling: str = "token") -> None:
+        self.L, self.E, self.lam, self.diag, self.pooling = num_layers, num_experts, lam, diag, pooling
         zeros = dict(device=device)
         self.prob_sums = torch.zeros(num_layers, num_experts, dtype=torch.float64, **zeros)  # (L, E)
         self.imp_sums = torch.zeros(num_layers, num_experts, dtype=torch.float64, **zeros)  # (L, E)
@@ -53,11 +54,11 @@ class RoundStats:
         for l in range(self.L):
             r = capture.layer(l)
             if self.diag is not None:
-                self.diag.update(r.gate_probs, r.topk_idx, r.token_mask)
+                self.diag.update(r)
             device = r.gate_probs.device
             real = r.token_mask.to(device=device, dtype=torch.float64).unsqueeze(1)  # (T, 1)
             self.prob_sums[l] += (r.gate_probs.double() * real).sum(dim=0)  # (E,)
-            self.imp_sums[l] += routing_scores(r, self.lam).double()  # (E,) s_b
+            self.imp_sums[l] += routing_scores(r, self.lam, self.pooling).double()  # (E,) s_b
             hits = routed_pair_counts(r.topk_idx, r.token_mask, self.E)  # (E,) real pairs per expert
             sel = torch.zeros(self.E, dtype=torch.bool, device=device)
             sel[torch.as_tensor(chosen[l], dtype=torch.long).to(device)] = True

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hfedmoe.client.flops import flop_model
+from hfedmoe.client.objective import add_prox_grad, label_counts, local_loss
 from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
 from hfedmoe.core.selection import routed_pair_counts
@@ -52,7 +53,12 @@ class TrainPlan:
     sub-MoE from it, so the choice follows the current router).
     ``budget``: per-layer expert budget, used only for the selection diagnostics (set by the
     engine when a method leaves it None). ``on_batch`` is called with each batch before its
-    forward (selectors that need the batch shape, e.g. sequence pooling).
+    forward. ``pooling``: how the importance the client uploads (``s^c``, mean per-batch Eq. 5)
+    and its selection diagnostics read a sample ("sequence" | "token"; None = the run's
+    ``TrainSettings.pooling``): HFedMoE sets its own, so its token ablation uploads token scores.
+    ``aux_loss``: a term added to the task loss of every step, computed from the step's routing capture (taken with
+    ``live=True``, so its ``live_probs`` carry gradient into the routers); its mean over the
+    steps is reported as the metric ``aux_loss``.
     """
 
     selector: Selector | None = None
@@ -65,6 +71,8 @@ class TrainPlan:
     profile_batches: int = 4
     budget: int | None = None
     on_batch: Callable[[dict], None] | None = None
+    pooling: str | None = None
+    aux_loss: Callable[[object], torch.Tensor] | None = None
 
 
 @dataclass
@@ -80,9 +88,13 @@ class TrainSettings:
     grad_mode: str = "no_grad"
     lam: float = 0.5
     beta: float = 0.1  # for the selection diagnostics only (methods carry their own beta)
+    pooling: str = "sequence"  # importance upload and diagnostics, unless the plan says otherwise
+    ib_scale: str = "raw"  # for the selection diagnostics only
     diagnostics: bool = True
     foreach: bool = True  # optimizer over all trained tensors at once (foreach kernels)
     dtype: str = "float32"  # runtime.dtype: float16 scales the loss (GradScaler); autocast is on the model
+    prox_mu: float = 0.0  # FedProx weight (client/objective.py)
+    loss: str = "ce"  # ce | logit-adjusted | balanced (client/objective.py)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class ClientUpdate:
     selected_counts: torch.Tensor  # (L, E) int: batches in which each expert was selected
     metrics: dict[str, float] = field(default_factory=dict)
     peak_expert_state: torch.Tensor | None = None  # (L,) max experts holding grad/opt state at once
+    nonce: str = ""  # the server's nonce of the round, echoed (a stale or replayed update is rejected)
 
     def upload_bytes(self) -> int:
         """Bytes of the tensors this update carries (experts, routers, dense, statistics)."""
@@ -138,10 +151,12 @@ def train_client(
     *,
     seed: int,
     progress: Callable[[dict], None] | None = None,
+    nonce: str = "",
 ) -> ClientUpdate:
     """Train ``mm.model`` (holding the global weights) on ``indices`` of ``data`` and return the update.
 
     Randomness (shuffling, dropout) comes only from ``seed``, so a resumed run repeats exactly.
+    ``nonce``: the server's nonce of this round, echoed in the update.
     """
     model = mm.model
     L, E = mm.num_layers, mm.num_experts
@@ -153,17 +168,21 @@ def train_client(
         # nothing to train on: an empty update (no experts, routers or dense tensors), never an
         # endless search for a first batch when local_steps > 0
         log.warning("client %d: no training examples, skipping local training", client_id)
-        return _empty_update(mm, client_id)
+        empty = _empty_update(mm, client_id)
+        empty.nonce = nonce
+        return empty
     parts = tuple(settings.trainable)
     profiled: list[BatchShape] = []  # FedMoE's profiling pass: forward compute the client pays
     if plan.profile is not None:
         usage0, importance0, profiled = profile_routing(mm, data, indices, settings, plan.profile_batches,
                                                         np.random.default_rng([seed, 17]))
-        budget, on_batch = plan.budget, plan.on_batch
+        budget, on_batch, pooling = plan.budget, plan.on_batch, plan.pooling
         plan = plan.profile(usage0, importance0)
         plan.budget = plan.budget if plan.budget is not None else budget
         plan.on_batch = plan.on_batch or on_batch
+        plan.pooling = plan.pooling or pooling
 
+    pooling = plan.pooling or settings.pooling  # what a sample of the uploaded importance is
     dense_names = trainable_dense_names(mm, parts)
     dense_params = mm.dense_named_parameters()
     expert_leaves = mm.expert_leaves() if "experts" in parts else {}
@@ -185,18 +204,22 @@ def train_client(
         params += list(leaves)
     opt = _optimizer(params, settings)
     scaler = torch.amp.GradScaler(device.type) if settings.dtype == "float16" else None  # fp16 only
+    anchors = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []  # FedProx: w_global
+    counts = None  # (C,) the client's label counts, for train.loss other than ce
 
     steps_per_epoch = num_batches(len(indices), settings.batch_size)
     total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
 
     trained = torch.zeros(L, E, dtype=torch.bool)
     shapes: list[tuple[int, int]] = []  # per step (sequences, padded length): host numbers
+    aux_sum: float | torch.Tensor = 0.0  # on the device once added to (read once at the end)
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
     fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
     if settings.diagnostics and plan.budget is not None:
-        diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E)
-    stats = RoundStats(L, E, settings.lam, device, diag)  # on the device, read once at the end
+        diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E,
+                                    pooling=pooling, ib_scale=settings.ib_scale)
+    stats = RoundStats(L, E, settings.lam, device, diag, pooling)  # on the device, read once at the end
     peak_state = torch.zeros(L, dtype=torch.long)  # max over steps of experts holding grad/opt state
     first_value: dict[tuple[int, int], list[torch.Tensor]] = {}  # expert -> value before its first step
 
@@ -219,7 +242,8 @@ def train_client(
                 with ExitStack() as stack:
                     if plan.restrict is not None:
                         stack.enter_context(mm.restrict_routing(plan.restrict))
-                    cap = stack.enter_context(mm.capture_routing(batch["attention_mask"]))
+                    cap = stack.enter_context(mm.capture_routing(batch["attention_mask"],
+                                                                 live=plan.aux_loss is not None))
                     if "experts" in parts:
                         if plan.grad_selector is not None:
                             ctx = stack.enter_context(mm.train_only([None] * L, mode=settings.grad_mode))
@@ -231,7 +255,16 @@ def train_client(
                         ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
                     out = model(**batch)
                     loss = out.loss
-                    (loss if scaler is None else scaler.scale(loss)).backward()
+                    if settings.loss != "ce":
+                        if counts is None:
+                            counts = label_counts(data.labels[indices], out.logits.shape[-1])
+                        loss = local_loss(settings.loss, out.logits, batch["labels"], counts)
+                    total = loss
+                    if plan.aux_loss is not None:
+                        aux = plan.aux_loss(cap)
+                        aux_sum = aux_sum + aux.detach().double()
+                        total = loss + aux
+                    (total if scaler is None else scaler.scale(total)).backward()
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
@@ -243,6 +276,10 @@ def train_client(
                     # and optimizer state (client/state.py explains the eviction choice).
                     keep = {(l, int(e)) for l in range(L) for e in chosen[l]}
                     evict_expert_state(opt, expert_leaves, keep)
+                    if anchors:
+                        if scaler is not None:  # the proximal term joins the true (unscaled) gradient
+                            scaler.unscale_(opt)
+                        add_prox_grad(params, anchors, settings.prox_mu)
                     for key in experts_with_grad(expert_leaves):
                         if key not in first_value:
                             first_value[key] = [t.detach().clone() for t in expert_leaves[key]]
@@ -293,6 +330,8 @@ def train_client(
         "backward_flops": bwd_flops,
         "peak_expert_state_max": float(peak_state.max()) if L else 0.0,
     }
+    if plan.aux_loss is not None:
+        metrics["aux_loss"] = float(aux_sum) / max(num_batches_done, 1)
     if diag is not None:
         metrics.update(diag.counts())
     if not math.isfinite(metrics["train_loss"]):
@@ -309,6 +348,7 @@ def train_client(
         trained=trained,
         selected_counts=selected_counts,
         metrics=metrics,
+        nonce=nonce,
     )
 
 
@@ -363,7 +403,7 @@ def profile_routing(
         for l in range(L):
             r = cap.layer(l)
             acc[l].update(r.gate_probs, r.token_mask)
-            imp[l] += routing_scores(r, settings.lam).double().cpu()
+            imp[l] += routing_scores(r, settings.lam, settings.pooling).double().cpu()
         shapes.append(forward_shape(cap, batch["attention_mask"], L))
         n += 1
     mm.model.train(was_training)

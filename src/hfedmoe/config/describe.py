@@ -51,20 +51,28 @@ def field_docs() -> list[FieldDoc]:
     return top + nested
 
 
-def render_text() -> str:
-    """Aligned plain text, one field per line: ``name  type  default  help``; no markup."""
+#: Width of ``hfedmoe config`` lines.
+TEXT_WIDTH = 100
+
+
+def render_text(width: int = TEXT_WIDTH) -> str:
+    """Plain text, no markup, no line over ``width``: per field ``name  type  default`` and its
+    help below, indented and wrapped."""
+    import textwrap
+
     docs = field_docs()
     w_name = max(len(d.name) for d in docs)
     w_type = max(len(d.type) for d in docs)
-    w_def = min(max(len(d.default) for d in docs), 28)
-    lines = [f"{'field':<{w_name}}  {'type':<{w_type}}  {'default':<{w_def}}  help",
-             f"{'-' * w_name}  {'-' * w_type}  {'-' * w_def}  ----"]
+    w_def = width - w_name - w_type - 4
+    lines = [f"{'field':<{w_name}}  {'type':<{w_type}}  default", "    help", ""]
     for d in docs:
         default = d.default if len(d.default) <= w_def else d.default[: w_def - 3] + "..."
-        lines.append(f"{d.name:<{w_name}}  {d.type:<{w_type}}  {default:<{w_def}}  {d.help}")
+        lines.append(f"{d.name:<{w_name}}  {d.type:<{w_type}}  {default}".rstrip())
+        lines += textwrap.wrap(d.help, width, initial_indent="    ", subsequent_indent="    ",
+                               break_on_hyphens=False) or ["    -"]
     lines.append("")
-    lines.append("Set any field in a TOML preset ([section] field = value) or with --set section.field=value; "
-                 "`hfedmoe config --show FILE [--set ...]` prints the resolved config.")
+    lines += textwrap.wrap("Set any field in a TOML preset ([section] field = value) or with --set section.field=value; "
+                           "`hfedmoe config --show FILE [--set ...]` prints the resolved config.", width)
     return "\n".join(lines)
 
 

@@ -47,6 +47,29 @@ def config_from_data(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _all_fields() -> list[str]:
+    """Every dotted field name of a RunConfig (``seed``, ``train.lr``, ...)."""
+    out = []
+    for name, typ in _section_types(RunConfig).items():
+        out += [f"{name}.{k}" for k in _section_types(typ)] if dataclasses.is_dataclass(typ) else [name]
+    return out
+
+
+def _unknown(dotted: str, known: list[str], leaf: str, shown: list[str] | None = None) -> str:
+    """``train.lrr: unknown field; did you mean train.lr? (known: ...)``: the closest names in
+    the section, else the same or a close name in another section (``train.rounds`` ->
+    ``federation.rounds``)."""
+    import difflib
+
+    close = difflib.get_close_matches(dotted, known, n=2, cutoff=0.75)
+    if not close:
+        others = _all_fields()
+        close = [f for f in others if f.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(
+            dotted, others, n=2, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{dotted}: unknown field{hint} (known: {', '.join(shown or known)})"
+
+
 def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     """A RunConfig with defaults where a field is unknown or mistyped, and the list of problems."""
     problems: list[str] = []
@@ -54,7 +77,7 @@ def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     hints = _section_types(RunConfig)
     for key, value in data.items():
         if key not in hints:
-            problems.append(f"{key}: unknown field (known: {', '.join(hints)})")
+            problems.append(_unknown(key, list(hints), key))
             continue
         sub = hints[key]
         if dataclasses.is_dataclass(sub):
@@ -65,7 +88,7 @@ def _build(data: dict[str, Any]) -> tuple[RunConfig, list[str]]:
             sub_kwargs = {}
             for k, v in value.items():
                 if k not in sub_hints:
-                    problems.append(f"{key}.{k}: unknown field (known: {', '.join(sub_hints)})")
+                    problems.append(_unknown(f"{key}.{k}", [f"{key}.{x}" for x in sub_hints], k, list(sub_hints)))
                     continue
                 ok, coerced = _coerce(v, sub_hints[k])
                 if not ok:
@@ -116,6 +139,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        except RecursionError:
+            raise HFedMoEError(f"--set {key.strip()}: expected a value, got one nested too deeply to parse") from None
+        if _depth(value) > 2:
+            raise HFedMoEError(f"--set {key.strip()}: expected a scalar or a list, got a value nested deeper")
         parts = key.split(".")
         if len(parts) > 2 or not all(parts):
             raise HFedMoEError(f"--set: expected 'field' or 'section.field', got {key!r}")
@@ -142,9 +169,32 @@ def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
     except OSError as exc:
         raise HFedMoEError(f"{field_name}: cannot read {p}: {exc.strerror}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HFedMoEError(f"{field_name}: {p} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
+        raise HFedMoEError(f"{field_name}: expected a config TOML file, got {p} nested too deeply to parse") from None
+    depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise HFedMoEError(f"{field_name}: expected a config TOML file nested at most {MAX_DEPTH} levels, "
+                           f"got {p} nested deeper")
+    return data
+
+
+MAX_DEPTH = 16  # a run config is section.field (lists of scalars at most): far below this
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of tables and arrays, without recursion (a 5,000-deep file must not crash)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

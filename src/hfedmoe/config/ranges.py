@@ -29,6 +29,7 @@ INT_RANGES: tuple[tuple[str, int, int], ...] = (
     ("model.tiny_hidden", 4, 4096),
     ("model.tiny_layers", 1, 48),
     ("model.lora_r", 0, 4096),
+    ("model.adapter_rank", 1, 65_536),
     ("data.max_examples", 0, 100_000_000),
     ("data.num_clients", 1, 100_000),
     ("data.clients_per_group", 1, 1_000),
@@ -54,8 +55,15 @@ FLOAT_RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("train.weight_decay", 0.0, 10.0, False, False),
     ("train.momentum", 0.0, 1.0, False, True),
     ("method.beta", 0.0, 1e6, False, False),
+    ("method.aux_weight", 0.0, 1e6, False, False),
     ("clients.memory_scale", 0.0, 1e6, False, False),
     ("federation.clients_per_round", 0.0, 100_000.0, True, False),
+    ("train.prox_mu", 0.0, 1e6, False, False),
+    ("federation.server_lr", 0.0, 100.0, False, False),
+    ("federation.server_momentum", 0.0, 1.0, False, True),
+    ("federation.server_beta1", 0.0, 1.0, False, True),
+    ("federation.server_beta2", 0.0, 1.0, False, True),
+    ("federation.server_tau", 0.0, 1e3, True, False),
 )
 
 
@@ -125,14 +133,14 @@ def range_problems(cfg: Any, skip: set[str] | frozenset[str] = frozenset()) -> l
     k = fed.clients_per_round
     if isinstance(k, float) and math.isfinite(k) and k > 1 and k != int(k):
         bad("federation.clients_per_round", "a fraction in (0, 1] or a whole count >= 1", k)
-    if m.name in ("minilm-moe", "tiny-moe") and d.max_length > BERT_MAX_POSITIONS:
+    if m.name in ("minilm-moe", "tiny-moe", "minilm", "tiny-bert") and d.max_length > BERT_MAX_POSITIONS:
         bad("data.max_length", f"an integer <= {BERT_MAX_POSITIONS} (the position limit of {m.name})",
             d.max_length)
-    if m.name == "tiny-moe":
+    if m.name in ("tiny-moe", "tiny-bert", "tiny-llama"):
         heads = 3 if m.tiny_hidden % 3 == 0 else 2
         if m.tiny_hidden % heads:
             bad("model.tiny_hidden", "a multiple of 2 or 3 (the tiny model's attention heads)", m.tiny_hidden)
-        elif m.tiny_hidden * 4 < m.num_experts:
+        elif m.name == "tiny-moe" and m.tiny_hidden * 4 < m.num_experts:
             bad("model.tiny_hidden", f"4 x tiny_hidden >= model.num_experts = {m.num_experts} "
                 "(each expert needs at least one FFN neuron)", m.tiny_hidden)
     if m.name == "minilm-moe" and 1536 % m.num_experts:

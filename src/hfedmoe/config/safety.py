@@ -24,13 +24,16 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class UpdatesConfig:
     validate: bool = _f(True, "check every client update before aggregation (finite, shapes, dtypes, expert ids, "
-                              "trained claims, example counts, norm) and reject bad ones")
+                              "trained claims, example counts, score ranges, the round's nonce, norm) and reject bad "
+                              "ones")
     norm_factor: float = _f(10.0, "reject an update whose distance to the global model (L2) exceeds this times "
-                                  "the median distance of the accepted updates of the previous norm_window rounds")
+                                  "the median distance of the accepted updates of the previous norm_window rounds "
+                                  "(with AdamW also: more than the optimizer can move the weights in the round)")
     norm_window: int = _f(3, "rounds of accepted-update norms the median is taken over")
-    first_round_factor: float = _f(10.0, "while there is no history (first round): reject an update whose distance "
-                                         "to the global model exceeds this times the norm of the global tensors it "
-                                         "replaces")
+    first_round_factor: float = _f(10.0, "train.optimizer = 'sgd' while there is no history (first round): reject an "
+                                         "update whose distance to the global model exceeds this times the norm of "
+                                         "the global tensors it replaces (AdamW: the optimizer's step bound instead, "
+                                         "in every round)")
 
 
 @dataclass

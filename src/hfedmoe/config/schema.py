@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from hfedmoe.config.adapter import check_adapter
 from hfedmoe.config.safety import FaultsConfig, PrivacyConfig, UpdatesConfig, check_safety
 from hfedmoe.errors import HFedMoEError
+from hfedmoe.pretrain.presets import PRESETS
 
 
 __all__ = [
@@ -44,8 +46,17 @@ class ModelConfig:
     name: str = _f(
         "minilm-moe",
         "minilm-moe (all-MiniLM-L6-v2 MoEfied), tiny-moe (tiny random MoEfied BERT with the "
-        "MiniLM tokenizer, for tests), or hf (any supported HF MoE checkpoint in `path`)",
+        "MiniLM tokenizer, for tests), scratch-moe (the benchmark MoE pretrained here from scratch: "
+        "`hfedmoe pretrain --preset NAME`, see model.preset), or hf (any supported HF MoE checkpoint in `path`); "
+        "dense models for model.adapter = 'moe': minilm, tiny-bert, smollm2, tiny-llama, hf (a dense checkpoint)",
     )
+    preset: str = _f(
+        "top2-16",
+        "model.name = 'scratch-moe': which pretrained benchmark MoE: top2-16 (Mixtral, 16 experts, top-2) | "
+        "switch-32 (Switch-style: 32 experts, top-1, gate = router probability) | test-tiny (tests); "
+        "model.num_experts and model.top_k must match it",
+    )
+    pretrain_seed: int = _f(0, "model.name = 'scratch-moe': the seed the preset was pretrained with")
     path: str = _f("", "local directory of an HF MoE checkpoint (model.name = 'hf')")
     load_in_4bit: bool = _f(
         False,
@@ -100,11 +111,28 @@ class ModelConfig:
         "(product mean re-factorised by SVD). 0 = off: full expert fine-tuning",
     )
     lora_alpha: float = _f(16.0, "LoRA experts: lora_alpha (the update is scaled by lora_alpha / lora_r)")
+    adapter: str = _f(
+        "none",
+        "none | moe: sparse MoE adapters on a frozen DENSE model (FFT-MoE, docs/fft-moe.md): every FFN gets a "
+        "parallel adapter of model.num_experts experts (d -> adapter_rank -> d, zero-initialised output) and a "
+        "top-model.top_k router; the adapter experts are then what clients select, train and upload. Dense models: "
+        "minilm, tiny-bert (classification), smollm2, tiny-llama (causal-lm), hf with a dense checkpoint",
+    )
+    adapter_rank: int = _f(8, "model.adapter = 'moe': hidden width r of each adapter expert (d -> r -> d)")
+    adapter_layers: list = _f(
+        [],
+        "model.adapter = 'moe': indices of the layers whose FFN gets an adapter ([] = every layer); "
+        "the other FFNs stay frozen",
+    )
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("vader", "vader | sms_spam | trec | bbc | local")
+    dataset: str = _f(
+        "vader",
+        "vader | sms_spam | trec | bbc | local | healthtweets (causal-lm) | domains8 (8 domains x 600 texts, "
+        "label = domain, group = domain; disjoint from the scratch-moe pretraining text)",
+    )
     path: str = _f("", "local CSV / TSV / JSON Lines / JSON array / Parquet file, format read from the content "
                        "(dataset = 'local')")
     text_column: str = _f("text", "text column of a local file")
@@ -150,6 +178,21 @@ class DataConfig:
     )
     heldout: str = _f("", "causal-lm: held-out corpus for perplexity before/after ('' | wikitext2)")
     heldout_max_examples: int = _f(64, "causal-lm: held-out paragraphs evaluated (first N of WikiText-2 valid)")
+    layout: str = _f(
+        "truncate",
+        "causal-lm: documents -> sequences of max_length tokens: truncate (each cut, its tail lost) | chunk "
+        "(each cut into consecutive pieces) | pack (a split's documents concatenated, cut into blocks); the "
+        "share of tokens kept is logged and reported",
+    )
+    prompt_column: str = _f("", "causal-lm, local file: instruction column (with data.response_column: one user "
+                                "and one assistant turn per row, rendered with data.chat_template)")
+    response_column: str = _f("", "causal-lm, local file: response column (the assistant turn)")
+    messages_column: str = _f("", "causal-lm, local file: chat column, a list of {role, content} messages per row "
+                                  "(roles system | user | assistant)")
+    chat_template: str = _f("tokenizer", "causal-lm, instruction/chat data: tokenizer (its chat template; an error "
+                                         "when it has none) | plain ('User: ...\\nAssistant: ...' with bos/eos)")
+    loss_on: str = _f("response", "causal-lm, instruction/chat data: response (loss on assistant turns only, the "
+                                  "rest labelled -100) | all (every token)")
 
 
 @dataclass
@@ -177,15 +220,24 @@ class TrainConfig:
         False, "recompute each transformer layer's activations in backward instead of keeping them "
         "(less activation memory, about one more forward of compute); transformers models only",
     )
+    prox_mu: float = _f(
+        0.0, "FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 on the trained parameters; 0 = off")
+    loss: str = _f(
+        "ce",
+        "classification loss of local training: ce | logit-adjusted (logits + log of the client's own "
+        "label frequencies, smoothed: absent classes are not pushed down) | balanced (cross-entropy "
+        "weighted by the inverse of the client's label counts)",
+    )
 
 
 @dataclass
 class MethodConfig:
     name: str = _f(
         "hfedmoe",
-        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | random | centralized | bounds "
-        "oracle | fedavg-full | fedavg-fit | ablations "
-        "hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict",
+        "hfedmoe | fedavg | fedavg-drop | fedmoe | flux-freq | flex-moe | fft-moe | random (redrawn per batch) | "
+        "random-round (drawn once per client-round) | centralized | bounds oracle | fedavg-full | fedavg-fit | "
+        "ablations hfedmoe-no-ib | hfedmoe-avg | hfedmoe-uniform-gate | hfedmoe-literal | hfedmoe-restrict | "
+        "hfedmoe-token",
     )
     lam: float = _f(0.5, "lambda: weight of cumulative vs specific importance (Eq. 5)")
     beta: float = _f(0.1, "information-bottleneck trade-off beta (Eq. 14); 0 = no-IB ablation")
@@ -193,8 +245,12 @@ class MethodConfig:
     budget_scope: str = _f("layer", "expert budget counted per layer ('layer') or over the model ('model')")
     gate_weights: str = _f("normalized", "router aggregation weights: normalized | paper-literal")
     grad_mode: str = _f("no_grad", "unselected experts: no_grad (no backward at all) | detach")
-    pooling: str = _f("token", "what a 'sample' of Eqs. 3-5 and 14 is: token | sequence (token probabilities "
-                      "averaged per sequence first)")
+    pooling: str = _f("sequence", "what a 'sample' of Eqs. 3-5 and 14 is: sequence (router probabilities averaged "
+                      "over each sequence's real tokens first; the paper's batch of B samples) | token (ablation)")
+    ib_scale: str = _f("raw", "scale of Eq. 14's IB term: raw (s_b - beta*KL) | normalised (KL rescaled by "
+                       "std(s_b)/std(KL) over the batch's routed experts, so beta=1 weighs it like s_b)")
+    aux_weight: float = _f(0.01, "fft-moe: weight of the auxiliary balance loss over each client's active experts "
+                                 "(docs/fft-moe.md); 0 = off")
 
 
 @dataclass
@@ -221,6 +277,16 @@ class FederationConfig:
         1, "evaluate the global model on every client's validation split every N rounds (and at the last round)"
     )
     keep_checkpoints: int = _f(2, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
+    server_optimizer: str = _f(
+        "none",
+        "server step on the aggregated update (after the method's own aggregation; parameters nobody "
+        "updated stay unchanged): none | avgm (FedAvgM) | adam (FedAdam) | yogi (FedYogi)",
+    )
+    server_lr: float = _f(0.0, "server learning rate; 0 = the optimizer's default (avgm 1.0, adam/yogi 0.01)")
+    server_momentum: float = _f(0.9, "avgm: server momentum")
+    server_beta1: float = _f(0.9, "adam/yogi: first-moment decay")
+    server_beta2: float = _f(0.99, "adam/yogi: second-moment decay")
+    server_tau: float = _f(1e-3, "adam/yogi: adaptivity tau added to sqrt(v)")
 
 
 @dataclass
@@ -251,6 +317,14 @@ class EngineConfig:
         600.0, "Flower: seconds the server waits for a round's replies; a client that has not replied by "
         "then counts as failed for the round",
     )
+    connect_timeout_s: float = _f(
+        300.0, "Flower: seconds the server waits for one node per client at start-up (and for their "
+        "first reply); it goes on with the nodes it has when at least engine.min_clients answered",
+    )
+    min_clients: int = _f(
+        1, "Flower: the fewest clients with a live, answering node the run goes on with; below it the "
+        "run stops with an error (a failed client only misses its rounds)",
+    )
 
 
 @dataclass
@@ -270,10 +344,15 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm"),
-    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets"),
+    "model.name": ("minilm-moe", "tiny-moe", "hf", "smollm2-moe", "tiny-lm", "scratch-moe", "minilm", "tiny-bert",
+                   "smollm2", "tiny-llama"),
+    "model.preset": tuple(PRESETS),
+    "model.adapter": ("none", "moe"),
+    "data.dataset": ("vader", "sms_spam", "trec", "bbc", "local", "healthtweets", "domains8"),
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
+    "train.loss": ("ce", "logit-adjusted", "balanced"),
+    "federation.server_optimizer": ("none", "avgm", "adam", "yogi"),
     "method.budget_scope": ("layer", "model"),
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
@@ -281,10 +360,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.dtype": ("float32", "bfloat16", "float16"),
     "engine.name": ("simulation", "flower-sim"),
     "method.pooling": ("token", "sequence"),
+    "method.ib_scale": ("raw", "normalised"),
     "model.combine": ("straight-through", "topk-prob"),
     "model.task": ("classification", "causal-lm"),
     "model.upcycle": ("copy", "split"),
     "data.heldout": ("", "wikitext2"),
+    "data.layout": ("truncate", "chunk", "pack"),
+    "data.chat_template": ("tokenizer", "plain"),
+    "data.loss_on": ("response", "all"),
 }
 TRAINABLE_PARTS = ("experts", "routers", "head", "attention", "embeddings", "norms")
 
@@ -332,17 +415,36 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
         if problem:
             reported.add("model.load_in_4bit")
             p.append(f"model.load_in_4bit: needs CUDA and bitsandbytes, {problem}")
-    lm_models = ("smollm2-moe", "tiny-lm", "hf")
+    if m.name == "scratch-moe" and m.preset in PRESETS:
+        pre = PRESETS[m.preset]
+        need(m.num_experts == pre.num_experts, "model.num_experts",
+             f"{pre.num_experts} (the experts of model.preset = {m.preset!r})", m.num_experts)
+        need(m.top_k == pre.top_k, "model.top_k", f"{pre.top_k} (the top-k of model.preset = {m.preset!r})", m.top_k)
+    need(m.pretrain_seed >= 0, "model.pretrain_seed", "an integer >= 0", m.pretrain_seed)
+    lm_models = ("smollm2-moe", "tiny-lm", "hf", "scratch-moe", "smollm2", "tiny-llama")
     if m.task == "causal-lm":
         need(m.name in lm_models, "model.name", "one of " + " | ".join(lm_models) + " for model.task = 'causal-lm'", m.name)
     else:
-        need(m.name not in ("smollm2-moe", "tiny-lm"), "model.name", "a classification model for "
-             "model.task = 'classification' (smollm2-moe / tiny-lm need task = 'causal-lm')", m.name)
+        need(m.name not in ("smollm2-moe", "tiny-lm", "smollm2", "tiny-llama"), "model.name", "a classification "
+             "model for model.task = 'classification' (smollm2-moe / tiny-lm / smollm2 / tiny-llama need task = "
+             "'causal-lm')", m.name)
         need(d.dataset != "healthtweets", "data.dataset", "a labelled dataset for model.task = "
              "'classification' (healthtweets has no labels: task = 'causal-lm')", d.dataset)
+    check_adapter(cfg, need)
     need(d.heldout_max_examples >= 1, "data.heldout_max_examples", "an integer >= 1", d.heldout_max_examples)
     if d.dataset == "local":
         need(bool(d.path), "data.path", "a CSV/JSONL/Parquet file for dataset = 'local'", d.path)
+    chat_cols = {"data.prompt_column": d.prompt_column, "data.response_column": d.response_column,
+                 "data.messages_column": d.messages_column}
+    for name, col in chat_cols.items():
+        if col:
+            need(m.task == "causal-lm" and d.dataset == "local", name,
+                 "'' unless model.task = 'causal-lm' and data.dataset = 'local'", col)
+    need(bool(d.prompt_column) == bool(d.response_column), "data.response_column" if d.prompt_column
+         else "data.prompt_column", "set together with the other of data.prompt_column / data.response_column",
+         d.response_column or d.prompt_column)
+    need(not (d.messages_column and d.prompt_column), "data.messages_column",
+         "'' when data.prompt_column is set (one kind of conversation per file)", d.messages_column)
     need(d.max_examples >= 0, "data.max_examples", "an integer >= 0", d.max_examples)
     need(0.0 < d.test_fraction < 1.0, "data.test_fraction", "a float in (0, 1)", d.test_fraction)
     need(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "a float in [0, 1)", d.val_fraction)
@@ -380,12 +482,15 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(t.dropout == -1 or 0 <= t.dropout < 1, "train.dropout", "-1 (the checkpoint's) or a float in [0, 1)",
          t.dropout)
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
+    need(t.loss == "ce" or m.task == "classification", "train.loss",
+         "'ce' for model.task = 'causal-lm' (label-count losses need classes)", t.loss)
     bad_parts = [x for x in t.trainable if x not in TRAINABLE_PARTS]
     need(not bad_parts and bool(t.trainable), "train.trainable",
          "a non-empty list of " + ", ".join(TRAINABLE_PARTS), t.trainable)
     need(0.0 <= meth.lam <= 1.0, "method.lam", "a float in [0, 1]", meth.lam)
     need(meth.beta >= 0, "method.beta", "a float >= 0", meth.beta)
     need(0.0 <= meth.tau <= 1.0, "method.tau", "a float in [0, 1]", meth.tau)
+    need(meth.aux_weight >= 0, "method.aux_weight", "a float >= 0", meth.aux_weight)
     need(bool(c.profiles), "clients.profiles", "a non-empty list of device profile names", c.profiles)
     try:
         from hfedmoe.core.budgets import DEVICE_PROFILES
@@ -403,6 +508,9 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(fed.keep_checkpoints >= 0, "federation.keep_checkpoints", "an integer >= 0", fed.keep_checkpoints)
     need(cfg.engine.num_actors >= 1, "engine.num_actors", "an integer >= 1", cfg.engine.num_actors)
     need(cfg.engine.round_timeout_s > 0, "engine.round_timeout_s", "a float > 0", cfg.engine.round_timeout_s)
+    need(cfg.engine.connect_timeout_s > 0, "engine.connect_timeout_s", "a float > 0", cfg.engine.connect_timeout_s)
+    need(isinstance(cfg.engine.min_clients, int) and cfg.engine.min_clients >= 1, "engine.min_clients",
+         "an integer >= 1", cfg.engine.min_clients)
     need(cfg.engine.name == "simulation" or cfg.method.name != "centralized",
          "engine.name", "'simulation' for method.name = 'centralized' (pooled data has no clients to federate)",
          cfg.engine.name)

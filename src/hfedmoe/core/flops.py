@@ -76,6 +76,9 @@ class FlopModel:
         Other matmul parameters per layer outside the experts (shared experts, dense FFN parts).
     head_params : int
         Matmul parameters applied once per sequence (pooler, classifier).
+    frozen_layer_params : int
+        Matmul parameters per layer that never train (the dense FFN under an MoE adapter): forward,
+        and input gradients in backward when their input requires grad.
     attention_trainable, router_trainable, other_trainable, head_trainable, embeddings_trainable : bool
     """
 
@@ -86,6 +89,7 @@ class FlopModel:
     router_params: int
     other_layer_params: int = 0
     head_params: int = 0
+    frozen_layer_params: int = 0
     attention_trainable: bool = False
     router_trainable: bool = True
     other_trainable: bool = False
@@ -95,7 +99,8 @@ class FlopModel:
     def __post_init__(self) -> None:
         for attr in ("num_layers", "attention_width", "expert_params"):
             _checks.positive_int(attr, getattr(self, attr))
-        for attr in ("attention_params", "router_params", "other_layer_params", "head_params"):
+        for attr in ("attention_params", "router_params", "other_layer_params", "head_params",
+                     "frozen_layer_params"):
             _checks.non_negative_int(attr, getattr(self, attr))
 
     def score_flops(self, shape: BatchShape) -> float:
@@ -105,7 +110,8 @@ class FlopModel:
     def forward(self, shape: BatchShape) -> float:
         T = float(shape.positions)
         L = self.num_layers
-        per_layer = 2.0 * T * (self.attention_params + self.router_params + self.other_layer_params)
+        per_layer = 2.0 * T * (self.attention_params + self.router_params + self.other_layer_params
+                               + self.frozen_layer_params)
         experts = 2.0 * self.expert_params * float(sum(shape.expert_pairs))
         head = 2.0 * shape.num_sequences * self.head_params
         return L * (per_layer + self.score_flops(shape)) + experts + head
@@ -125,6 +131,7 @@ class FlopModel:
             ffn_in = inside_attn  # the attention output (the FFN input) requires grad
             flops += 2.0 * T * self.router_params * (int(ffn_in) + int(self.router_trainable))
             flops += 2.0 * T * self.other_layer_params * (int(ffn_in) + int(self.other_trainable))
+            flops += 2.0 * T * self.frozen_layer_params * int(ffn_in)
             flops += 2.0 * self.expert_params * trained * (int(ffn_in) + 1)
             grad_in = ffn_in or self.router_trainable or self.other_trainable or trained > 0
         head_w = int(self.head_trainable)

@@ -8,6 +8,11 @@ trust in the server's aggregation, no amplification by client sampling claimed: 
 who was sampled). Over a run a client's guarantee composes over the rounds it uploaded in;
 :func:`epsilon` asks Opacus's RDP accountant for that composition.
 
+The noise comes from a cryptographically secure source on the client (:func:`secure_generator`:
+a fresh 63-bit seed from ``secrets`` per upload, never derived from the run seed, the round or the
+client id, all of which the server knows), so the server cannot regenerate it and subtract it. A
+DP run therefore does not repeat bit for bit (a run with DP off still does).
+
 Not protected: which experts a client trained (the sparsity pattern), its example count and
 its usage / importance statistics travel in the clear (see the README, "What a deployment
 protects").
@@ -16,6 +21,7 @@ protects").
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from typing import Any
 
@@ -38,14 +44,23 @@ def _uploaded(upd: Any, ref: Reference) -> list[tuple[torch.Tensor, torch.Tensor
     return pairs
 
 
+def secure_generator() -> torch.Generator:
+    """A CPU generator seeded from the operating system's CSPRNG (``secrets``): one per upload."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
 @torch.no_grad()
-def privatize_update(upd: Any, ref: Reference, clip: float, sigma: float, generator: torch.Generator) -> float:
+def privatize_update(upd: Any, ref: Reference, clip: float, sigma: float,
+                     generator: torch.Generator | None = None) -> float:
     """Clip ``upd``'s change to ``clip`` (L2, over all uploaded tensors) and add Gaussian noise of
     standard deviation ``sigma * clip`` to every uploaded coordinate, in place.
 
     Returns the change's norm before clipping (kept on the client side: a diagnostic of how much
-    clipping costs, not uploaded in a deployment).
+    clipping costs, not uploaded in a deployment). ``generator``: only for tests of the noise's
+    distribution; by default a :func:`secure_generator` (the guarantee needs noise the server
+    cannot regenerate).
     """
+    generator = generator if generator is not None else secure_generator()
     pairs = _uploaded(upd, ref)
     norm = math.sqrt(sum(float((u.double() - g.double()).pow(2).sum()) for u, g in pairs))
     scale = min(1.0, clip / norm) if norm > 0 else 1.0

@@ -8,9 +8,11 @@ the round is aggregated from the others.
 Norm rule (decided per update, no view of the current round needed): the update's distance to
 the global model, ``||u - g||_2`` over every tensor it carries, must not exceed
 ``norm_factor x median`` (``torch.median``: the lower middle value for an even count) of the distances of the updates accepted in the previous ``window``
-rounds. While there is no history (the first round, or after rounds where nothing was accepted),
-the distance must not exceed ``first_round_factor x ||g||_2`` over the same tensors (no honest
-round moves the weights it trains by many times their own size). With client-level DP the
+rounds. With AdamW, every round (history or not) also bounds the change by what the optimizer can do
+from these weights (:mod:`hfedmoe.core.step_bound`): ``|u - g|_inf`` and ``|u - g|_2`` at most the
+honest maximum for the round's local steps and learning rate; that bound replaces the first-round
+rule and caps the median rule. With SGD (no step bound) and no history, the distance must not
+exceed ``first_round_factor x ||g||_2``. With client-level DP the
 server knows the noise it must tolerate and raises the bound to at least
 ``clip (1 + sigma (sqrt(d) + 4))`` (the clipped change plus a 4-sigma chi tail of d-dim noise).
 """
@@ -20,9 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
+
+from hfedmoe.core.step_bound import StepBounds
 
 
 class UpdateLike(Protocol):
@@ -36,6 +40,7 @@ class UpdateLike(Protocol):
     importance: torch.Tensor
     trained: torch.Tensor
     selected_counts: torch.Tensor
+    nonce: str  # the server's nonce of this round for this client, echoed
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Allowance:
     per_layer: bool  # the bound applies to each layer (budget_scope "layer") or to the sum over layers
     routers: bool  # whether it may upload routers
     dense: frozenset[str]  # dense parameter names it may upload
+    steps: int | None = None  # local steps asked for: a bound on each selected_counts entry
+    nonce: str | None = None  # what the update must echo (None: not checked)
 
 
 def _is_float_tensor(t: Any) -> bool:
@@ -105,8 +112,9 @@ def _check_stats(upd: UpdateLike, L: int, E: int) -> str | None:
             return f"{name}: non-finite values (NaN or inf)"
     if not bool(((upd.usage >= 0) & (upd.usage <= 1 + 1e-4)).all()):
         return "usage: values outside [0, 1]"
-    if not bool((upd.importance >= -1e-4).all()):
-        return "importance: negative values"
+    if not bool(((upd.importance >= -1e-4) & (upd.importance <= 1 + 1e-4)).all()):
+        # s_b(e) = lam mean + (1 - lam) max of router probabilities (core/importance.py)
+        return f"importance: values outside [0, 1] (max {float(upd.importance.abs().max()):.4g})"
     t = upd.trained
     if not isinstance(t, torch.Tensor) or t.dtype != torch.bool or tuple(t.shape) != (L, E):
         return f"trained: expected a bool tensor of shape ({L}, {E}), got {_describe(t)}"
@@ -115,6 +123,13 @@ def _check_stats(upd: UpdateLike, L: int, E: int) -> str | None:
         return f"selected_counts: expected an int64 tensor of shape ({L}, {E}), got {_describe(s)}"
     if bool((s < 0).any()):
         return "selected_counts: negative values"
+    return None
+
+
+def _check_counts(upd: UpdateLike, allow: Allowance) -> str | None:
+    if allow.steps is not None and bool((upd.selected_counts > allow.steps).any()):
+        worst = int(upd.selected_counts.max())
+        return f"selected_counts: {worst} batches for one expert, the client ran {allow.steps} local steps"
     return None
 
 
@@ -128,10 +143,12 @@ def check_update(upd: UpdateLike, ref: Reference, allow: Allowance) -> str | Non
     """The first reason ``upd`` must be rejected, or None when it is well formed and within what
     the client was allowed. Does not check the norm (see :class:`NormBound`)."""
     L, E = ref.num_layers, ref.num_experts
+    if allow.nonce is not None and getattr(upd, "nonce", None) != allow.nonce:
+        return "nonce: not this round's (a stale or replayed update)"
     n = upd.num_examples
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= allow.num_examples:
         return f"num_examples: {n!r} claimed, the server assigned {allow.num_examples}"
-    bad = _check_stats(upd, L, E)
+    bad = _check_stats(upd, L, E) or _check_counts(upd, allow)
     if bad:
         return bad
     if not isinstance(upd.experts, dict):
@@ -186,16 +203,32 @@ def check_update(upd: UpdateLike, ref: Reference, allow: Allowance) -> str | Non
     return None
 
 
-def update_distance(upd: UpdateLike, ref: Reference) -> tuple[float, float, int]:
-    """``(||u - g||_2, ||g||_2, d)`` over every tensor the (well-formed) update carries, in float64."""
-    dist2 = glob2 = 0.0
+class Distance(NamedTuple):
+    """How far a (well-formed) update is from the global tensors it carries, in float64."""
+
+    l2: float  # ||u - g||_2
+    global_norm: float  # ||g||_2
+    dims: int  # coordinates
+    max_abs: float = 0.0  # max |u - g|
+    global_max_abs: float = 0.0  # max |g|
+    dtype_eps: float = 0.0  # largest machine epsilon of the tensors' dtypes (rounding per step)
+
+
+def update_distance(upd: UpdateLike, ref: Reference) -> Distance:
+    """The :class:`Distance` over every tensor the (well-formed) update carries."""
+    dist2 = glob2 = max_abs = gmax = eps = 0.0
     count = 0
 
     def add(t: torch.Tensor, g: torch.Tensor) -> None:
-        nonlocal dist2, glob2, count
-        dist2 += float((t.double() - g.double()).pow(2).sum())
+        nonlocal dist2, glob2, count, max_abs, gmax, eps
+        diff = t.double() - g.double()
+        dist2 += float(diff.pow(2).sum())
         glob2 += float(g.double().pow(2).sum())
         count += t.numel()
+        if t.numel():
+            max_abs = max(max_abs, float(diff.abs().max()))
+            gmax = max(gmax, float(g.abs().max()))
+        eps = max(eps, float(torch.finfo(g.dtype).eps))
 
     for (layer, e), tensors in upd.experts.items():
         for name, t in tensors.items():
@@ -205,7 +238,7 @@ def update_distance(upd: UpdateLike, ref: Reference) -> tuple[float, float, int]
             add(t, ref.routers[layer][name])
     for name, t in upd.dense.items():
         add(t, ref.dense[name])
-    return math.sqrt(dist2), math.sqrt(glob2), count
+    return Distance(math.sqrt(dist2), math.sqrt(glob2), count, max_abs, gmax, eps)
 
 
 class NormBound:
@@ -226,20 +259,36 @@ class NormBound:
         self.history: list[list[float]] = []  # accepted distances of the previous rounds
         self._current: list[float] = []
 
-    def limit(self, global_norm: float, dims: int) -> float:
+    def _median_bound(self) -> float | None:
         past = [x for r in self.history[-self.window:] for x in r]
-        if past:
-            bound = self.factor * float(torch.tensor(past, dtype=torch.float64).median())
-        else:
-            bound = self.first_round_factor * global_norm
+        return self.factor * float(torch.tensor(past, dtype=torch.float64).median()) if past else None
+
+    def limit(self, global_norm: float, dims: int, step: StepBounds | None = None) -> float:
+        """The L2 bound: the optimizer's (``step``, every round) or, without one, the first-round
+        rule; capped by the median rule when there is history; raised for DP noise."""
+        median = self._median_bound()
+        bound = step.l2 if step is not None else self.first_round_factor * global_norm
+        if median is not None:
+            bound = min(bound, median) if step is not None else median
         if self.dp_clip is not None:
             bound = max(bound, self.dp_clip * (1.0 + self.dp_sigma * (math.sqrt(dims) + 4.0)))
         return bound
 
-    def check(self, distance: float, global_norm: float, dims: int) -> str | None:
-        lim = self.limit(global_norm, dims)
+    def check(self, distance: float, global_norm: float, dims: int, step: StepBounds | None = None,
+              max_abs: float = 0.0) -> str | None:
+        """Why an update ``distance`` away (largest coordinate change ``max_abs``) is rejected."""
+        if step is not None and self.dp_clip is None and not max_abs <= step.max_abs:
+            return (f"update changes a weight by {max_abs:.4g}, more than the optimizer can in the round's "
+                    f"local steps ({step.max_abs:.4g})")
+        lim = self.limit(global_norm, dims, step)
         if not distance <= lim:
-            rule = "x median of previous rounds" if any(self.history[-self.window:]) else "x global norm (first round)"
+            median = self._median_bound()
+            if step is not None and (median is None or step.l2 <= median):
+                rule = "the optimizer's bound for the round's local steps"
+            elif median is not None:
+                rule = "x median of previous rounds"
+            else:
+                rule = "x global norm (first round)"
             return f"update norm {distance:.4g} exceeds the bound {lim:.4g} ({rule})"
         return None
 

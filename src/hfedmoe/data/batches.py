@@ -19,6 +19,9 @@ class TokenizedTexts:
     # causal LM: labels are the tokens themselves, minus padding and the first prompt_lengths[i]
     # tokens (None: classification, labels are the class ids above)
     prompt_lengths: list[int] | None = None
+    # causal LM, optional: 1 where a token is a loss target, 0 where it is not (the prompt or user
+    # turns of instruction/chat data); when set it replaces ``prompt_lengths`` in :func:`collate`
+    loss_masks: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -43,7 +46,11 @@ def collate(data: TokenizedTexts, idx: Sequence[int] | np.ndarray) -> dict[str, 
     if data.prompt_lengths is not None:
         labels = ids.masked_fill(mask == 0, -100)  # (B, S): the model shifts them itself
         for j, i in enumerate(idx):
-            labels[j, : data.prompt_lengths[i]] = -100
+            if data.loss_masks is not None:
+                keep = torch.tensor(data.loss_masks[i], dtype=torch.bool)  # (len_i,)
+                labels[j, : len(keep)] = labels[j, : len(keep)].masked_fill(~keep, -100)
+            else:
+                labels[j, : data.prompt_lengths[i]] = -100
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     labels = torch.as_tensor(data.labels[np.asarray(idx)], dtype=torch.long)  # (B,)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

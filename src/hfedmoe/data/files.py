@@ -80,6 +80,7 @@ def read_table(path: Path, field: str = "data.path") -> pd.DataFrame:
         if fmt == "parquet":
             return pd.read_parquet(path)
         if fmt in ("csv", "tsv"):
+            _check_header(path, "\t" if fmt == "tsv" else ",", field)
             return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", keep_default_na=False, na_values=[""],
                                encoding="utf-8", quoting=csv.QUOTE_MINIMAL)
         if fmt == "json":
@@ -99,6 +100,16 @@ def read_table(path: Path, field: str = "data.path") -> pd.DataFrame:
         raise HFedMoEError(f"{field}: cannot parse {path.name} as {fmt}: {_short(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow and the json module raise their own types
         raise HFedMoEError(f"{field}: cannot parse {path.name} as {fmt}: {type(exc).__name__}: {_short(exc)}") from None
+
+
+def _check_header(path: Path, sep: str, field: str) -> None:
+    """pandas renames a repeated CSV header ("text", "text.1"): refuse it instead."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise HFedMoEError(f"{field}: expected distinct column names, got {short_list(dup)} more than once in the "
+                           f"header of {path.name}")
 
 
 def _read_json_array(path: Path) -> pd.DataFrame:

@@ -27,7 +27,8 @@ class GroupPlan:
 
     def describe(self) -> str:
         after = len(np.unique(self.groups[self.keep])) if self.keep.any() else 0
-        parts = [f"{self.num_groups_before} groups -> {after} clients"]
+        parts = [f"{self.num_groups_before} group{'' if self.num_groups_before == 1 else 's'} -> {after} "
+                 f"client{'' if after == 1 else 's'}"]
         if self.num_merged:
             parts.append(f"{self.num_merged} small/overflow groups merged into '{OTHER}'")
         if self.num_dropped_examples:

@@ -26,6 +26,9 @@ class LabeledTexts:
         ``(N,)`` str array, e.g. the domain of each text; None when the data has no groups.
     name : str
         Dataset name used in logs and reports.
+    conversations : list or None
+        Causal LM, instruction or chat data: one list of ``{"role", "content"}`` messages per
+        example (``texts`` then holds a plain rendering, for lengths and logs); None otherwise.
     """
 
     texts: list[str]
@@ -33,6 +36,7 @@ class LabeledTexts:
     label_names: list[str]
     groups: np.ndarray | None = None
     name: str = "data"
+    conversations: list | None = None
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -58,6 +62,10 @@ class LabeledTexts:
                     f"{self.name}: groups has shape {groups.shape}, expected {labels.shape}"
                 )
             object.__setattr__(self, "groups", groups)
+        if self.conversations is not None and len(self.conversations) != len(labels):
+            raise HFedMoEError(
+                f"{self.name}: conversations has {len(self.conversations)} entries, texts has {len(self.texts)}"
+            )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -86,4 +94,5 @@ class LabeledTexts:
             label_names=list(self.label_names),
             groups=None if self.groups is None else self.groups[idx],
             name=self.name,
+            conversations=None if self.conversations is None else [self.conversations[i] for i in idx.tolist()],
         )

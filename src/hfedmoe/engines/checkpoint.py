@@ -2,11 +2,17 @@
 server state (JSON) and ``checksums.json`` (SHA-256 of both). Each is written into a temporary
 folder and renamed into place, so a kill at any moment leaves the last complete checkpoint usable;
 :func:`load_checkpoint` verifies the checksums and parses everything before the caller trusts it,
-raising :class:`CheckpointError` with the reason otherwise."""
+raising :class:`CheckpointError` with the reason otherwise.
+
+Keyed checksums (optional): with a key in ``HFEDMOE_CHECKPOINT_KEY`` (the key text) or in the file
+named by ``HFEDMOE_CHECKPOINT_KEY_FILE``, ``checksums.json`` also holds an HMAC-SHA256 of both files,
+and a checkpoint without a matching one is refused: plain SHA-256 only detects damage, anyone who
+can write the folder can recompute it; the HMAC needs the key."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -21,6 +27,9 @@ _ROUND_DIR = re.compile(r"^round_(\d+)$")
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "server_state.json"
 SUMS_FILE = "checksums.json"
+HMAC_KEY = "hmac-sha256"
+KEY_ENV, KEY_FILE_ENV = "HFEDMOE_CHECKPOINT_KEY", "HFEDMOE_CHECKPOINT_KEY_FILE"
+OPT_FILE = "server_opt.safetensors"  # the server optimizer's state (federation.server_optimizer), when it has one
 
 
 class CheckpointError(Exception):
@@ -29,6 +38,33 @@ class CheckpointError(Exception):
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_key() -> bytes | None:
+    """The HMAC key from the environment (see the module docstring), or None."""
+    from hfedmoe.errors import HFedMoEError
+
+    text = os.environ.get(KEY_ENV, "")
+    if text:
+        return text.encode()
+    path = os.environ.get(KEY_FILE_ENV, "")
+    if not path:
+        return None
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise HFedMoEError(f"{KEY_FILE_ENV}: expected a readable key file, got {path!r} ({exc.strerror})") from None
+    if not key:
+        raise HFedMoEError(f"{KEY_FILE_ENV}: expected a non-empty key file, got {path!r} (empty)")
+    return key
+
+
+def _hmac(key: bytes, path: Path) -> str:
+    h = hmac.new(key, digestmod=hashlib.sha256)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -46,8 +82,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tensor], server_state: dict[str, Any]) -> Path:
-    """Write ``root/round_<round_idx>`` atomically and return its path."""
+def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tensor], server_state: dict[str, Any],
+                    server_opt: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``root/round_<round_idx>`` atomically and return its path (``server_opt``: tensors of
+    the server optimizer's state, in their own checksummed file)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"round_{round_idx}"
     tmp = root / f".round_{round_idx}.tmp"
@@ -62,7 +100,14 @@ def save_checkpoint(root: Path, round_idx: int, state_dict: dict[str, torch.Tens
         json.dump(server_state, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    sums = {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+    names = [MODEL_FILE, STATE_FILE]
+    if server_opt:
+        save_file(server_opt, str(tmp / OPT_FILE))
+        names.append(OPT_FILE)
+    sums: dict[str, Any] = {name: _sha256(tmp / name) for name in names}
+    key = checkpoint_key()
+    if key is not None:
+        sums[HMAC_KEY] = {name: _hmac(key, tmp / name) for name in names}
     with open(tmp / SUMS_FILE, "w") as fh:
         json.dump(sums, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -98,13 +143,23 @@ def verify_checkpoint(root: Path, round_idx: int) -> None:
         raise CheckpointError(f"{SUMS_FILE} unreadable: {exc}") from None
     if not isinstance(sums, dict):
         raise CheckpointError(f"{SUMS_FILE}: expected an object, got {type(sums).__name__}")
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in (MODEL_FILE, STATE_FILE, *([OPT_FILE] if OPT_FILE in sums else [])):
         try:
             actual = _sha256(d / name)
         except OSError as exc:
             raise CheckpointError(f"{name} unreadable: {exc}") from None
         if sums.get(name) != actual:
             raise CheckpointError(f"{name}: checksum mismatch (damaged or replaced)")
+    key = checkpoint_key()
+    if key is None:
+        return
+    signed = sums.get(HMAC_KEY)
+    if not isinstance(signed, dict):
+        raise CheckpointError(f"{SUMS_FILE}: no {HMAC_KEY} although {KEY_ENV} / {KEY_FILE_ENV} is set "
+                              "(not written with the key)")
+    for name in (MODEL_FILE, STATE_FILE, *([OPT_FILE] if OPT_FILE in sums else [])):
+        if not hmac.compare_digest(str(signed.get(name, "")), _hmac(key, d / name)):
+            raise CheckpointError(f"{name}: {HMAC_KEY} mismatch (replaced, or another key)")
 
 
 def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -123,6 +178,18 @@ def load_checkpoint(root: Path, round_idx: int) -> tuple[dict[str, torch.Tensor]
     if not isinstance(state, dict) or state.get("round") != round_idx:
         raise CheckpointError(f"{STATE_FILE}: expected a server state of round {round_idx}")
     return tensors, state
+
+
+def load_server_opt(root: Path, round_idx: int) -> dict[str, torch.Tensor]:
+    """The server optimizer's state tensors of a checkpoint ({} when it has none); call after
+    :func:`load_checkpoint` (which verified its checksum)."""
+    path = root / f"round_{round_idx}" / OPT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error types
+        raise CheckpointError(f"{OPT_FILE} does not load: {exc}") from None
 
 
 def set_aside(root: Path, round_idx: int) -> Path:

@@ -7,12 +7,14 @@ callable), applies the client's DP, and hands the upload to :meth:`receive`, the
 an update is accepted or rejected. :meth:`end_round` returns the round's metrics fields.
 
 Faults are drawn from the run seed, the round and the client, so a faulted run repeats exactly
-and resumes bit-identically.
+and resumes bit-identically. DP noise is not (it must be unknown to the server): a DP run resumes
+from its checkpoint with its accounting intact but does not repeat bit for bit.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from hfedmoe.core.validation import (
     check_update,
     update_distance,
 )
+from hfedmoe.core.step_bound import StepBounds, adamw_distance_bounds
 from hfedmoe.data.batches import num_batches
 from hfedmoe.methods._common import seed_of
 
@@ -72,12 +75,35 @@ class RoundGuard:
         self._failed: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
         self._clip_norms: list[float] = []
+        self._nonces: dict[int, str] = {}
 
     # --- per round ----------------------------------------------------------------------------
     def begin_round(self, mm: Any) -> None:
         need = self.cfg.updates.validate or self.cfg.privacy.enabled
         self._ref = reference_of(mm, self.dense_names) if need else None
         self._failed, self._rejected, self._clip_norms = {}, {}, []
+        self._nonces = {}
+
+    def nonce(self, cid: int) -> str:
+        """This round's nonce for client ``cid`` (sent with its task; its update must echo it, so
+        an update of another round, replayed or stale, is rejected). Random: it never touches the
+        model, so runs stay reproducible."""
+        if cid not in self._nonces:
+            self._nonces[cid] = secrets.token_hex(16)
+        return self._nonces[cid]
+
+    def steps(self, cinfo: Any) -> int:
+        """Local steps the client is asked to run this round."""
+        s = self.settings
+        return s.local_steps or s.local_epochs * num_batches(cinfo.num_examples, s.batch_size)
+
+    def step_bounds(self, cinfo: Any, dist: Any) -> StepBounds | None:
+        """The most an honest AdamW client moves the weights this round (core/step_bound.py)."""
+        s = self.settings
+        if s.optimizer != "adamw":
+            return None
+        return adamw_distance_bounds(s.lr, self.steps(cinfo), s.weight_decay, dist.dtype_eps,
+                                     dist.global_max_abs, dist.global_norm, dist.dims)
 
     def fault(self, round_idx: int, cid: int) -> str | None:
         f = self.cfg.faults
@@ -89,8 +115,7 @@ class RoundGuard:
         return kind if hit else None
 
     def allowance(self, mm: Any, cinfo: Any, plan: Any) -> Allowance:
-        s = self.settings
-        steps = s.local_steps or s.local_epochs * num_batches(cinfo.num_examples, s.batch_size)
+        steps = self.steps(cinfo)
         bounded = self.method.respects_budget and not self.method.ignores_budget
         per_layer = self.cfg.method.budget_scope == "layer"
         # model scope: the baselines give every layer at least one expert (methods/_common.py)
@@ -98,11 +123,13 @@ class RoundGuard:
         return Allowance(
             num_examples=cinfo.num_examples,
             experts=allowed_experts(mm.num_layers, mm.num_experts, plan.static_subsets, plan.restrict)
-            if "experts" in s.trainable else torch.zeros(mm.num_layers, mm.num_experts, dtype=torch.bool),
+            if "experts" in self.settings.trainable else torch.zeros(mm.num_layers, mm.num_experts, dtype=torch.bool),
             max_selections=per_batch * steps if bounded else None,
             per_layer=per_layer,
-            routers="routers" in s.trainable and plan.train_routers,
+            routers="routers" in self.settings.trainable and plan.train_routers,
             dense=frozenset(self.dense_names),
+            steps=steps,
+            nonce=self._nonces.get(cinfo.client_id, ""),
         )
 
     def run_client(
@@ -138,9 +165,12 @@ class RoundGuard:
             out = self._fail(round_idx, cid, f"exception: {type(exc).__name__}: {exc}", None)
             out.error = exc
             return out
-        seconds = seconds_of(upd)
-        if self.cfg.privacy.enabled:
-            self._privatize(round_idx, cid, upd)
+        try:  # both walk the update: a malformed one (experts as a list, ...) fails its client only
+            seconds = seconds_of(upd)
+            if self.cfg.privacy.enabled:
+                self._privatize(round_idx, cid, upd)
+        except Exception as exc:  # noqa: BLE001 - the upload's shape is the client's, not the server's
+            return self._fail(round_idx, cid, f"malformed update: {type(exc).__name__}: {exc}", None)
         deadline = self.cfg.faults.round_deadline_s
         if fault == "straggler":
             seconds *= self.cfg.faults.straggler_factor
@@ -161,10 +191,11 @@ class RoundGuard:
         assert ref is not None, "begin_round first"
         reason = check_update(upd, ref, self.allowance(mm, cinfo, plan))
         if reason is None:
-            dist, gnorm, dims = update_distance(upd, ref)
-            reason = self.norms.check(dist, gnorm, dims)
+            dist = update_distance(upd, ref)
+            reason = self.norms.check(dist.l2, dist.global_norm, dist.dims, self.step_bounds(cinfo, dist),
+                                      dist.max_abs)
             if reason is None:
-                self.norms.accept(dist)
+                self.norms.accept(dist.l2)
         if reason is not None:
             cid = cinfo.client_id
             self._rejected[str(cid)] = reason
@@ -192,8 +223,8 @@ class RoundGuard:
     def _privatize(self, round_idx: int, cid: int, upd: Any) -> None:
         p = self.cfg.privacy
         assert self._ref is not None
-        gen = torch.Generator().manual_seed(seed_of(self.cfg.seed, round_idx, cid, 17))
-        self._clip_norms.append(privatize_update(upd, self._ref, p.clip_norm, p.noise_multiplier, gen))
+        # the client's own secure noise (core/privacy.py): nothing the server knows seeds it
+        self._clip_norms.append(privatize_update(upd, self._ref, p.clip_norm, p.noise_multiplier))
         self.uploads[str(cid)] = self.uploads.get(str(cid), 0) + 1
 
     def _deadline_or_none(self) -> float | None:

@@ -67,6 +67,10 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         beta=cfg.method.beta,
         foreach=cfg.train.foreach,
         dtype=cfg.runtime.dtype,
+        pooling=cfg.method.pooling,
+        ib_scale=cfg.method.ib_scale,
+        prox_mu=cfg.train.prox_mu,
+        loss=cfg.train.loss,
     )
 
 
@@ -99,14 +103,30 @@ def pool_clients(fed: FederationData, cfg: RunConfig) -> FederationData:
     train = np.sort(np.concatenate([c.train_idx for c in fed.clients]))
     val = np.sort(np.concatenate([c.val_idx for c in fed.clients]))
     return FederationData(fed.dataset, fed.tokens, fed.test_idx, [ClientData(0, train, val, profile)],
-                          public_idx=fed.public_idx, heldout=fed.heldout)
+                          public_idx=fed.public_idx, heldout=fed.heldout, layout=fed.layout)
 
 
 #: Evaluation fields of the last metrics row copied into the export's ``hfedmoe_export.json``.
 EXPORT_FIELDS = ("test_accuracy", "test_loss", "test_perplexity", "heldout_perplexity", "client_val_perplexity_mean")
 
 
-def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
+def export_moe_adapters(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any]) -> Any:
+    """``model.adapter = "moe"`` runs: the global MoE adapters (and the trained dense tensors, e.g.
+    the head) in the layout of :mod:`hfedmoe.moe.adapter_export`, with the round and its
+    evaluation in the config's ``info``. Called after the last round and by ``hfedmoe export``."""
+    from hfedmoe.client.train import trainable_dense_names
+    from hfedmoe.moe.adapter_export import save_moe_adapters
+
+    info = {"round": int(row.get("round", 0)), "method": row.get("method"), "model": cfg.model.name,
+            "seed": cfg.seed, "base": ("the run's dense base model: hfedmoe.federation.model.build_base_model(cfg.model, "
+                                       "num_labels, cfg.seed) with cfg from the run's config.toml"
+                                       if cfg.model.name != "hf" else cfg.model.path),
+            **{k: row[k] for k in EXPORT_FIELDS if row.get(k) is not None}}
+    return save_moe_adapters(mm, out_dir, trainable_dense_names(mm, cfg.train.trainable), info)
+
+
+def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[str, Any],
+                        base_model_name_or_path: str | None = None) -> Any:
     """LoRA runs: the global adapter as a PEFT directory ``out_dir`` (``PeftModel.from_pretrained(
     base, out_dir)`` reproduces ``row``'s evaluation), with the round and that evaluation in
     ``hfedmoe_export.json``. Called by both engines after the last round and by ``hfedmoe export``."""
@@ -118,4 +138,5 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
                      "with cfg from the run's config.toml" if cfg.model.name != "hf" else cfg.model.path),
             **{k: row[k] for k in EXPORT_FIELDS if row.get(k) is not None}}
     return export_peft(mm, out_dir, cfg.train.trainable,
-                       base_model_name_or_path=cfg.model.path or None, info=info)
+                       base_model_name_or_path=base_model_name_or_path or cfg.model.path or None, info=info,
+                       task_type="CAUSAL_LM" if cfg.model.task == "causal-lm" else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,15 @@ from hfedmoe.client import ClientUpdate, evaluate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.engines.guard import RoundGuard
+from hfedmoe.engines.resume import check_resume_config, config_record
 from hfedmoe.engines.checkpoint import (
-    CheckpointError, complete_rounds, load_checkpoint, prune_checkpoints, save_checkpoint, set_aside,
+    CheckpointError, complete_rounds, load_checkpoint, load_server_opt, prune_checkpoints, save_checkpoint, set_aside,
 )
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
+from hfedmoe.methods.server_opt import ServerOptimizer, server_opt_settings
 from hfedmoe.federation.model import build_model, wrap_for_run
 from hfedmoe.federation.runtime import place_model, prepare_model, torch_threads
 from hfedmoe.federation.warmup import mean_top_prob, warmup_head, warmup_routers
@@ -37,7 +39,7 @@ from hfedmoe.moe import MoEModel
 from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, pool_clients, span, split_seconds,
+    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, export_moe_adapters, pool_clients, span, split_seconds,
     train_settings,
 )
 
@@ -95,6 +97,7 @@ class Simulation:
             self.settings.local_steps = cfg.train.local_steps * len(self._sample(round_idx=1, n=num_federated))
         self.guard = RoundGuard(cfg, self.method, self.settings,
                                 trainable_dense_names(self.mm, list(self.settings.trainable)))
+        self.server_opt = ServerOptimizer(server_opt_settings(cfg))
         self.round = 0
         self.sim_time_s = 0.0
         self.sim_compute_s = 0.0  # the parts of sim_time_s spent computing and on the links
@@ -121,22 +124,30 @@ class Simulation:
             "sim_comm_s": self.sim_comm_s,
             "wall_time_s": self.wall_time_s,
             "guard": self.guard.state_dict(),
+            **config_record(self.cfg),
         }
 
-    def restore(self) -> int:
-        """Load the newest complete checkpoint that verifies (checksums, tensors of this model,
-        state of this method); return its round. Untrusted newer ones are renamed
-        ``round_<N>.invalid`` and each fallback is logged and kept in ``restore_notes``.
+    def restore(self, discard_invalid: bool = False, allow_change: Collection[str] = ()) -> int:
+        """Load the newest complete checkpoint (checksums, keyed ones too; tensors of this model;
+        state of this method; the config it was made with, see engines/resume.py); return its round.
 
-        Raises HFedMoEError, before anything is written, when metrics.jsonl lacks rows up to the
-        checkpoint (resuming would rewrite the report with less)."""
+        Raises HFedMoEError, before anything is written, when the newest checkpoint does not verify
+        (unless ``discard_invalid``: it is renamed ``round_<N>.invalid``, the fallback logged and kept
+        in ``restore_notes``), when the config differs in a field not in ``allow_change``, or when
+        metrics.jsonl lacks rows up to the checkpoint. Rows after the resumed round are rewritten."""
         self.restore_notes: list[str] = []
         rows = read_metrics(self.metrics_path)
         for r in reversed(complete_rounds(self.ckpt_root)):
             try:
                 tensors, state = load_checkpoint(self.ckpt_root, r)
+                check_resume_config(state, self.cfg, allow_change, str(self.ckpt_root / f"round_{r}"))
                 self._check_checkpoint(tensors, state)
+                opt_state = load_server_opt(self.ckpt_root, r)
             except CheckpointError as exc:
+                if not discard_invalid:
+                    raise HFedMoEError(
+                        f"checkpoint of round {r} is not usable ({exc}); nothing was changed (resume with "
+                        "--discard-invalid to set it aside and continue from the newest valid checkpoint)") from None
                 moved = set_aside(self.ckpt_root, r)
                 self.restore_notes.append(f"checkpoint of round {r} is not usable ({exc}); moved to {moved.name}")
                 log.warning("%s", self.restore_notes[-1])
@@ -148,6 +159,7 @@ class Simulation:
                     "resuming would rewrite the report with less (restore the file, or start over with --overwrite)")
             self.mm.model.load_state_dict(tensors, strict=True)
             self.method.load_state_dict(state["method_state"])
+            self.server_opt.load_state_tensors(opt_state)
             self.guard.load_state_dict(state.get("guard", {}))
             self.round = int(state["round"])
             self.sim_time_s = float(state["sim_time_s"])
@@ -230,11 +242,15 @@ class Simulation:
     def run_round(self, round_idx: int) -> RoundResult:
         t0 = time.perf_counter()
         sampled, training, failed, dropped = self.plan_round(round_idx)
-        aggregation = open_aggregation(self.method, self.mm, round_idx)
+        aggregation = self.open_round_aggregation(round_idx)
         summaries, client_times, down_total, faulted = self.train_clients(round_idx, training, aggregation)
         agg_metrics = aggregation.finish() if summaries else {}
         return self.finish_round(round_idx, t0, sampled, summaries, client_times, down_total,
                                  failed + faulted, dropped, agg_metrics)
+
+    def open_round_aggregation(self, round_idx: int) -> Aggregation:
+        """The round's aggregation on every engine: the method's, then the server optimizer's step."""
+        return self.server_opt.wrap(open_aggregation(self.method, self.mm, round_idx), self.mm)
 
     def receive(self, aggregation: Aggregation, update: ClientUpdate) -> None:
         """The one place where the server folds an accepted update into the round's running sums,
@@ -301,14 +317,14 @@ class Simulation:
         failed: list[int] = []
         errors: list[Exception] = []
         self.guard.begin_round(mm)
-        for cinfo in training:
+        for i, cinfo in enumerate(training):
             cid = cinfo.client_id
             client = self.fed.clients[cid]
             mm.model.load_state_dict(global_state)
             plan = self.make_plan(cinfo, round_idx)
             down = self.method.download_bytes(mm, cinfo, full_down)
             down_total += down
-            self.on_event({"kind": "client_start", "round": round_idx, "client": cid})
+            self.on_event({"kind": "client_start", "round": round_idx, "client": cid, "index": i, "of": len(training)})
             parts: dict[int, tuple[float, float]] = {}
 
             def seconds_of(u: ClientUpdate, cid: int = cid, down: int = down) -> float:
@@ -319,7 +335,7 @@ class Simulation:
                 round_idx, mm, cinfo, plan,
                 train=lambda prog, cid=cid, client=client, plan=plan: train_client(
                     mm, cid, self.fed.tokens, client.train_idx, plan, self.settings,
-                    seed=self.client_seed(round_idx, cid), progress=prog),
+                    seed=self.client_seed(round_idx, cid), progress=prog, nonce=self.guard.nonce(cid)),
                 seconds_of=seconds_of,
                 progress=lambda p, r=round_idx: self.on_event({"kind": "step", "round": r, **p}),
             )
@@ -433,9 +449,12 @@ class Simulation:
             # (rows after the resumed checkpoint are dropped), never loses its row.
             append_metrics(self.metrics_path, result.row)
             if r % cfg.federation.checkpoint_every == 0 or r == total:
-                save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state())
+                save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state(),
+                                self.server_opt.state_tensors())
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
             if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
                 export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)
+            if r == cfg.federation.rounds and cfg.model.adapter == "moe":  # MoE adapters of a dense model
+                export_moe_adapters(self.mm, cfg, self.out_dir / "moe_adapters", result.row)
         return read_metrics(self.metrics_path)

@@ -12,6 +12,7 @@ import numpy as np
 from hfedmoe.assets.datasets import load_dataset
 from hfedmoe.config import RunConfig
 from hfedmoe.data.batches import TokenizedTexts, tokenize
+from hfedmoe.data.lm_layout import LayoutStats
 from hfedmoe.data.partition import partition
 from hfedmoe.data.splits import client_val_split, train_test_split
 from hfedmoe.data.types import LabeledTexts
@@ -37,6 +38,8 @@ class FederationData:
     clients: list[ClientData]
     public_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # router warm-up
     heldout: TokenizedTexts | None = None  # causal LM: held-out corpus for perplexity
+    warnings: list[str] = field(default_factory=list)  # about the data, with the field to change (logged)
+    layout: LayoutStats | None = None  # causal LM: documents -> sequences (data.layout), tokens kept
 
     @property
     def num_labels(self) -> int:
@@ -51,6 +54,11 @@ class FederationData:
 
 def load_run_dataset(cfg: RunConfig) -> LabeledTexts:
     d = cfg.data
+    if d.dataset == "local" and cfg.model.task == "causal-lm":
+        from hfedmoe.assets.local_corpus import load_local_corpus
+
+        return load_local_corpus(d.path, d.text_column, d.group_column, d.prompt_column, d.response_column,
+                                 d.messages_column, d.drop_invalid)
     if d.dataset == "local":
         opts = {"path": d.path, "text_column": d.text_column, "label_column": d.label_column,
                 "drop_invalid": getattr(d, "drop_invalid", False)}
@@ -145,6 +153,7 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     groups = None if ds.groups is None else ds.groups[train_idx]
     if d.partition in ("natural", "natural-dirichlet"):
         num_clients = None  # one client (natural) or clients_per_group clients per group
+        train_idx_before = train_idx
         train_idx, groups = _consolidate(cfg, train_idx, groups)
     natural = d.partition in ("natural", "natural-dirichlet")
     try:
@@ -162,6 +171,8 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     except HFedMoEError as exc:
         raise HFedMoEError(_user_terms(str(exc), natural)) from None
     names = _client_names(groups, parts, natural)
+    if natural and len(parts) < 2:
+        _too_few_clients(cfg, len(np.unique(ds.groups[train_idx_before])) if ds.groups is not None else 0, names)
     profiles = cfg.clients.profiles
     clients = []
     for cid, local in enumerate(parts):
@@ -180,12 +191,43 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and d.max_length > limit:  # HF uses ~1e30 for "unknown"
         raise HFedMoEError(f"data.max_length: expected at most {limit} (the model's token limit), got {d.max_length}")
-    heldout = None
-    if cfg.model.task == "causal-lm":
+    heldout, layout, test_idx = None, None, np.sort(test_idx)
+    if cfg.model.task == "causal-lm":  # sequences by data.layout; the splits stay apart by document
         from hfedmoe.federation.lm_data import lm_tokens
 
-        tokens, heldout = lm_tokens(cfg, tokenizer, ds)
+        sets = [test_idx, public_idx] + [i for c in clients for i in (c.train_idx, c.val_idx)]
+        tokens, sets, layout, heldout = lm_tokens(cfg, tokenizer, ds, sets)
+        test_idx, public_idx = sets[0], sets[1]
+        for k, c in enumerate(clients):
+            c.train_idx, c.val_idx = sets[2 + 2 * k], sets[3 + 2 * k]
+        lossy = layout.layout == "truncate" and layout.kept_share < 0.9
+        (log.warning if lossy else log.info)("%s", layout.describe(d.max_length))
     else:
         tokens = tokenize(tokenizer, ds.texts, ds.labels, d.max_length)
     log.info("dataset %s: %d examples, %d clients, test %d", ds.name, len(ds), len(clients), len(test_idx))
-    return FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout)
+    fed = FederationData(ds, tokens, np.sort(test_idx), clients, public_idx, heldout, layout=layout)
+    fed.warnings = _data_warnings(cfg, fed)
+    for w in fed.warnings:
+        log.warning("%s", w)
+    return fed
+
+
+def _too_few_clients(cfg: RunConfig, num_groups: int, names: list[str]) -> None:
+    """A natural split that left fewer than 2 clients is no federation: an error with the fix."""
+    d = cfg.data
+    raise HFedMoEError(
+        f"data.min_group_size: the natural split by {d.group_column or 'group'} left {len(names)} client"
+        f"{'' if len(names) == 1 else 's'} ({num_groups} group{'' if num_groups == 1 else 's'} in the training data, "
+        f"data.min_group_size {d.min_group_size}, data.max_clients {d.max_clients or 'no cap'}); a federation needs "
+        "at least 2: lower data.min_group_size, raise data.max_clients, or use data.partition = 'dirichlet'")
+
+
+def _data_warnings(cfg: RunConfig, fed: FederationData) -> list[str]:
+    from hfedmoe.report.advice import data_warnings
+
+    train = np.concatenate([c.train_idx for c in fed.clients]) if fed.clients else np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter((len(x) for x in fed.tokens.input_ids), dtype=np.int64, count=len(fed.tokens))
+    chars = np.fromiter((len(t) for t in fed.dataset.texts), dtype=np.int64, count=len(fed.dataset))
+    return data_warnings([len(c.train_idx) for c in fed.clients], [c.name for c in fed.clients], lengths,
+                         cfg.data.max_length, chars, fed.dataset.labels[train], list(fed.dataset.label_names),
+                         cfg.model.task)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from hfedmoe.client import TrainPlan
-from hfedmoe.core.importance import ib_scores
 from hfedmoe.methods.aggregation import (
     Aggregation,
     DenseByData,
@@ -24,17 +23,11 @@ from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_ib_scores
 
 
-def seq_ids_for(num_tokens: int, seq_len: int | None) -> torch.Tensor:
-    """(T,) sequence id of each flattened token of a (B, S) batch (T = B * S)."""
-    if not seq_len or num_tokens % seq_len:
-        raise ValueError(f"pooling='sequence': cannot map {num_tokens} tokens onto sequences of length {seq_len}")
-    return torch.arange(num_tokens) // seq_len
-
-
 class HFedMoE(Method):
     """Options (all keyword): ``lam``, ``beta``, ``tau``, ``budget_scope`` ("layer" | "model"),
     ``gate_weights`` ("normalized" | "paper-literal" | "uniform"), ``expert_aggregation``
-    ("sparse" | "uniform")."""
+    ("sparse" | "uniform"), ``pooling`` ("sequence" | "token": what a sample of Eqs. 3-5 and 14
+    is), ``ib_scale`` ("raw" | "normalised": the scale of Eq. 14's KL term)."""
 
     name = "hfedmoe"
 
@@ -47,11 +40,12 @@ class HFedMoE(Method):
         budget_scope: str = "layer",
         gate_weights: str = "normalized",
         expert_aggregation: str = "sparse",
-        pooling: str = "token",
+        pooling: str = "sequence",
+        ib_scale: str = "raw",
     ) -> None:
-        super().__init__(lam=lam, beta=beta, tau=tau, budget_scope=budget_scope,
-                         gate_weights=gate_weights, expert_aggregation=expert_aggregation, pooling=pooling)
-        self.pooling = pooling
+        super().__init__(lam=lam, beta=beta, tau=tau, budget_scope=budget_scope, gate_weights=gate_weights,
+                         expert_aggregation=expert_aggregation, pooling=pooling, ib_scale=ib_scale)
+        self.pooling, self.ib_scale = pooling, ib_scale
         self.lam, self.beta, self.tau = lam, beta, tau
         self.budget_scope = budget_scope
         self.gate_weights = gate_weights
@@ -59,19 +53,14 @@ class HFedMoE(Method):
 
     # --- client side ---------------------------------------------------------------------
     def plan(self, mm: MoEModel, client: ClientInfo, round_idx: int) -> TrainPlan:
-        lam, beta, budget = self.lam, self.beta, client.budget
-        batch_shape: dict[str, int] = {}
+        lam, beta, pooling, ib_scale = self.lam, self.beta, self.pooling, self.ib_scale
 
-        def on_batch(batch: dict) -> None:
-            batch_shape["seq_len"] = int(batch["attention_mask"].shape[-1])
+        def scores_of(routing) -> torch.Tensor:  # (E,) Eq. 14; s_b memoised, reused for the upload
+            return routing_ib_scores(routing, lam, beta, pooling, ib_scale)
 
-        def scores_of(routing) -> torch.Tensor:  # (E,) Eq. 14, per token or per sequence
-            if self.pooling == "sequence":
-                ids = seq_ids_for(routing.gate_probs.shape[0], batch_shape.get("seq_len"))
-                return ib_scores(routing.gate_probs, routing.token_mask, lam, beta, pooling="sequence", seq_ids=ids)
-            return routing_ib_scores(routing, lam, beta)  # s_b reused by the client
-
-        return per_batch_plan(mm, budget, self.budget_scope, scores_of, on_batch)
+        plan = per_batch_plan(mm, client.budget, self.budget_scope, scores_of)
+        plan.pooling = pooling  # the importance the client uploads (s^c, alpha) is pooled the same way
+        return plan
 
     # --- server side ---------------------------------------------------------------------
     def aggregation_parts(self, mm: MoEModel) -> list[Part]:

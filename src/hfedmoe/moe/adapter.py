@@ -104,13 +104,29 @@ class MoEModel:
 
     # ----------------------------------------------------------------- routing (installed)
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
-        source = self._mask_source(info, num_tokens, explicit)
-        return torch.ones(num_tokens, dtype=torch.bool, device=device) if source is None else (
-            source.reshape(-1).to(device=device).bool())
+        return self._token_layout(info, num_tokens, explicit, device)[0]
 
     def _mask_source(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask of ``num_tokens`` entries the token mask comes from (None: all real)."""
         key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"  # else the call's
         return next((m for m in (explicit, self._masks.get(key)) if m is not None and m.numel() == num_tokens), None)
+
+    def _token_layout(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None,
+                      device) -> tuple[torch.Tensor, int | None]:
+        """``(token_mask (T,), S)``: the real tokens, and the padded sequence length of the (B, S)
+        attention mask they came from. Without a mask of T entries (e.g. Switch decoder tokens and
+        no ``decoder_attention_mask``) every token is real and S = T / B from the batch size B of
+        a mask that was seen (None when there is none, or B does not divide T)."""
+        source = self._mask_source(info, num_tokens, explicit)
+        if source is not None:
+            seq_len = int(source.shape[-1]) if source.dim() == 2 else None
+            return source.reshape(-1).to(device=device).bool(), seq_len
+        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"
+        candidates = [m for m in (explicit, self._masks.get(key)) if m is not None]
+        seen = candidates + [m for m in self._masks.values() if m is not None]  # the encoder's, for decoder tokens
+        batch = next((int(m.shape[0]) for m in seen if m.dim() == 2 and m.shape[0]), None)
+        seq_len = num_tokens // batch if batch and num_tokens % batch == 0 else None
+        return torch.ones(num_tokens, dtype=torch.bool, device=device), seq_len
 
     def _route(self, layer: int, router: nn.Module, args, kwargs):
         info = self._layers[layer]
@@ -129,23 +145,27 @@ class MoEModel:
         captures = self._stacks["capture"]
         if not captures and (train is None or train.selector is None):
             return output
+        live_probs = gate_probs.float()  # (T, E), still in the autograd graph (auxiliary losses)
         gate_probs = gate_probs.detach().float()  # (T, E)
         topk_idx = topk_idx.detach().long()  # (T, k)
         num_tokens = gate_probs.shape[0]
         memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
-        masks: dict[int, torch.Tensor] = {}  # one token mask per attention-mask object: the memo's key
-        def token_mask(explicit: torch.Tensor | None) -> torch.Tensor:
-            key = id(self._mask_source(info, num_tokens, explicit))
-            if key not in masks:
-                masks[key] = self._token_mask(info, num_tokens, explicit, gate_probs.device)
-            return masks[key]
+        layouts: dict[tuple, tuple[torch.Tensor, int | None]] = {}  # one token mask per attention-mask object
+        def token_layout(explicit: torch.Tensor | None) -> tuple[torch.Tensor, int | None]:
+            source = self._mask_source(info, num_tokens, explicit)  # (no mask: S may depend on explicit's B)
+            key = (id(source),) if source is not None else (None, id(explicit))
+            if key not in layouts:  # the memo matches masks by identity: share the object
+                layouts[key] = self._token_layout(info, num_tokens, explicit, gate_probs.device)
+            return layouts[key]
 
         for capture in captures:
-            mask = token_mask(capture.attention_mask)
-            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
+            mask, seq_len = token_layout(capture.attention_mask)
+            capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
+            if capture.live:
+                capture.live_probs[layer] = live_probs
         if train is not None and train.selector is not None:
-            mask = token_mask(train.attention_mask)
-            train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo))
+            mask, seq_len = token_layout(train.attention_mask)
+            train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
         return output
 
     # ----------------------------------------------------------------- expert access
@@ -314,7 +334,7 @@ class MoEModel:
         return out
 
     # ----------------------------------------------------------------- contexts
-    def capture_routing(self, attention_mask: torch.Tensor | None = None) -> RoutingCapture:
+    def capture_routing(self, attention_mask: torch.Tensor | None = None, *, live: bool = False) -> RoutingCapture:
         """Context manager recording every MoE layer's routing for the last forward inside it.
 
         Parameters
@@ -323,6 +343,9 @@ class MoEModel:
             ``(B, S)``; 1 for real tokens. If omitted, the ``attention_mask`` (encoder / decoder-only
             layers) or ``decoder_attention_mask`` (Switch decoder layers) passed to the top-level
             model's forward is used; a layer whose token count matches no mask gets all-True.
+        live : bool
+            Also keep ``live_probs[layer]``: the same probabilities ``(T, E)`` *in* the autograd
+            graph (auxiliary routing losses backpropagate through them into the router).
 
         Notes
         -----
@@ -331,7 +354,7 @@ class MoEModel:
         scores normalised to sum 1 per token. ``topk_idx`` are the experts actually used; for
         Switch the argmax, ignoring capacity drops.
         """
-        return RoutingCapture(self, attention_mask)
+        return RoutingCapture(self, attention_mask, live=live)
 
     def restrict_routing(self, subsets: Sequence[Sequence[int] | None]) -> RoutingRestriction:
         """Context manager: tokens of layer l may only be routed to ``subsets[l]`` (None = any).

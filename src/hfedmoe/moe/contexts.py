@@ -36,39 +36,87 @@ class LayerRouting(_RoutingFields):
 
     Besides the three fields, an instance may carry ``memo``: a dict shared by every record of the
     same layer and forward (the selector's and the capture's), so importance scores computed by a
-    selector are reused by the client (:func:`routing_scores`) instead of computed twice.
+    selector are reused by the client (:func:`routing_scores`) instead of computed twice; and
+    ``seq_len``: the padded length S of the (B, S) batch whose T = B * S tokens these are (None
+    when the adapter saw no attention mask of that size), for sequence pooling.
     """
 
-    def with_memo(self, memo: dict) -> LayerRouting:
+    def with_memo(self, memo: dict, seq_len: int | None = None) -> LayerRouting:
         self.memo = memo
+        self.seq_len = seq_len
         return self
 
 
-def routing_scores(routing: LayerRouting, lam: float) -> torch.Tensor:
-    """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`,
-    computed once per layer and forward (memoised on the routing's ``memo`` when it has one)."""
-    from hfedmoe.core.importance import masked_token_scores  # score_experts without host reads
+def routing_seq_ids(routing: LayerRouting) -> torch.Tensor:
+    """(T,) long: the sequence of each token of this routing (token t belongs to t // S)."""
+    seq_len = _seq_len(routing, "sequence")
+    return torch.arange(routing.gate_probs.shape[0], device=routing.gate_probs.device) // seq_len
 
+
+def _seq_len(routing: LayerRouting, pooling: str) -> int | None:
+    """S of sequence pooling (a host int the adapter recorded: no device read); None for "token"."""
+    if pooling == "token":
+        return None
+    if pooling != "sequence":
+        raise ValueError(f"pooling: expected one of 'token', 'sequence', got {pooling!r}")
+    num_tokens = routing.gate_probs.shape[0]
+    seq_len = getattr(routing, "seq_len", None)
+    if not seq_len or num_tokens % seq_len:
+        raise ValueError(f"pooling='sequence': cannot map {num_tokens} routed tokens onto sequences of length "
+                         f"{seq_len} (run the forward with its (B, S) attention_mask)")
+    return seq_len
+
+
+def _memoised(routing: LayerRouting, name: str, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()`` once per layer and forward for ``(token_mask, *key)``, kept in the routing's
+    memo. Masks match by identity only (the adapter makes one token mask per attention-mask object;
+    comparing values would read the device): another mask object is computed anew."""
     memo = getattr(routing, "memo", None)
     if memo is None:
-        return masked_token_scores(routing.gate_probs, routing.token_mask, lam)
-    for (mask, key_lam), scores in memo.get("scores", []):
-        if key_lam == lam and mask is routing.token_mask:  # (another mask object: computed anew, no read)
-            return scores
-    scores = masked_token_scores(routing.gate_probs, routing.token_mask, lam)
-    memo.setdefault("scores", []).append(((routing.token_mask, lam), scores))
-    return scores
+        return compute()
+    for (mask, other), value in memo.get(name, []):
+        if other == key and mask is routing.token_mask:
+            return value
+    value = compute()
+    memo.setdefault(name, []).append(((routing.token_mask, key), value))
+    return value
 
 
-def routing_ib_scores(routing: LayerRouting, lam: float, beta: float) -> torch.Tensor:
-    """Eq. 14 scores of this routing, equal to :func:`~hfedmoe.core.importance.ib_scores` but
-    reusing :func:`routing_scores` (the ``s_b`` term)."""
+def routing_scores(routing: LayerRouting, lam: float, pooling: str = "token") -> torch.Tensor:
+    """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`
+    computed without host reads (:func:`~hfedmoe.core.importance.masked_token_scores`), once per
+    layer, forward, ``lam`` and ``pooling`` (memoised on the routing's ``memo``)."""
+    from hfedmoe.core.importance import masked_token_scores
+
+    seq_len = _seq_len(routing, pooling)
+    return _memoised(routing, "scores", (lam, pooling), lambda: masked_token_scores(
+        routing.gate_probs, routing.token_mask, lam, seq_len))
+
+
+def routing_kl(routing: LayerRouting, pooling: str = "token") -> torch.Tensor:
+    """``KL_e`` of Eq. 14 ((E,)) of this routing, memoised like :func:`routing_scores`."""
     from hfedmoe.core.importance import masked_token_kl
 
-    scores = routing_scores(routing, lam)
+    seq_len = _seq_len(routing, pooling)
+    return _memoised(routing, "kl", (pooling,), lambda: masked_token_kl(
+        routing.gate_probs, routing.token_mask, seq_len))
+
+
+def routing_ib_scores(routing: LayerRouting, lam: float, beta: float, pooling: str = "token",
+                      ib_scale: str = "raw") -> torch.Tensor:
+    """Eq. 14 scores of this routing, equal to :func:`~hfedmoe.core.importance.ib_scores` (with
+    the routed experts as the candidates of ``ib_scale="normalised"``) but reusing the memoised
+    ``s_b`` and ``KL``; no device->host read."""
+    from hfedmoe.core.importance import ib_combine
+    from hfedmoe.core.selection import routed_pair_counts
+
+    scores = routing_scores(routing, lam, pooling)
     if beta == 0:
         return scores.clone()
-    return scores - beta * masked_token_kl(routing.gate_probs, routing.token_mask)
+    candidates = None
+    if ib_scale != "raw":
+        candidates = routed_pair_counts(routing.topk_idx, routing.token_mask, scores.shape[0]) > 0  # (E,)
+    return ib_combine(scores, routing_kl(routing, pooling), beta, ib_scale=ib_scale, candidates=candidates)
 
 
 @dataclass
@@ -137,27 +185,29 @@ class RoutingCapture:
         Per MoE layer: ``(T, E)`` float32, ``(T, k)`` long, ``(T,)`` bool (see :class:`LayerRouting`).
     """
 
-    def __init__(self, adapter: AdapterCore, attention_mask: torch.Tensor | None):
+    def __init__(self, adapter: AdapterCore, attention_mask: torch.Tensor | None, *, live: bool = False):
         self._adapter = adapter
         self.attention_mask = attention_mask
+        self.live = live
+        self.live_probs: dict[int, torch.Tensor] = {}  # live=True: (T, E) probabilities with autograd
         self.gate_probs: dict[int, torch.Tensor] = {}
         self.topk_idx: dict[int, torch.Tensor] = {}
         self.token_mask: dict[int, torch.Tensor] = {}
         self.memos: dict[int, dict] = {}
+        self.seq_lens: dict[int, int | None] = {}
 
     def layer(self, layer: int) -> LayerRouting:
         """The routing of MoE layer ``layer`` in the last forward."""
         if layer not in self.gate_probs:
             raise KeyError(f"no routing captured for MoE layer {layer} (run a forward inside the context)")
         routing = LayerRouting(self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer])
-        memo = self.memos.get(layer)
-        return routing if memo is None else routing.with_memo(memo)
+        return routing.with_memo(self.memos.get(layer, {}), self.seq_lens.get(layer))
 
     def _record(self, layer: int, routing: LayerRouting) -> None:
         self.gate_probs[layer], self.topk_idx[layer], self.token_mask[layer] = routing
         memo = getattr(routing, "memo", None)
-        if memo is not None:
-            self.memos[layer] = memo
+        self.memos[layer] = memo if memo is not None else {}  # the same dict as the selector's record
+        self.seq_lens[layer] = getattr(routing, "seq_len", None)
 
     def __enter__(self) -> RoutingCapture:
         self._adapter._push("capture", self)

@@ -134,6 +134,14 @@ def route_straight_through(router, hidden_states, allowed_mask):
     return Routed((router_logits, top_weight, top_idx), router_probs, top_idx)
 
 
+def route_adapter(router, hidden_states, allowed_mask):
+    """MoE adapters (:mod:`hfedmoe.moe.sparse_adapter`): softmax, top-k, renormalised top-k
+    probabilities as combination weights (in the logits' dtype)."""
+    return route_softmax_topk(
+        router, hidden_states, allowed_mask, renormalize=True, cast_to_logits_dtype=True
+    )
+
+
 def _lift_group_limit(
     top_idx: torch.Tensor,
     choice_scores: torch.Tensor,
@@ -320,6 +328,8 @@ FAMILIES: tuple[FamilySpec, ...] = (
                "router", "experts", "modules", route_switch, _switch_from_output),
     FamilySpec("minilm_moe", ("hfedmoe.moe.minilm", "MoEFeedForward"),
                "gate", "experts", "fused", route_straight_through, _softmax_from_output),
+    FamilySpec("moe_adapter", ("hfedmoe.moe.sparse_adapter", "MoEAdapterBlock"),
+               "gate", "experts", "fused", route_adapter, _softmax_from_output),
 )
 
 

@@ -49,10 +49,11 @@ def trained_modules(mm, parts: Iterable[str]) -> list[str]:
 
 
 def export_peft(mm, out_dir: str | Path, parts: Iterable[str], *, base_model_name_or_path: str | None = None,
-                info: dict | None = None) -> Path:
+                info: dict | None = None, task_type: str | None = None) -> Path:
     """Write ``mm``'s global adapter (a :class:`~hfedmoe.moe.lora_model.LoraMoEModel`) to ``out_dir``
     as a PEFT directory; ``parts`` = the run's ``train.trainable``; ``info`` (e.g. the round and
-    its evaluation) goes to ``hfedmoe_export.json`` next to it. Returns ``out_dir``."""
+    its evaluation) goes to ``hfedmoe_export.json`` next to it; ``task_type`` (e.g. ``"CAUSAL_LM"``:
+    ``AutoPeftModelForCausalLM`` needs it) goes to the adapter config. Returns ``out_dir``."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -73,7 +74,7 @@ def export_peft(mm, out_dir: str | Path, parts: Iterable[str], *, base_model_nam
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     config = LoraConfig(r=mm.lora_r, lora_alpha=mm.lora_alpha, lora_dropout=0.0, target_modules=[],
                         target_parameters=list(mm.lora_targets), modules_to_save=modules or None,
-                        base_model_name_or_path=base_model_name_or_path, inference_mode=True)
+                        base_model_name_or_path=base_model_name_or_path, inference_mode=True, task_type=task_type)
     config.save_pretrained(str(out))
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     if info is not None:

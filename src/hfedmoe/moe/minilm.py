@@ -54,29 +54,30 @@ class TopKRouter(nn.Module):
 
 
 class MoEFiedExperts(nn.Module):
-    """Fused non-gated experts with biases: ``down_e(act(up_e x + b_e))``."""
+    """Fused non-gated experts with biases: ``down_e(act(up_e x + b_e))`` (``bias=False``: no
+    ``up_proj_bias``, as the MoE adapters of :mod:`hfedmoe.moe.sparse_adapter`)."""
 
     has_gate = False
-    has_bias = True
     is_transposed = False
 
-    def __init__(self, num_experts: int, hidden_size: int, expert_size: int, hidden_act: str):
+    def __init__(self, num_experts: int, hidden_size: int, expert_size: int, hidden_act: str, *, bias: bool = True):
         super().__init__()
         self.num_experts = num_experts
         self.hidden_dim = hidden_size
         self.intermediate_dim = expert_size
+        self.has_bias = bias
         self.up_proj = nn.Parameter(torch.zeros(num_experts, expert_size, hidden_size))  # (E, I/E, H)
-        self.up_proj_bias = nn.Parameter(torch.zeros(num_experts, expert_size))  # (E, I/E)
+        if bias:
+            self.up_proj_bias = nn.Parameter(torch.zeros(num_experts, expert_size))  # (E, I/E)
         self.down_proj = nn.Parameter(torch.zeros(num_experts, hidden_size, expert_size))  # (E, H, I/E)
         self.act_fn = ACT2FN[hidden_act] if isinstance(hidden_act, str) else hidden_act
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         """``hidden_states (T, H)``, ``top_k_index (T, k)``, ``top_k_weights (T, k)`` -> ``(T, H)``."""
+        names = ("up_proj", "up_proj_bias", "down_proj") if self.has_bias else ("up_proj", "down_proj")
 
         def run(idx: int, x: torch.Tensor) -> torch.Tensor:
-            tensors = {"up_proj": self.up_proj[idx], "up_proj_bias": self.up_proj_bias[idx],
-                       "down_proj": self.down_proj[idx]}
-            return fused_expert_apply(self, x, tensors)
+            return fused_expert_apply(self, x, {n: getattr(self, n)[idx] for n in names})
 
         return fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
 

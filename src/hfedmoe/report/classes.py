@@ -61,11 +61,13 @@ def learning_warnings(final_accuracy: float | None, majority_rate: float | None,
         name = label_names[top] if label_names is not None and top < len(label_names) else str(top)
         if pred_share[top] >= ONE_CLASS_SHARE:
             out.append(f"the final global model predicts class '{name}' for {100 * pred_share[top]:.1f}% of the "
-                       "test set: it has (nearly) collapsed to one class")
+                       "test set: it has (nearly) collapsed to one class; with label-skewed clients try train.loss = "
+                       "'logit-adjusted' (docs/label-skew.md)")
     if final_accuracy is not None and majority_rate is not None and final_accuracy <= majority_rate + MAJORITY_MARGIN:
         out.append(f"final test accuracy {100 * final_accuracy:.1f}% is not above the majority-class rate "
                    f"{100 * majority_rate:.1f}% (+{100 * MAJORITY_MARGIN:.0f} point): the run did not learn "
-                   "beyond always predicting the most common class")
+                   "beyond always predicting the most common class; give it more training (federation.rounds, "
+                   "train.local_epochs, train.lr) or try train.loss = 'logit-adjusted' (docs/label-skew.md)")
     return out
 
 

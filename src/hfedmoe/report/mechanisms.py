@@ -75,7 +75,8 @@ def render_mechanisms(rows: list[dict[str, Any]], summary: dict[str, Any], clien
         f"| {verdict('ib')} (threshold {_pct(INACTIVE_SELECTION)}) |",
         f"| HFedMoE vs frequency differ | {_pct(m.get('mech_sel_disagree_hfedmoe_freq'))} | |",
         f"| no-IB vs frequency differ | {_pct(m.get('mech_sel_disagree_noib_freq'))} | |",
-        f"| IB scale: std(beta*KL) / std(s_b) | {m.get('mech_ib_scale_ratio', float('nan')):.3g} | |",
+        f"| IB scale: std(s_b - I_b) / std(s_b), i.e. of the scaled beta*KL | "
+        f"{m.get('mech_ib_scale_ratio', float('nan')):.3g} | |",
         f"| tau: trained (client, expert) pairs excluded | {_pct(m.get('mech_tau_excluded_frac'))} "
         f"| {verdict('tau')} (threshold {_pct(INACTIVE_TAU)}) |",
         f"| alpha: max abs(alpha - 1/C) | {m.get('mech_alpha_uniform_dev', float('nan')):.3g} "

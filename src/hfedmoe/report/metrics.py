@@ -24,15 +24,31 @@ def append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete rows (a torn last line from a kill is ignored)."""
+    """All complete rows. A torn last row (a kill in the middle of a write: ``{...`` without a newline
+    after it) is ignored; anything else that is not a row (binary data, invalid JSON, a row without an integer
+    ``round``) is an HFedMoEError naming the line, never silently dropped."""
+    from hfedmoe.errors import HFedMoEError
+
     if not path.is_file():
         return []
+    lines = path.read_bytes().split(b"\n")
     rows = []
-    for line in path.read_text().splitlines():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            if i == len(lines) - 1 and raw.startswith(b"{"):
+                break  # the torn last row of a kill
+            what = "undecodable bytes" if isinstance(exc, UnicodeDecodeError) else "invalid JSON"
+            raise HFedMoEError(f"{path}: line {i + 1}: expected one JSON metrics row per line, got {what} "
+                               "(restore the file, or start over with --overwrite)") from None
+        rnd = row.get("round") if isinstance(row, dict) else None
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            raise HFedMoEError(f"{path}: line {i + 1}: expected a metrics row with an integer 'round' >= 0, "
+                               f"got {type(row).__name__} with round {rnd!r}")
+        rows.append(row)
     return rows
 
 

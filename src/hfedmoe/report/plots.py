@@ -14,32 +14,63 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _eval_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [r for r in rows if r.get("test_accuracy") is not None]
-
-
 def plot_accuracy(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, x: str = "round",
                   title: str = "", majority_rate: float | None = None) -> Path:
     """One line per run (method): test accuracy against ``x`` ("round" or "sim_time_s");
     ``majority_rate``: a dashed horizontal line at the accuracy of always predicting the majority class."""
+    return plot_metric(runs, out, key="test_accuracy", x=x, title=title, ylabel="test accuracy",
+                       hline=None if majority_rate is None else
+                       (majority_rate, f"majority class ({100 * majority_rate:.1f}%)"))
+
+
+def plot_metric(runs: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, *, key: str, ylabel: str,
+                x: str = "round", title: str = "", hline: tuple[float, str] | None = None) -> Path:
+    """One line per run (method): ``key`` of the rows that have it against ``x`` ("round" or
+    "sim_time_s"), the y axis labelled ``ylabel``; ``hline``: (value, label) of a dashed reference."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = plt.get_cmap("tab20").colors
     styles = ("-", "--", ":", "-.")
     for i, (label, rows) in enumerate(runs.items()):
-        ev = _eval_rows(rows)
+        ev = [r for r in rows if r.get(key) is not None]
         if not ev:
             continue
         # 20 distinct colours x 4 line styles: no two of up to 80 methods look alike
-        ax.plot([r[x] for r in ev], [r["test_accuracy"] for r in ev], marker="o", ms=3, label=label,
+        ax.plot([r[x] for r in ev], [r[key] for r in ev], marker="o", ms=3, label=label,
                 color=colours[(2 * i) % 20 + (i // 10) % 2], linestyle=styles[(i // 20) % 4])
-    if majority_rate is not None:
-        ax.axhline(majority_rate, color="grey", linestyle="--", linewidth=1,
-                   label=f"majority class ({100 * majority_rate:.1f}%)")
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
     ax.set_xlabel("round" if x == "round" else "simulated time (s)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_perplexity(rows: Sequence[Mapping[str, Any]], out: Path, *, x: str = "round") -> Path | None:
+    """Causal LM: test and held-out perplexity against ``x`` ("round" or "sim_time_s"), and each
+    client's validation perplexity as a thin line; log scale. None when no row has a perplexity."""
+    ev = [r for r in rows if r.get("test_perplexity") is not None]
+    if not ev:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = [r[x] for r in ev]
+    per_client = [r.get("client_val_perplexity") or [] for r in ev]
+    for c in range(max((len(p) for p in per_client), default=0)):
+        ys = [p[c] if c < len(p) and p[c] is not None else np.nan for p in per_client]
+        ax.plot(xs, ys, color="grey", alpha=0.35, linewidth=0.8, label="client validation" if c == 0 else None)
+    ax.plot(xs, [r["test_perplexity"] for r in ev], marker="o", ms=3, color="C0", label="test")
+    if any(r.get("heldout_perplexity") is not None for r in ev):
+        ax.plot(xs, [r.get("heldout_perplexity", np.nan) for r in ev], marker="s", ms=3, color="C1",
+                label="held-out")
+    ax.set_yscale("log")
+    ax.set_xlabel("round" if x == "round" else "simulated time (s)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)

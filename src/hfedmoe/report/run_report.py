@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hfedmoe.report.advice import drift_warnings, plural
 from hfedmoe.report.classes import human_duration, learning_warnings
 from hfedmoe.report.metrics import read_metrics
 from hfedmoe.report.mechanisms import mechanism_summary, render_mechanisms
-from hfedmoe.report.plots import plot_accuracy, plot_heatmaps
+from hfedmoe.report.plots import plot_accuracy, plot_heatmaps, plot_perplexity
 
 #: The clients table lists every client up to this many; beyond, the largest ones plus aggregates.
 MAX_CLIENT_ROWS = 30
@@ -56,8 +57,10 @@ def _lm_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not ev:
         return {}
     out: dict[str, Any] = {}
-    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity"):
+    for key in ("test_perplexity", "heldout_perplexity", "client_val_perplexity", "client_val_perplexity_mean",
+                "test_loss"):
         out[f"initial_{key}"], out[f"final_{key}"] = ev[0].get(key), ev[-1].get(key)
+    out["best_test_perplexity"] = min(r["test_perplexity"] for r in ev)
     return out
 
 
@@ -76,16 +79,23 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     rows = read_metrics(out_dir / "metrics.jsonl")
     summary = {**summarize(rows), **{k: v for k, v in context.items() if k != "clients"}}
     summary["wall_time_human"] = human_duration(summary.get("wall_time_s"))
-    summary["warnings"] = learning_warnings(summary.get("final_test_accuracy"), summary.get("majority_rate"),
-                                            summary.get("final_test_pred_share") or [], summary.get("label_names"))
+    summary["warnings"] = [*context.get("data_warnings", []), *learning_warnings(
+        summary.get("final_test_accuracy"), summary.get("majority_rate"), summary.get("final_test_pred_share") or [],
+        summary.get("label_names")), *drift_warnings(rows, context.get("test_label_share") or [],
+                                                    summary.get("label_names"))]
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     label = summary["method"] or "run"
-    plots = {
-        "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round",
-                                               majority_rate=summary.get("majority_rate")),
-        "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s",
-                                              majority_rate=summary.get("majority_rate")),
-    }
+    if summary.get("initial_test_perplexity") is not None:  # causal LM: perplexity, no accuracy
+        plots = {f"perplexity_vs_{x}.png": plot_perplexity(rows, out_dir / f"perplexity_vs_{x}.png",
+                                                            x="sim_time_s" if x == "time" else x)
+                 for x in ("round", "time")}
+    else:
+        plots = {
+            "accuracy_vs_round.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_round.png", x="round",
+                                                   majority_rate=summary.get("majority_rate")),
+            "accuracy_vs_time.png": plot_accuracy({label: rows}, out_dir / "accuracy_vs_time.png", x="sim_time_s",
+                                                  majority_rate=summary.get("majority_rate")),
+        }
     clients = context.get("clients", [])
     n = len(clients)
     labels = [f"{c['client_id']} {c['profile']} b={c['budget']}" for c in clients]
@@ -140,7 +150,7 @@ def _client_lines(clients: list[dict[str, Any]]) -> list[str]:
     if len(clients) > MAX_CLIENT_ROWS:
         sizes = np.array([c["num_train"] for c in clients])
         budgets = np.array([c["budget"] for c in clients])
-        lines += [f"{len(clients)} clients; training examples per client: min {sizes.min()}, median "
+        lines += [f"{plural(len(clients), 'client')}; training examples per client: min {sizes.min()}, median "
                   f"{int(np.median(sizes))}, max {sizes.max()}, total {sizes.sum()}; expert budgets: "
                   + ", ".join(f"{b}: {int((budgets == b).sum())} clients" for b in np.unique(budgets))
                   + f". The table lists the {MAX_CLIENT_ROWS} largest clients.", ""]
@@ -168,7 +178,8 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"# hfedmoe run: {s.get('method')}",
         "",
         f"- model: {s.get('model', '-')}",
-        f"- data: {s.get('dataset', '-')}",
+        f"- data: {s.get('dataset', '-')}" + (f" ({s['data_source']})" if s.get("data_source") else ""),
+        *([f"- classes: {s['classes']}"] if s.get("classes") else []),
         f"- rounds: {s['rounds']}, simulated time {human_duration(s['sim_time_s'])} (compute "
         f"{human_duration(s.get('sim_compute_time_s', 0))}, communication {human_duration(s.get('sim_comm_time_s', 0))}, "
         f"on each round's slowest client), wall time {human_duration(s['wall_time_s'])}",
@@ -179,6 +190,7 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
                f"{c}: {_fmt(a)} -> {_fmt(b)}" for c, (a, b) in
                enumerate(zip(s['initial_client_val_perplexity'], s['final_client_val_perplexity'])))]
           if lm else []),
+        *([f"- sequences: {s['lm_layout']}"] if lm and s.get("lm_layout") else []),
         f"- failed client-rounds: {s['failed_client_rounds']}; upload {s['upload_bytes_per_round'] / 1e6:.2f} MB "
         f"and download {s['download_bytes_per_round'] / 1e6:.2f} MB per round",
         f"- rejected client updates: {s.get('rejected_client_rounds', 0)}"

@@ -1,10 +1,10 @@
-"""The Flower ClientApp: one node = one client (its ``partition-id``), training with the same
+"""The Flower ClientApp: one node = one client, training with the same
 :func:`~hfedmoe.client.train_client` as the in-process engine.
 
 A node builds the model and the federation's data from the run config the server sends (seeded, so
 every node builds the same partition the server planned with) and keeps them between messages of
-the same run. Node config: ``partition-id`` (required), ``profile`` (device profile; default: the
-run config's cycle of ``clients.profiles``).
+the same run. The server assigns each node its client (``client_id`` in every message); node
+config ``partition-id`` is only a suggestion it answers the server's hello with.
 """
 
 from __future__ import annotations
@@ -69,20 +69,20 @@ def _node(msg: Message) -> NodeState:
     return _CACHE[text]
 
 
-def _partition(context: Context, num_clients: int) -> int:
-    pid = context.node_config.get("partition-id")
-    if not isinstance(pid, int) or not 0 <= pid < num_clients:
-        raise HFedMoEError(f"node-config partition-id: expected an integer in [0, {num_clients - 1}], got {pid!r}")
-    return pid
+def _client(msg: Message, fed: FederationData) -> int:
+    """The client the server asks this node to act as (the server assigns it, see ``nodes.py``)."""
+    cid = msg.content.config_records["config"]["client_id"]
+    if not isinstance(cid, int) or not 0 <= cid < len(fed.clients):
+        raise HFedMoEError(f"client_id: expected an integer in [0, {len(fed.clients) - 1}], got {cid!r}")
+    return cid
 
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Tell the server which client this node holds and its device profile."""
-    cfg, _ = _config(msg)
-    pid = int(context.node_config.get("partition-id", -1))
-    profile = str(context.node_config.get("profile", "")) or cfg.clients.profiles[pid % len(cfg.clients.profiles)]
-    return Message(RecordDict({"hello": ConfigRecord({"partition-id": pid, "profile": profile})}), reply_to=msg)
+    """Suggest a partition to the server (node config ``partition-id``; the server decides)."""
+    pid = context.node_config.get("partition-id")
+    info = ConfigRecord({"partition-id": pid} if isinstance(pid, (int, str)) else {})
+    return Message(RecordDict({"hello": info}), reply_to=msg)
 
 
 @app.train()
@@ -90,11 +90,9 @@ def train(msg: Message, context: Context) -> Message:
     """Load the global model (only the held experts in restrict mode), rebuild the plan, train."""
     node = _node(msg)
     cfg, mm, fed = node.cfg, node.mm, node.fed
+    del context
     c = msg.content.config_records["config"]
-    cid = int(c["client_id"])
-    if cid != _partition(context, len(fed.clients)):
-        raise HFedMoEError(f"train: asked to train client {cid}, this node holds partition "
-                           f"{context.node_config.get('partition-id')!r}")
+    cid = _client(msg, fed)
     try:
         load_model_record(mm, msg.content.array_records["model"])
     except CodecError as exc:
@@ -107,15 +105,17 @@ def train(msg: Message, context: Context) -> Message:
         method.seed = cfg.seed
         local = method.plan(mm, info, round_idx)
     plan = plan_from_json(str(c["plan"]), local)
-    upd = train_client(mm, cid, fed.tokens, fed.clients[cid].train_idx, plan, train_settings(cfg), seed=int(c["seed"]))
+    upd = train_client(mm, cid, fed.tokens, fed.clients[cid].train_idx, plan, train_settings(cfg), seed=int(c["seed"]),
+                      nonce=str(c.get("nonce", "")))
     return Message(update_to_record(upd), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this client's validation split."""
+    del context
     node = _node(msg)
-    cid = _partition(context, len(node.fed.clients))
+    cid = _client(msg, node.fed)
     load_model_record(node.mm, msg.content.array_records["model"])
     acc = client_val_accuracy(node.mm, node.fed, cid, node.cfg.train.eval_batch_size)
     return Message(RecordDict({"eval": MetricRecord({"client_id": cid, "accuracy": float(acc)})}), reply_to=msg)

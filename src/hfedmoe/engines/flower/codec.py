@@ -49,8 +49,8 @@ def _put(rec: ArrayRecord, key: str, t: torch.Tensor, bf16: list[str]) -> None:
 
 
 def _get(rec: ArrayRecord, key: str, bf16: set[str]) -> torch.Tensor:
-    arr = rec[key].numpy()
-    t = torch.from_numpy(np.array(arr, copy=True))
+    arr = rec[key].numpy()  # np.load of the record's bytes: a fresh, writable array, shared as is
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     return t.view(torch.bfloat16) if key in bf16 else t
 
 
@@ -80,7 +80,8 @@ def update_to_record(upd: ClientUpdate) -> RecordDict:
         _put(stats, "peak_expert_state", upd.peak_expert_state, bf16)
     rd = RecordDict()
     rd["experts"], rd["routers"], rd["dense"], rd["stats"] = experts, routers, dense, stats
-    rd["meta"] = ConfigRecord({"client_id": int(upd.client_id), "num_examples": int(upd.num_examples)})
+    rd["meta"] = ConfigRecord({"client_id": int(upd.client_id), "num_examples": int(upd.num_examples),
+                               "nonce": str(upd.nonce)})
     rd["metrics"] = MetricRecord({k: float(v) for k, v in upd.metrics.items()})
     rd["codec"] = ConfigRecord({_BF16: bf16} if bf16 else {})
     return rd
@@ -136,6 +137,7 @@ def record_to_update(rd: RecordDict) -> ClientUpdate:
         selected_counts=_get(stats, "selected_counts", bf16),
         metrics={k: float(v) for k, v in rd.metric_records["metrics"].items()},
         peak_expert_state=_get(stats, "peak_expert_state", bf16) if "peak_expert_state" in stats else None,
+        nonce=str(meta.get("nonce", "")),
     )
 
 

@@ -7,11 +7,13 @@ validation is federated evaluation; everything else (planning, the metrics row, 
 test set, checkpoints) is the in-process engine's code.
 
 ``app`` is the ServerApp that ``flwr run`` starts (run config keys: ``config`` = a TOML preset,
-``out`` = the run directory, ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool).
+``out`` = the run directory, ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool, and
+any dotted config field, e.g. ``federation.rounds``: see :func:`run_overrides`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,9 +25,9 @@ from flwr.serverapp import Grid, ServerApp
 from hfedmoe.config import RunConfig, load_config
 from hfedmoe.engines.flower.strategy import HFedMoEStrategy
 from hfedmoe.engines.shared import ClientSummary, RoundResult
+from hfedmoe.engines.resume import check_allow_change
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.federation.budgeting import compute_budgets
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +42,6 @@ class FlowerRun(Simulation):
                                f"{cfg.engine.name!r}")
         self.strategy = HFedMoEStrategy(self)
         self.grid: Grid | None = None
-
-    def set_profiles(self, profiles: dict[int, str]) -> None:
-        """Device profiles reported by the nodes (node config ``profile``); budgets follow them."""
-        changed = {c: p for c, p in profiles.items() if self.fed.clients[c].profile != p}
-        if changed:
-            log.info("flower: node profiles differ from the config's cycle: %s", changed)
-            for c, p in changed.items():
-                self.fed.clients[c].profile = p
-            self.budgets = compute_budgets(self.cfg, self.mm, self.fed)
 
     def _grid(self) -> Grid:
         if self.grid is None:
@@ -96,6 +89,19 @@ def make_server_app(run: FlowerRun, holder: dict[str, Any]) -> ServerApp:
     return app
 
 
+def run_overrides(run_config: dict[str, Any]) -> list[str]:
+    """``--set`` overrides from a Flower run config: the ``;``-separated ``overrides`` string, then
+    every dotted key (``federation.rounds``, ``train.lr``, ...: the app's pyproject lists the common
+    ones) whose value is not ``""`` (= keep the preset's value), typed as Flower typed it."""
+    out = [x for x in str(run_config.get("overrides", "")).split(";") if x.strip()]
+    for key, value in run_config.items():
+        if "." in key and value != "":
+            literal = json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(
+                value, bool) else repr(value)
+            out.append(f"{key}={literal}")
+    return out
+
+
 app = ServerApp()
 
 
@@ -103,10 +109,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Deployment entry point (``flwr run``): the run config names the preset and the run folder."""
     rc = context.run_config
-    overrides = [x for x in str(rc.get("overrides", "")).split(";") if x.strip()]
-    cfg = load_config(str(rc["config"]), overrides)
+    cfg = load_config(str(rc["config"]), run_overrides(rc))
     out = Path(str(rc["out"]))
     run = FlowerRun(cfg, out)
     if bool(rc.get("resume", False)):
-        run.restore()
+        # "allow-change": ';'-separated safe fields that may differ from the checkpoint's config
+        allow = {x.strip() for x in str(rc.get("allow-change", "")).split(";") if x.strip()}
+        check_allow_change(allow)
+        run.restore(discard_invalid=bool(rc.get("discard-invalid", False)), allow_change=allow)
     run.strategy.start(grid, num_rounds=cfg.federation.rounds)

@@ -19,7 +19,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from hfedmoe.client import ClientUpdate
 from hfedmoe.config import config_to_dict
@@ -30,9 +29,10 @@ from hfedmoe.engines.flower.codec import (
     record_to_update,
     wire_bytes,
 )
+from hfedmoe.engines.flower.nodes import assign_clients, partition_hint, wait_for_nodes
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.budgeting import download_bytes
-from hfedmoe.methods.base import ClientInfo, open_aggregation
+from hfedmoe.methods.base import ClientInfo
 from hfedmoe.moe import MoEModel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +48,7 @@ def _aggregate(run: Any, updates: list[ClientUpdate], round_idx: int) -> dict[st
     update through ``run.receive`` into the method's running sums, then ``finish``)."""
     if not updates:
         return {}
-    aggregation = open_aggregation(run.method, run.mm, round_idx)
+    aggregation = run.open_round_aggregation(round_idx)
     for update in updates:
         run.receive(aggregation, update)
     return aggregation.finish()
@@ -113,45 +113,71 @@ class RoundState:
     wire_down: dict[int, int] = field(default_factory=dict)  # cid -> serialised bytes sent
     wire_up: dict[int, int] = field(default_factory=dict)  # cid -> serialised bytes received
     reasons: dict[int, str] = field(default_factory=dict)  # cid -> why it failed the round
+    client_of: dict[int, int] = field(default_factory=dict)  # node id -> the client it was asked to train
 
 
 class HFedMoEStrategy(Strategy):
-    """Drives one :class:`FlowerRun`: its method, model, budgets and metrics."""
+    """Drives one :class:`FlowerRun`: its method, model, budgets and metrics (the engine's own
+    strategy; in your own ServerApp use :class:`~hfedmoe.engines.flower.moe_strategy.HFedMoE`)."""
 
     def __init__(self, run: FlowerRun) -> None:
         self.run = run
-        self.node_of: dict[int, int] = {}  # client id -> node id
+        self.node_of: dict[int, int] = {}  # client id -> node id (assigned by connect/_adopt)
+        self._eval_client_of: dict[int, int] = {}  # node id -> client it evaluates this round
+        self._asked: set[int] = set()  # nodes sent a hello (each once)
+        self._hints: dict[int, Any] = {}  # node id -> the partition it suggested (nodes that answered)
         self.state = RoundState()
         self._config_toml = _toml(run)
 
     # --- nodes ---------------------------------------------------------------------------
     def connect(self, grid: Grid) -> None:
-        """Wait until one node per client is connected and learn which node holds which client
-        (``partition-id``) and its device profile (``profile`` in its node config)."""
-        n = len(self.run.fed.clients)
-        _, nodes = sample_nodes(grid, min_available_nodes=n, sample_size=0)
-        msgs = [Message(RecordDict({"config": ConfigRecord({"run_config": self._config_toml})}), node, HELLO)
-                for node in nodes]
-        replies = list(grid.send_and_receive(msgs, timeout=self.run.cfg.engine.round_timeout_s))
-        profiles: dict[int, str] = {}
-        for reply in replies:
-            if reply.has_error():
-                log.warning("node %s: hello failed: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            info = reply.content.config_records["hello"]
-            cid = int(info["partition-id"])
-            if not 0 <= cid < n or cid in self.node_of:
-                raise HFedMoEError(f"node-config partition-id: expected distinct integers in [0, {n - 1}], got {cid}")
-            self.node_of[cid] = reply.metadata.src_node_id
-            profiles[cid] = str(info["profile"])
-        missing = sorted(set(range(n)) - set(self.node_of))
-        if missing:
-            raise HFedMoEError(f"flower: no node answered for partitions {missing} (need one node per client)")
-        self.run.set_profiles(profiles)
-        log.info("flower: %d nodes connected: %s", n, {c: self.node_of[c] for c in sorted(self.node_of)})
+        """Wait (at most ``engine.connect_timeout_s``) for one node per client, then assign client
+        ids to the nodes that answer (:mod:`~hfedmoe.engines.flower.nodes`). Fewer than
+        ``engine.min_clients`` answering nodes: :class:`HFedMoEError`; otherwise the clients
+        without a node fail their rounds until a node joins (checked every round)."""
+        e = self.run.cfg.engine
+        deadline = time.monotonic() + e.connect_timeout_s
+        nodes = wait_for_nodes(grid, len(self.run.fed.clients), e.min_clients, e.connect_timeout_s)
+        self._adopt(grid, nodes, max(1.0, deadline - time.monotonic()))
+        self._require(self._live(grid), "after start-up")
+        log.info("flower: clients -> nodes: %s", {c: self.node_of[c] for c in sorted(self.node_of)})
+
+    def _adopt(self, grid: Grid, nodes: Iterable[int], timeout: float) -> None:
+        """Give the clients without a live node to live ``nodes`` no client is assigned to. A node
+        is asked for its suggestion (hello) once, at most ``timeout`` seconds; one that does not
+        answer, or answers with an error, is never used (so no later round waits for it again)."""
+        live = set(self._live(grid))
+        held = {nd for nd in self.node_of.values() if nd in live}
+        free = [c for c in range(len(self.run.fed.clients)) if self.node_of.get(c) not in live]
+        ask = [nd for nd in nodes if nd not in held and nd not in self._asked]
+        if not free:
+            return
+        if ask:
+            self._asked.update(ask)
+            msgs = [Message(RecordDict({"hello": ConfigRecord({})}), nd, HELLO) for nd in ask]
+            for reply in grid.send_and_receive(msgs, timeout=timeout):
+                node = int(reply.metadata.src_node_id)
+                if node not in ask:
+                    continue
+                if reply.has_error():
+                    log.warning("flower: node %s: hello failed: %s", node, reply.error.reason)
+                    continue
+                self._hints[node] = partition_hint(reply)
+            silent = sorted(set(ask) - set(self._hints))
+            if silent:
+                log.warning("flower: nodes %s did not answer the hello within %.0f s; not used", silent, timeout)
+        spare = {nd: self._hints[nd] for nd in nodes if nd in self._hints and nd not in held and nd in live}
+        self.node_of.update(assign_clients(free, spare))
+
+    def _require(self, live: set[int], when: str) -> None:
+        ok = sum(1 for nd in self.node_of.values() if nd in live)
+        need = self.run.cfg.engine.min_clients
+        if ok < need:
+            raise HFedMoEError(f"engine.min_clients: expected at least {need} clients with a live node {when}, "
+                               f"got {ok} (nodes lost or not answering)")
 
     def _live(self, grid: Grid) -> set[int]:
-        return set(grid.get_node_ids())
+        return {int(n) for n in grid.get_node_ids()}
 
     # --- training ------------------------------------------------------------------------
     def configure_train(
@@ -165,6 +191,9 @@ class HFedMoEStrategy(Strategy):
         run.guard.begin_round(mm)  # the global reference replies are checked against
         st = RoundState(sampled=sampled, failed=failed, dropped=dropped)
         live = self._live(grid)
+        if any(self.node_of.get(c) not in live for c in range(len(run.fed.clients))):
+            self._adopt(grid, sorted(live), run.cfg.engine.connect_timeout_s)  # nodes that (re)joined
+        self._require(live, f"in round {server_round}")
         full_down = download_bytes(mm)
         msgs = []
         for cinfo in training:
@@ -181,12 +210,14 @@ class HFedMoEStrategy(Strategy):
                 "run_config": self._config_toml, "round": server_round, "client_id": cid,
                 "budget": int(cinfo.budget), "num_examples": int(cinfo.num_examples), "profile": cinfo.profile,
                 "seed": run.client_seed(server_round, cid), "plan": plan_to_json(plan),
+                "nonce": run.guard.nonce(cid),  # echoed in the reply: a stale or replayed one is rejected
             })
             content = RecordDict({"model": model_to_record(mm, plan.restrict), "config": cfg})
             st.infos[cid] = cinfo
             st.down[cid] = run.method.download_bytes(mm, cinfo, full_down)
             st.wire_down[cid] = wire_bytes(content)
             run.on_event({"kind": "client_start", "round": server_round, "client": cid})
+            st.client_of[self.node_of[cid]] = cid
             msgs.append(Message(content, self.node_of[cid], TRAIN, group_id=str(server_round)))
         self.state = st
         return msgs
@@ -200,21 +231,25 @@ class HFedMoEStrategy(Strategy):
         by_client: dict[int, ClientUpdate] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
-            cid = next((c for c, nd in self.node_of.items() if nd == node), None)
-            if cid is None or cid not in st.infos:
-                log.warning("round %d: reply from unexpected node %s ignored", server_round, node)
+            cid = st.client_of.get(node)
+            if cid is None or cid in by_client or cid in st.reasons:
+                log.warning("round %d: unexpected or repeated reply from node %s ignored", server_round, node)
                 continue
             if reply.has_error():
                 self._reject(server_round, cid, f"client error: {reply.error.reason}")
                 continue
-            try:
+            try:  # any exception a hostile or broken record raises fails this client only
                 upd = record_to_update(reply.content)
-            except CodecError as exc:
-                self._reject(server_round, cid, f"malformed reply: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                msg = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+                self._reject(server_round, cid, f"malformed reply: {msg}")
                 continue
-            reason = _validate(upd, run.mm, st.infos[cid])
-            if reason is None:  # the in-process engine's checks (core/validation.py) as well
-                reason = run.guard.receive(server_round, run.mm, st.infos[cid], st.plans[cid], upd)
+            try:
+                reason = _validate(upd, run.mm, st.infos[cid])
+                if reason is None:  # the in-process engine's checks (core/validation.py) as well
+                    reason = run.guard.receive(server_round, run.mm, st.infos[cid], st.plans[cid], upd)
+            except Exception as exc:  # noqa: BLE001
+                reason = f"{type(exc).__name__}: {exc}"
             if reason is not None:
                 self._reject(server_round, cid, f"invalid update: {reason}")
                 continue
@@ -241,24 +276,38 @@ class HFedMoEStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The full global model to every live node, which evaluates it on its validation split."""
+        """The full global model to every live node, which evaluates it on the validation split of
+        the client it holds (named in the message)."""
         del arrays, config
         model = model_to_record(self.run.mm)
         live = self._live(grid)
-        cfg = ConfigRecord({"run_config": self._config_toml, "round": server_round})
-        return [Message(RecordDict({"model": model, "config": cfg}), node, EVALUATE, group_id=f"eval-{server_round}")
+        self._eval_client_of = {nd: cid for cid, nd in self.node_of.items() if nd in live}
+        return [Message(RecordDict({"model": model, "config": ConfigRecord({
+                    "run_config": self._config_toml, "round": server_round, "client_id": cid})}),
+                        node, EVALUATE, group_id=f"eval-{server_round}")
                 for cid, node in sorted(self.node_of.items()) if node in live]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Per-client validation accuracy (NaN for a client that did not answer)."""
+        """Per-client validation accuracy (NaN for a client that did not answer or answered
+        something other than one accuracy in [0, 1])."""
         acc = [float("nan")] * len(self.run.fed.clients)
         for reply in replies:
-            if reply.has_error():
-                log.warning("round %d: evaluation failed on node %s: %s", server_round,
-                            reply.metadata.src_node_id, reply.error.reason)
+            node = reply.metadata.src_node_id
+            cid = self._eval_client_of.get(node)
+            if cid is None:
                 continue
-            m = reply.content.metric_records["eval"]
-            acc[int(m["client_id"])] = float(m["accuracy"])
+            if reply.has_error():
+                log.warning("round %d: evaluation failed on node %s: %s", server_round, node, reply.error.reason)
+                continue
+            try:
+                value = reply.content.metric_records["eval"]["accuracy"]
+                ok = isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0
+            except Exception:  # noqa: BLE001 (a malformed reply is a missing accuracy)
+                ok = False
+            if not ok:
+                log.warning("round %d: malformed evaluation reply from node %s ignored", server_round, node)
+                continue
+            acc[cid] = float(value)
         return MetricRecord({"client_val_accuracy": acc})
 
     # --- the run -------------------------------------------------------------------------

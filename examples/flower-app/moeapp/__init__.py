@@ -1,0 +1,1 @@
+"""moeapp: MoE fine-tuning with hfedmoe's HFedMoE Strategy, laid out like `flwr new` makes apps."""
