@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-llm demo-method test test-slow bench bench-lm perf clean-venv docs-results docs-config
+.PHONY: install demo demo-llm demo-method test test-slow bench bench-lm perf clean-venv docs-results docs-config gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -77,6 +77,11 @@ perf: install
 	$(PERF) benchmarks/bench_memory.py --clients 4 50
 	$(PERF) benchmarks/bench_experts.py --repeats 5
 	$(PERF) benchmarks/bench_eval.py
+
+# The GPU path in one script (scripts/gpu_check.py: parity, fp32/bf16/fp16, 4-bit, presets, syncs,
+# step-time ratios); on a machine without CUDA it prints "no CUDA device: skipped" and exits 0.
+gpu-check: install
+	$(PERF) scripts/gpu_check.py
 
 # Rerun the demo and write its numbers into README.md and docs/results/demo/ (~8 min alone on 2 cores),
 # so the README cannot drift from the code. `scripts/docs_results.py --from DIR` re-renders without a rerun.

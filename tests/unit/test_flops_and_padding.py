@@ -155,8 +155,8 @@ def test_score_experts_runs_once_per_batch_and_layer(monkeypatch):
     mm = wrap(tiny_model("minilm_moe", seed=0))
     plan = HFedMoE().plan(mm, ClientInfo(0, 2, 16, "x"), 1)
     calls = []
-    real = importance.score_experts
-    monkeypatch.setattr(importance, "score_experts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = importance.masked_token_scores  # s_b on the training path (score_experts without host reads)
+    monkeypatch.setattr(importance, "masked_token_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
     train_client(mm, 0, _data(), np.arange(16), plan, TrainSettings(local_steps=2, batch_size=8), seed=0)
     assert len(calls) == 2 * mm.num_layers  # 2 batches; the selector's s_b is reused for the importance
 

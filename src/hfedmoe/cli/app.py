@@ -93,6 +93,12 @@ def _banner(sim: Any, cfg: Any, quiet: bool) -> None:
         console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
                       f"{len(sim.fed.clients)} clients, budgets {_budget_text([b.budget for b in sim.budgets])}",
                       highlight=False, markup=True)
+    if not quiet and hasattr(sim, "mm"):  # in-process engine: the memory plan (`hfedmoe plan`), warned when tight
+        from hfedmoe.federation.memory import plan_memory
+
+        plan = plan_memory(cfg, sim.mm, sim.budgets, sim.device.type)
+        tight = plan.process_peak > plan.machine_available
+        (err_console if tight else console).print(("warning: " if tight else "") + plan.header(), highlight=False)
 
 
 def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
@@ -451,6 +457,9 @@ def pretrain(
 from hfedmoe.cli.predict import predict  # noqa: E402 - a command in its own module
 
 app.command()(predict)
+from hfedmoe.cli.plan import plan  # noqa: E402 - the command lives with its logic
+
+app.command()(plan)
 for _info in app.registered_commands:  # every command, also those added above by other modules
     if _info.cls in (None, TyperCommand):
         _info.cls = PlainHelpCommand

@@ -44,8 +44,10 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int, temperat
 
     check_max_new_tokens(max_new_tokens)
     torch.manual_seed(seed)
+    from hfedmoe.client.train import to_device
+
     ids = prompt_ids(tokenizer, prompt)  # (1, S)
-    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    enc = to_device({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, next(model.parameters()).device)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sample = temperature > 0
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,

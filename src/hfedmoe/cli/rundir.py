@@ -52,4 +52,7 @@ def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
     mm = wrap_for_run(model, cfg.model)
     tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
     model.load_state_dict(tensors, strict=True)
+    from hfedmoe.federation.runtime import place_model
+
+    model, _ = place_model(model, cfg)  # the run's device (runtime.device), like the engines
     return LoadedRun(cfg, model, tokenizer, mm, rounds[-1])

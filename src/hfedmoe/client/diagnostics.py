@@ -16,44 +16,55 @@ from __future__ import annotations
 
 import torch
 
-from hfedmoe.core.importance import ib_combine
-from hfedmoe.core.selection import routed_experts, select_experts
-from hfedmoe.moe.contexts import LayerRouting, routing_kl, routing_scores
+from hfedmoe.core.selection import routed_pair_counts, selection_mask
+from hfedmoe.moe.contexts import LayerRouting, routing_ib_scores, routing_scores
 
 COUNT_KEYS = ("decisions", "differ_hfedmoe_freq", "differ_hfedmoe_noib", "differ_noib_freq")
+_SUM_KEYS = (*COUNT_KEYS, "ib_scale_sum")
 
 
 class SelectionDiagnostics:
-    """Accumulates selection disagreement over (batch, layer) decisions of one client."""
+    """Accumulates selection disagreement over (batch, layer) decisions of one client.
+
+    The sums stay on the routing's device (masks, no data-dependent shapes): :meth:`update` never
+    reads the device; :meth:`counts` reads it once."""
 
     def __init__(self, *, lam: float, beta: float, budget: int, num_experts: int, pooling: str = "token",
                  ib_scale: str = "raw") -> None:
         self.lam, self.beta, self.budget, self.num_experts = lam, beta, int(budget), num_experts
         self.pooling, self.ib_scale = pooling, ib_scale
-        self.sums = dict.fromkeys(COUNT_KEYS, 0.0)
-        self.sums["ib_scale_sum"] = 0.0
+        self._sums: torch.Tensor | None = None  # (5,) float64 in _SUM_KEYS order, on the device
 
     def update(self, routing: LayerRouting) -> None:
         """One decision from one layer's routing (``gate_probs (T, E)``, ``topk_idx (T, k)``,
-        ``token_mask (T,)``)."""
-        gate_probs, topk_idx, token_mask = routing
-        if not bool(token_mask.any()) or self.budget < 1:
+        ``token_mask (T,)``); a batch with no real token counts nowhere. Scores come from the
+        routing's memo (shared with the selector) with the run's pooling and ``ib_scale``."""
+        if self.budget < 1:
             return
+        _, topk_idx, token_mask = routing
         E = self.num_experts
-        routed = routed_experts(topk_idx, token_mask, E)  # (E,)
+        hits = routed_pair_counts(topk_idx, token_mask, E).to(torch.float32)  # (E,)
+        routed = hits > 0  # (E,)
         s_b = routing_scores(routing, self.lam, self.pooling)  # (E,)
-        kl = routing_kl(routing, self.pooling)  # (E,)
-        hits = torch.bincount(topk_idx[token_mask].reshape(-1), minlength=E).to(torch.float32)  # (E,)
-        i_b = ib_combine(s_b, kl, self.beta, ib_scale=self.ib_scale, candidates=routed)  # (E,)
-        hfed = set(select_experts(i_b, routed, self.budget).tolist())
-        noib = set(select_experts(s_b, routed, self.budget).tolist())
-        freq = set(select_experts(hits, hits > 0, self.budget).tolist())
-        self.sums["decisions"] += 1
-        self.sums["differ_hfedmoe_freq"] += float(hfed != freq)
-        self.sums["differ_hfedmoe_noib"] += float(hfed != noib)
-        self.sums["differ_noib_freq"] += float(noib != freq)
-        spread = float(s_b.std()) if E > 1 else 0.0
-        self.sums["ib_scale_sum"] += float((s_b - i_b).std()) / spread if spread > 0 else 0.0
+        i_b = routing_ib_scores(routing, self.lam, self.beta, self.pooling, self.ib_scale)  # (E,)
+        hfed = selection_mask(i_b, routed, self.budget)  # (E,) bool
+        noib = selection_mask(s_b, routed, self.budget)
+        freq = selection_mask(hits, routed, self.budget)
+        real = token_mask.to(s_b.device).any().to(torch.float64)  # () 1 for a decision, 0 for all padding
+        if E > 1:
+            spread = s_b.std()
+            ratio = torch.where(spread > 0, (s_b - i_b).std() / spread.clamp_min(1e-30), 0.0)
+        else:
+            ratio = torch.zeros((), device=s_b.device)
+        row = torch.stack([torch.ones((), dtype=torch.float64, device=s_b.device),
+                           (hfed != freq).any().double(), (hfed != noib).any().double(),
+                           (noib != freq).any().double(), ratio.double()]) * real  # (5,)
+        self._sums = row if self._sums is None else self._sums + row
+
+    @property
+    def sums(self) -> dict[str, float]:
+        values = [0.0] * len(_SUM_KEYS) if self._sums is None else self._sums.tolist()  # one read
+        return dict(zip(_SUM_KEYS, values))
 
     def counts(self) -> dict[str, float]:
         """Sums over this client's decisions (add them over clients, then call :func:`rates`)."""

@@ -65,7 +65,14 @@ def experts_with_grad(expert_leaves: Leaves) -> list[tuple[int, int]]:
 def grad_norms(expert_leaves: Leaves, num_layers: int, num_experts: int) -> torch.Tensor:
     """(L, E) float64: L2 norm of each expert's gradient (0 where it has none)."""
     out = torch.zeros(num_layers, num_experts, dtype=torch.float64)
-    for (layer, e), leaves in expert_leaves.items():
-        sq = sum(float(t.grad.detach().double().pow(2).sum()) for t in leaves if t.grad is not None)
-        out[layer, e] = sq ** 0.5
+    keys, sqs = [], []
+    for key, leaves in expert_leaves.items():
+        grads = [t.grad.detach().double().pow(2).sum() for t in leaves if t.grad is not None]
+        if grads:
+            keys.append(key)
+            sqs.append(torch.stack(grads).sum())
+    if sqs:
+        values = torch.stack(sqs).sqrt().cpu()  # one device->host read for every expert
+        for (layer, e), v in zip(keys, values):
+            out[layer, e] = v
     return out

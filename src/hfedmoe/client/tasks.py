@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from hfedmoe.client.train import to_device
 from hfedmoe.data.batches import TokenizedTexts, iter_batches
 from hfedmoe.moe import MoEModel
 
@@ -28,15 +29,16 @@ def evaluate_lm(mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, batch_s
     model = mm.model
     was_training = model.training
     model.eval()
-    loss_sum, tokens = 0.0, 0
+    device = next(model.parameters()).device
+    loss_sum, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in iter_batches(data, indices, batch_size, shuffle=False):
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = int((batch["labels"][:, 1:] != -100).sum())  # host batch: no device read
         if n == 0:
             continue
-        loss_sum += float(model(**batch).loss) * n
+        loss_sum += model(**to_device(batch, device)).loss.double() * n
         tokens += n
     model.train(was_training)
-    loss = loss_sum / tokens if tokens else float("nan")
+    loss = float(loss_sum) / tokens if tokens else float("nan")  # one device read
     return {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan"), "tokens": float(tokens)}
 
 

@@ -20,12 +20,13 @@ from hfedmoe.client.flops import flop_model
 from hfedmoe.client.objective import add_prox_grad, label_counts, local_loss
 from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
-from hfedmoe.core.selection import routed_experts
+from hfedmoe.core.selection import routed_pair_counts
 from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_scores
 from hfedmoe.client.diagnostics import SelectionDiagnostics
+from hfedmoe.client.round_stats import RoundStats
 from hfedmoe.client.state import evict_expert_state, experts_with_grad, grad_norms, live_expert_state
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class TrainSettings:
     pooling: str = "sequence"  # importance upload and diagnostics, unless the plan says otherwise
     ib_scale: str = "raw"  # for the selection diagnostics only
     diagnostics: bool = True
+    foreach: bool = True  # optimizer over all trained tensors at once (foreach kernels)
+    dtype: str = "float32"  # runtime.dtype: float16 scales the loss (GradScaler); autocast is on the model
     prox_mu: float = 0.0  # FedProx weight (client/objective.py)
     loss: str = "ce"  # ce | logit-adjusted | balanced (client/objective.py)
 
@@ -122,8 +125,8 @@ class ClientUpdate:
 
 def _optimizer(params: list[torch.Tensor], s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, foreach=s.foreach)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, foreach=s.foreach)
 
 
 def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
@@ -134,9 +137,7 @@ def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch on ``device`` (the same dict on the CPU)."""
-    if device.type == "cpu":
-        return batch
+    """A batch on ``device`` (on the CPU, ``Tensor.to`` returns the same tensors: no copy)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -202,25 +203,23 @@ def train_client(
     for leaves in expert_leaves.values():
         params += list(leaves)
     opt = _optimizer(params, settings)
+    scaler = torch.amp.GradScaler(device.type) if settings.dtype == "float16" else None  # fp16 only
     anchors = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []  # FedProx: w_global
     counts = None  # (C,) the client's label counts, for train.loss other than ce
 
     steps_per_epoch = num_batches(len(indices), settings.batch_size)
     total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
 
-    usage_acc = [UsageAccumulator(E) for _ in range(L)]  # Eq. 16 over all the client's tokens
-    imp_sum = torch.zeros(L, E, dtype=torch.float64)
     trained = torch.zeros(L, E, dtype=torch.bool)
-    selected_counts = torch.zeros(L, E, dtype=torch.long)
-    num_batches_done = 0
-    loss_sum = 0.0
-    aux_sum = 0.0
+    shapes: list[tuple[int, int]] = []  # per step (sequences, padded length): host numbers
+    aux_sum: float | torch.Tensor = 0.0  # on the device once added to (read once at the end)
     flops = flop_model(mm, parts, train_routers=train_routers)  # the one FLOP model (core/flops.py)
     fwd_flops, bwd_flops = sum(flops.forward(shape) for shape in profiled), 0.0
     diag = None
     if settings.diagnostics and plan.budget is not None:
         diag = SelectionDiagnostics(lam=settings.lam, beta=settings.beta, budget=plan.budget, num_experts=E,
                                     pooling=pooling, ib_scale=settings.ib_scale)
+    stats = RoundStats(L, E, settings.lam, device, diag, pooling)  # on the device, read once at the end
     peak_state = torch.zeros(L, dtype=torch.long)  # max over steps of experts holding grad/opt state
     first_value: dict[tuple[int, int], list[torch.Tensor]] = {}  # expert -> value before its first step
 
@@ -260,17 +259,17 @@ def train_client(
                         if counts is None:
                             counts = label_counts(data.labels[indices], out.logits.shape[-1])
                         loss = local_loss(settings.loss, out.logits, batch["labels"], counts)
-                    if plan.aux_loss is None:
-                        loss.backward()
-                    else:
+                    total = loss
+                    if plan.aux_loss is not None:
                         aux = plan.aux_loss(cap)
-                        aux_sum += float(aux.detach())
-                        (loss + aux).backward()
+                        aux_sum = aux_sum + aux.detach().double()
+                        total = loss + aux
+                    (total if scaler is None else scaler.scale(total)).backward()
                     chosen = [ctx.selected[l] for l in range(L)]
                     if plan.grad_selector is not None and expert_leaves:
                         norms = grad_norms(expert_leaves, L, E)  # (L, E)
-                        routed = torch.stack([routed_experts(cap.layer(l).topk_idx, cap.layer(l).token_mask, E).cpu()
-                                              for l in range(L)])  # (L, E)
+                        routed = torch.stack([routed_pair_counts(cap.layer(l).topk_idx, cap.layer(l).token_mask, E)
+                                              for l in range(L)]).cpu() > 0  # (L, E)
                         chosen = [torch.as_tensor(sorted(int(e) for e in sel), dtype=torch.long)
                                   for sel in plan.grad_selector(norms, routed)]
                     # Per-round memory bound: only the experts trained in THIS step keep gradient
@@ -278,51 +277,42 @@ def train_client(
                     keep = {(l, int(e)) for l in range(L) for e in chosen[l]}
                     evict_expert_state(opt, expert_leaves, keep)
                     if anchors:
+                        if scaler is not None:  # the proximal term joins the true (unscaled) gradient
+                            scaler.unscale_(opt)
                         add_prox_grad(params, anchors, settings.prox_mu)
                     for key in experts_with_grad(expert_leaves):
                         if key not in first_value:
                             first_value[key] = [t.detach().clone() for t in expert_leaves[key]]
-                    opt.step()
+                    if scaler is None:
+                        opt.step()
+                    else:  # unscale, skip the step on inf/NaN gradients, adapt the scale
+                        scaler.step(opt)
+                        scaler.update()
                     live = live_expert_state(opt, expert_leaves, L)  # (L,) the step's peak
                     peak_state = torch.maximum(peak_state, live)
                     opt.zero_grad(set_to_none=True)
-                loss_sum += float(loss.detach())
-                expert_pairs, trained_pairs = [], []
-                for l in range(L):
-                    r = cap.layer(l)
-                    if diag is not None:
-                        diag.update(r)
-                    usage_acc[l].update(r.gate_probs, r.token_mask)
-                    # s_b of this batch: reused from the selector when it scored this layer already
-                    imp_sum[l] += routing_scores(r, settings.lam, pooling).double().cpu()
-                    topk = r.topk_idx[r.token_mask].cpu()  # (T_real, k)
-                    sel = torch.as_tensor(chosen[l], dtype=torch.long)
-                    # An expert counts as trained only if a token reached it (else it got no gradient).
-                    sel = sel[torch.isin(sel, topk.unique())] if sel.numel() else sel
-                    if "experts" in parts and sel.numel():
-                        selected_counts[l, sel] += 1
-                    # FLOPs: real token-expert pairs of this batch, and those that went through
-                    # backward (the oracle's: every routed pair, it needs every expert's gradient).
-                    expert_pairs.append(topk.numel())
-                    if plan.grad_selector is not None and "experts" in parts:
-                        trained_pairs.append(topk.numel())
-                    else:
-                        trained_pairs.append(int(torch.isin(topk, sel).sum()) if sel.numel() else 0)
-                f, b = flops.step(BatchShape(num_seq, padded_len, expert_pairs, trained_pairs))
-                fwd_flops += f
-                bwd_flops += b
-                num_batches_done += 1
+                # usage, s_b (reused from the selector), selection counts and FLOP pairs: an expert
+                # counts as trained only if a token reached it (else it got no gradient); the
+                # oracle's every routed pair went through backward (it needs every gradient)
+                stats.add_step(cap, chosen, loss, count_selected="experts" in parts,
+                               all_routed_trained=plan.grad_selector is not None and "experts" in parts)
+                shapes.append((num_seq, padded_len))
                 step += 1
-                if progress is not None:
-                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.item(),
+                if progress is not None:  # the loss as a 0-dim tensor: read only if it is shown
+                    progress({"client": client_id, "step": step, "steps": total_steps, "loss": loss.detach(),
                               "live_expert_state": live.tolist()})
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved_flags[n])
 
-    usage = torch.stack([acc.usage() for acc in usage_acc]).float()  # (L, E) token-weighted over batches
-    num_tokens = usage_acc[0].num_tokens
-    importance = (imp_sum / max(num_batches_done, 1)).float()  # (L, E)
+    totals = stats.finish()  # the round's device reads
+    num_batches_done = stats.num_steps
+    for (num_seq, padded_len), (expert_pairs, trained_pairs) in zip(shapes, totals.step_pairs):
+        f, b = flops.step(BatchShape(num_seq, padded_len, expert_pairs, trained_pairs))
+        fwd_flops += f
+        bwd_flops += b
+    usage, importance, num_tokens = totals.usage, totals.importance, totals.num_tokens  # (L, E), (L, E)
+    selected_counts = totals.selected_counts
     # trained = the expert's parameters really changed (not: it was selected)
     for (l, e), before in first_value.items():
         now = expert_leaves[(l, e)]
@@ -333,7 +323,7 @@ def train_client(
     routers = {l: mm.router_state(l) for l in range(L)} if train_routers else {}
     dense = {n: dense_params[n].detach().clone() for n in dense_names}
     metrics = {
-        "train_loss": loss_sum / max(num_batches_done, 1),
+        "train_loss": totals.loss_sum / max(num_batches_done, 1),
         "steps": float(num_batches_done),
         "tokens": float(num_tokens),
         "forward_flops": fwd_flops,
@@ -341,7 +331,7 @@ def train_client(
         "peak_expert_state_max": float(peak_state.max()) if L else 0.0,
     }
     if plan.aux_loss is not None:
-        metrics["aux_loss"] = aux_sum / max(num_batches_done, 1)
+        metrics["aux_loss"] = float(aux_sum) / max(num_batches_done, 1)
     if diag is not None:
         metrics.update(diag.counts())
     if not math.isfinite(metrics["train_loss"]):

@@ -209,6 +209,17 @@ class TrainConfig:
         "parts trained locally: experts, routers, head, attention, embeddings, norms",
     )
     eval_batch_size: int = _f(64, "batch size for evaluation")
+    dropout: float = _f(
+        -1.0,
+        "hidden dropout while training (the checkpoint's hidden_dropout_prob / resid / FFN dropout "
+        "modules): -1 = the checkpoint's own value; 0 turns it off (a CPU step is then faster, "
+        "benchmarks/RESULTS.md)",
+    )
+    foreach: bool = _f(True, "AdamW/SGD over all trained tensors at once (foreach kernels), else per tensor")
+    gradient_checkpointing: bool = _f(
+        False, "recompute each transformer layer's activations in backward instead of keeping them "
+        "(less activation memory, about one more forward of compute); transformers models only",
+    )
     prox_mu: float = _f(
         0.0, "FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 on the trained parameters; 0 = off")
     loss: str = _f(
@@ -288,8 +299,9 @@ class RuntimeConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu) | cpu | cuda")
     dtype: str = _f(
         "float32",
-        "parameter dtype: float32 | bfloat16 (bfloat16 halves memory; sensible on GPUs with bf16 "
-        "support, slow on most CPUs; training and aggregation then round to bf16)",
+        "compute dtype of forward passes: float32 | bfloat16 | float16 (mixed precision: autocast "
+        "over float32 master weights, float32 gradients and optimizer state, aggregation in float32; "
+        "float16 adds a gradient scaler). Sensible on GPUs; slow on most CPUs",
     )
 
 
@@ -345,7 +357,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
     "runtime.device": ("auto", "cpu", "cuda"),
-    "runtime.dtype": ("float32", "bfloat16"),
+    "runtime.dtype": ("float32", "bfloat16", "float16"),
     "engine.name": ("simulation", "flower-sim"),
     "method.pooling": ("token", "sequence"),
     "method.ib_scale": ("raw", "normalised"),
@@ -467,6 +479,8 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
     need(t.lr > 0, "train.lr", "a float > 0", t.lr)
+    need(t.dropout == -1 or 0 <= t.dropout < 1, "train.dropout", "-1 (the checkpoint's) or a float in [0, 1)",
+         t.dropout)
     need(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
     need(t.loss == "ce" or m.task == "classification", "train.loss",
          "'ce' for model.task = 'causal-lm' (label-count losses need classes)", t.loss)

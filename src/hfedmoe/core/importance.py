@@ -138,17 +138,12 @@ def ib_combine(
         candidates = torch.ones_like(s_b, dtype=torch.bool)
     candidates = _checks.bool_tensor("candidates", candidates, 1, "(E,)").to(s_b.device)
     _checks.check_dim("candidates", candidates, 0, s_b.shape[0], "(E,)", f"E={s_b.shape[0]} matching s_b")
-    return s_b - beta * ib_factor(s_b, kl, candidates) * kl
+    return s_b - (beta * masked_ib_factor(s_b, kl, candidates)).to(kl.dtype) * kl  # no host read
 
 
 def ib_factor(s_b: torch.Tensor, kl: torch.Tensor, candidates: torch.Tensor) -> float:
     """``std_C(s_b) / std_C(KL)`` of :func:`ib_combine` (population std; 0 when undefined)."""
-    if int(candidates.sum()) < 2:
-        return 0.0
-    kl_std = float(kl[candidates].double().std(unbiased=False))
-    if kl_std <= 0.0:
-        return 0.0
-    return float(s_b[candidates].double().std(unbiased=False)) / kl_std
+    return float(masked_ib_factor(s_b, kl, candidates))
 
 
 def compression_kl(
@@ -217,3 +212,64 @@ def _kl(samples: torch.Tensor) -> torch.Tensor:
     log_ratio = torch.log(samples.clamp_min(tiny)) - torch.log(p.clamp_min(tiny))  # (B, E)
     terms = torch.where(samples > 0, samples * log_ratio, torch.zeros_like(samples))  # (B, E)
     return terms.mean(dim=0).clamp_min(0.0)  # (E,)
+
+
+# ------------------------------------------------------------------- hot path (no host reads)
+
+
+def masked_token_scores(
+    gate_probs: torch.Tensor, token_mask: torch.Tensor, lam: float, seq_len: int | None = None
+) -> torch.Tensor:
+    """``s_b`` (Eq. 5) of one layer's routing, ``(E,)``, computed with masks instead of selecting
+    the real rows: no data-dependent shape, no device->host read.
+
+    ``seq_len=None``: token pooling, equal (to round-off) to ``score_experts(gate_probs,
+    token_mask, lam)``. ``seq_len=S``: sequence pooling over the ``T / S`` sequences of ``S``
+    consecutive tokens (``seq_ids = arange(T) // S``), equal to ``score_experts(..., pooling=
+    "sequence", seq_ids=arange(T) // S)``. No input checks: for routing the adapter captured
+    (softmax outputs, a bool mask of the same length, ``S`` dividing ``T``)."""
+    real, n = _masked(gate_probs, token_mask, seq_len)  # (B, E), ()
+    s_cum = real.sum(dim=0) / n  # (E,) Eq. 3
+    s_spec = real.amax(dim=0)  # (E,) Eq. 4 (probabilities >= 0: padding's 0 never wins)
+    return lam * s_cum + (1.0 - lam) * s_spec  # (E,) Eq. 5
+
+
+def masked_token_kl(gate_probs: torch.Tensor, token_mask: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+    """``KL_e`` (Eq. 14), ``(E,)``, like :func:`masked_token_scores` (token or sequence pooling):
+    equal (to round-off) to :func:`compression_kl`, no host read, no input checks."""
+    real, n = _masked(gate_probs, token_mask, seq_len)  # (B, E), ()
+    tiny = torch.finfo(gate_probs.dtype).tiny
+    p = real.sum(dim=0) / n  # (E,) p(z_e)
+    log_ratio = torch.log(real.clamp_min(tiny)) - torch.log(p.clamp_min(tiny))  # (B, E)
+    terms = torch.where(real > 0, real * log_ratio, torch.zeros_like(real))  # (B, E) 0 at padding
+    return (terms.sum(dim=0) / n).clamp_min(0.0)  # (E,)
+
+
+def masked_ib_factor(s_b: torch.Tensor, kl: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``std_C(s_b) / std_C(KL)`` of :func:`ib_combine` as a 0-dim float64 tensor on ``s_b``'s
+    device (population std over the ``candidates (E,)`` bool; 0 when ``C`` has fewer than two
+    experts or KL is constant over ``C``): no device->host read."""
+    c = candidates.to(device=s_b.device, dtype=torch.float64)  # (E,)
+    n = c.sum()  # ()
+    def std(x: torch.Tensor) -> torch.Tensor:  # () population std over C
+        x = x.double()
+        mean = (x * c).sum() / n.clamp_min(1.0)
+        return (((x - mean) ** 2) * c).sum().div(n.clamp_min(1.0)).sqrt()
+    kl_std, s_std = std(kl), std(s_b)
+    ok = (n >= 2) & (kl_std > 0)
+    return torch.where(ok, s_std / torch.where(ok, kl_std, torch.ones_like(kl_std)), torch.zeros_like(kl_std))
+
+
+def _masked(
+    gate_probs: torch.Tensor, token_mask: torch.Tensor, seq_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of Eqs. 3-5 and 14 with non-real rows zeroed ``(B, E)`` and their count ``()``
+    (>= 1): the real tokens (B = T), or (``seq_len=S``) the mean of each sequence's real tokens
+    (B = T / S; a sequence without a real token is no sample)."""
+    m = token_mask.to(device=gate_probs.device, dtype=gate_probs.dtype).unsqueeze(1)  # (T, 1)
+    if seq_len is None:
+        return gate_probs * m, m.sum().clamp_min(1.0)
+    num_tokens, num_experts = gate_probs.shape
+    sums = (gate_probs * m).reshape(num_tokens // seq_len, seq_len, num_experts).sum(dim=1)  # (B, E)
+    counts = m.reshape(num_tokens // seq_len, seq_len).sum(dim=1, keepdim=True)  # (B, 1)
+    return sums / counts.clamp_min(1.0), (counts > 0).sum().to(gate_probs.dtype).clamp_min(1.0)

@@ -76,7 +76,8 @@ def select_experts(scores: torch.Tensor, routed_mask: torch.Tensor, budget: int)
     _checks.check_dim("routed_mask", routed_mask, 0, num_experts, "(E,)", f"E={num_experts} matching scores")
     budget = _checks.non_negative_int("budget", budget)
 
-    candidate_idx = routed_mask.to(scores.device).nonzero().squeeze(1)  # (U,) increasing
+    scores = scores.to(routed_mask.device)  # select where the routing lives (a host->device copy at most)
+    candidate_idx = routed_mask.nonzero().squeeze(1)  # (U,) increasing
     candidate_scores = scores[candidate_idx]  # (U,)
     if candidate_scores.numel() and not bool(torch.isfinite(candidate_scores).all()):
         bad = candidate_idx[~torch.isfinite(candidate_scores)][0]
@@ -87,3 +88,29 @@ def select_experts(scores: torch.Tensor, routed_mask: torch.Tensor, budget: int)
     order = torch.sort(-candidate_scores, stable=True).indices  # (U,)
     chosen_idx = candidate_idx[order[:budget]]  # (k,)
     return torch.sort(chosen_idx).values.to(torch.long)  # (k,)
+
+
+# ------------------------------------------------------------------- hot path (no host reads)
+
+
+def routed_pair_counts(topk_idx: torch.Tensor, token_mask: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``(E,)`` long: real (token, slot) pairs routed to each expert; ``> 0`` is :func:`routed_experts`.
+    Static shapes only (no device->host read); no input checks (captured routing)."""
+    k = topk_idx.shape[1]
+    real = token_mask.to(topk_idx.device).unsqueeze(1).expand(-1, k).reshape(-1).long()  # (T*k,)
+    idx = topk_idx.reshape(-1).clamp(0, num_experts - 1)  # (T*k,)
+    return torch.zeros(num_experts, dtype=torch.long, device=topk_idx.device).index_add_(0, idx, real)
+
+
+def selection_mask(scores: torch.Tensor, routed_mask: torch.Tensor, budget: int) -> torch.Tensor:
+    """``(E,)`` bool: :func:`select_experts` as a mask (same choice, same tie-break: the lower
+    index first among equal scores), with static shapes (no device->host read); no input checks."""
+    routed_mask = routed_mask.to(scores.device)
+    num = scores.shape[0]
+    if budget <= 0 or num == 0:
+        return torch.zeros(num, dtype=torch.bool, device=scores.device)
+    key = torch.where(routed_mask, -scores.float(), torch.full_like(scores.float(), float("inf")))  # (E,)
+    order = torch.sort(key, stable=True).indices[:budget]  # (min(budget, E),) best first
+    chosen = torch.zeros(num, dtype=torch.bool, device=scores.device)
+    chosen[order] = True
+    return chosen & routed_mask

@@ -65,6 +65,8 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         grad_mode=cfg.method.grad_mode,
         lam=cfg.method.lam,
         beta=cfg.method.beta,
+        foreach=cfg.train.foreach,
+        dtype=cfg.runtime.dtype,
         pooling=cfg.method.pooling,
         ib_scale=cfg.method.ib_scale,
         prox_mu=cfg.train.prox_mu,

@@ -31,7 +31,7 @@ from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.methods.server_opt import ServerOptimizer, server_opt_settings
 from hfedmoe.federation.model import build_model, wrap_for_run
-from hfedmoe.federation.runtime import place_model, set_attention_dropout, torch_threads
+from hfedmoe.federation.runtime import place_model, prepare_model, torch_threads
 from hfedmoe.federation.warmup import mean_top_prob, warmup_head, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
 from hfedmoe.methods._common import per_layer_budget, seed_of
@@ -70,7 +70,7 @@ class Simulation:
             from hfedmoe.moe.minilm import set_combine
 
             set_combine(model, cfg.model.combine)
-        set_attention_dropout(model, cfg.model.attention_dropout)
+        prepare_model(model, cfg)
         model, self.device = place_model(model, cfg)
         self.mm: MoEModel = wrap_for_run(model, cfg.model)
         self.fed: FederationData = build_federation(cfg, tokenizer, dataset)

@@ -16,7 +16,7 @@ from torch import nn
 from hfedmoe.config import RunConfig
 from hfedmoe.errors import HFedMoEError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,13 +39,53 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def place_model(model: nn.Module, cfg: RunConfig) -> tuple[nn.Module, torch.device]:
-    """Move ``model`` to the configured device and dtype (floating tensors only); returns it and the device."""
+    """Move ``model`` to the configured device; with ``runtime.dtype`` bfloat16/float16 its forward
+    runs under autocast (mixed precision) while its parameters stay as they are (float32 master
+    weights: gradients, optimizer state and aggregation in float32). Returns it and the device."""
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype)
     model = model.to(device=device)
-    if dtype != torch.float32 and not getattr(model, "is_quantized", False):  # 4-bit: loaded in bf16
-        model = model.to(dtype=dtype)
+    if dtype != torch.float32:
+        # the instance's forward (as accelerate does): every caller of model(...) -- training,
+        # evaluation, warm-ups, generate -- computes in ``dtype``; backward follows the recorded casts
+        model.forward = torch.autocast(device_type=device.type, dtype=dtype)(model.forward)
     return model, device
+
+
+def prepare_model(model: nn.Module, cfg: RunConfig) -> None:
+    """The run's training options on a freshly built model (both engines): attention and hidden
+    dropout, gradient checkpointing."""
+    set_attention_dropout(model, cfg.model.attention_dropout)
+    set_hidden_dropout(model, cfg.train.dropout)
+    if cfg.train.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers v5's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            raise HFedMoEError("train.gradient_checkpointing: expected a transformers model, got "
+                               f"{type(model).__name__}")
+
+
+def set_hidden_dropout(model: nn.Module, p: float) -> int:
+    """Set every non-attention ``nn.Dropout`` of ``model`` (hidden, residual, FFN, classifier
+    dropout) to ``p``; returns how many changed. ``p < 0`` leaves the model as built. Attention
+    dropout has its own option (:func:`set_attention_dropout`)."""
+    if p < 0:
+        return 0
+    changed = 0
+    for name, module in model.named_modules():
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        owner = model.get_submodule(parent) if parent else model
+        if isinstance(module, nn.Dropout) and "Attention" not in type(owner).__name__:
+            module.p = p
+            changed += 1
+    config = getattr(model, "config", None)
+    for key in ("hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "classifier_dropout"):
+        if config is not None and getattr(config, key, None) is not None:
+            setattr(config, key, p)
+    return changed
 
 
 def set_attention_dropout(model: nn.Module, p: float) -> int:

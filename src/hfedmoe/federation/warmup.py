@@ -36,19 +36,21 @@ def mean_top_prob(mm: MoEModel, tokens: TokenizedTexts, indices: np.ndarray, bat
     model = mm.model
     was = model.training
     model.eval()
-    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for b, batch in enumerate(iter_batches(tokens, indices, batch_size, shuffle=False)):
         if b >= max_batches:
             break
+        count += int(batch["attention_mask"].sum()) * mm.num_layers  # host batch: no device read
+        batch = to_device(batch, device)
         with mm.capture_routing(batch["attention_mask"]) as cap:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         for layer in range(mm.num_layers):
             r = cap.layer(layer)
-            top = r.gate_probs[r.token_mask].max(dim=-1).values  # (T_real,)
-            total += float(top.sum())
-            count += int(top.numel())
+            top = r.gate_probs.max(dim=-1).values * r.token_mask  # (T,) 0 at padding
+            total += top.sum()
     model.train(was)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)  # one device read
 
 
 def _expert_output_norms(experts, x: torch.Tensor) -> torch.Tensor:
@@ -78,14 +80,15 @@ def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray,
         info.block.register_forward_pre_hook(lambda mod, args, i=info.index: inputs.__setitem__(i, args[0].detach()))
         for info in layers
     ]
-    last = float("nan")
+    last_loss = torch.tensor(float("nan"))
     try:
         with _training_only(model, routers):
             for batch in _public_batches(tokens, public_idx, batch_size, steps, seed):
+                batch = to_device(batch, routers[0].device)
                 with torch.no_grad():
                     model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 mask = batch["attention_mask"].reshape(-1).bool()  # (T,)
-                loss = torch.zeros(())
+                loss = torch.zeros((), device=routers[0].device)
                 for info in layers:
                     x = inputs[info.index].reshape(-1, inputs[info.index].shape[-1])[mask]  # (T_real, H)
                     with torch.no_grad():
@@ -100,10 +103,11 @@ def warmup_routers(mm: MoEModel, tokens: TokenizedTexts, public_idx: np.ndarray,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                last = float(loss.detach()) / len(layers)
+                last_loss = loss.detach()
     finally:
         for h in hooks:
             h.remove()
+    last = float(last_loss) / len(layers)  # one device read per warm-up, not per step
     after = mean_top_prob(mm, tokens, public_idx)
     log.info("router warm-up: %d steps, mean top probability %.3f -> %.3f", steps, before, after)
     return {"router_top_prob_before": before, "router_top_prob_after": after, "router_warmup_loss": last}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hfedmoe.client import ClientUpdate, TrainPlan
-from hfedmoe.core.selection import select_experts
+from hfedmoe.core.selection import selection_mask
 from hfedmoe.methods.aggregation import DenseByData, Part, RoutersByData, SparseExperts
 from hfedmoe.methods.base import routed_mask, run_parts
 from hfedmoe.moe import MoEModel
@@ -28,9 +28,13 @@ def select_in_model(scores: torch.Tensor, routed: torch.Tensor, budget: int) -> 
     best (layer, expert) pairs among the routed ones, returned per layer.
 
     scores (L, E) float, routed (L, E) bool; equal scores go to the lower (layer, expert)."""
-    num_layers, num_experts = scores.shape
-    flat = select_experts(scores.reshape(-1).float(), routed.reshape(-1), budget)  # (k,) over L*E
-    return [(flat[flat // num_experts == layer] % num_experts).tolist() for layer in range(num_layers)]
+    chosen = selection_mask(scores.reshape(-1).float(), routed.reshape(-1), budget)  # (L*E,) on the device
+    return mask_to_subsets(chosen.reshape(scores.shape))
+
+
+def mask_to_subsets(chosen: torch.Tensor) -> list[list[int]]:
+    """(L, E) bool -> per layer the chosen expert indices (one device->host read)."""
+    return [[e for e, c in enumerate(row) if c] for row in chosen.tolist()]
 
 
 def per_batch_plan(mm: MoEModel, budget: int, budget_scope: str, scores_of: Callable[[Any], torch.Tensor],
@@ -41,7 +45,7 @@ def per_batch_plan(mm: MoEModel, budget: int, budget_scope: str, scores_of: Call
     E = mm.num_experts
     if budget_scope == "layer":
         def selector(layer: int, routing) -> Sequence[int]:
-            return select_experts(scores_of(routing), routed_mask(routing, E), budget).tolist()
+            return mask_to_subsets(selection_mask(scores_of(routing), routed_mask(routing, E), budget)[None])[0]
 
         return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
 

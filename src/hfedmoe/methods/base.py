@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from hfedmoe.client import ClientUpdate, TrainPlan
-from hfedmoe.core.selection import routed_experts
+from hfedmoe.core.selection import routed_pair_counts
 from hfedmoe.methods.aggregation import (
     Aggregation,
     BufferedAggregation,
@@ -121,7 +121,7 @@ def run_parts(mm: MoEModel, updates: Sequence[ClientUpdate], parts: Sequence[Par
 
 def routed_mask(routing: Any, num_experts: int) -> torch.Tensor:
     """(E,) bool: experts at least one real token of the batch was routed to (E_union)."""
-    return routed_experts(routing.topk_idx, routing.token_mask, num_experts)
+    return routed_pair_counts(routing.topk_idx, routing.token_mask, num_experts) > 0  # no host read
 
 
 def all_experts(mm: MoEModel) -> list[Sequence[int] | None]:

@@ -106,22 +106,23 @@ class MoEModel:
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
         return self._token_layout(info, num_tokens, explicit, device)[0]
 
+    def _mask_source(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask of ``num_tokens`` entries the token mask comes from (None: all real)."""
+        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"  # else the call's
+        return next((m for m in (explicit, self._masks.get(key)) if m is not None and m.numel() == num_tokens), None)
+
     def _token_layout(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None,
                       device) -> tuple[torch.Tensor, int | None]:
         """``(token_mask (T,), S)``: the real tokens, and the padded sequence length of the (B, S)
         attention mask they came from. Without a mask of T entries (e.g. Switch decoder tokens and
         no ``decoder_attention_mask``) every token is real and S = T / B from the batch size B of
         a mask that was seen (None when there is none, or B does not divide T)."""
-        candidates = []
-        if explicit is not None:
-            candidates.append(explicit)
+        source = self._mask_source(info, num_tokens, explicit)
+        if source is not None:
+            seq_len = int(source.shape[-1]) if source.dim() == 2 else None
+            return source.reshape(-1).to(device=device).bool(), seq_len
         key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"
-        if self._masks.get(key) is not None:
-            candidates.append(self._masks[key])
-        for mask in candidates:
-            if mask.numel() == num_tokens:
-                seq_len = int(mask.shape[-1]) if mask.dim() == 2 else None
-                return mask.reshape(-1).to(device=device).bool(), seq_len
+        candidates = [m for m in (explicit, self._masks.get(key)) if m is not None]
         seen = candidates + [m for m in self._masks.values() if m is not None]  # the encoder's, for decoder tokens
         batch = next((int(m.shape[0]) for m in seen if m.dim() == 2 and m.shape[0]), None)
         seq_len = num_tokens // batch if batch and num_tokens % batch == 0 else None
@@ -149,13 +150,21 @@ class MoEModel:
         topk_idx = topk_idx.detach().long()  # (T, k)
         num_tokens = gate_probs.shape[0]
         memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
+        layouts: dict[tuple, tuple[torch.Tensor, int | None]] = {}  # one token mask per attention-mask object
+        def token_layout(explicit: torch.Tensor | None) -> tuple[torch.Tensor, int | None]:
+            source = self._mask_source(info, num_tokens, explicit)  # (no mask: S may depend on explicit's B)
+            key = (id(source),) if source is not None else (None, id(explicit))
+            if key not in layouts:  # the memo matches masks by identity: share the object
+                layouts[key] = self._token_layout(info, num_tokens, explicit, gate_probs.device)
+            return layouts[key]
+
         for capture in captures:
-            mask, seq_len = self._token_layout(info, num_tokens, capture.attention_mask, gate_probs.device)
+            mask, seq_len = token_layout(capture.attention_mask)
             capture._record(layer, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
             if capture.live:
                 capture.live_probs[layer] = live_probs
         if train is not None and train.selector is not None:
-            mask, seq_len = self._token_layout(info, num_tokens, train.attention_mask, gate_probs.device)
+            mask, seq_len = token_layout(train.attention_mask)
             train._select(info, LayerRouting(gate_probs, topk_idx, mask).with_memo(memo, seq_len))
         return output
 

@@ -49,60 +49,73 @@ class LayerRouting(_RoutingFields):
 
 def routing_seq_ids(routing: LayerRouting) -> torch.Tensor:
     """(T,) long: the sequence of each token of this routing (token t belongs to t // S)."""
+    seq_len = _seq_len(routing, "sequence")
+    return torch.arange(routing.gate_probs.shape[0], device=routing.gate_probs.device) // seq_len
+
+
+def _seq_len(routing: LayerRouting, pooling: str) -> int | None:
+    """S of sequence pooling (a host int the adapter recorded: no device read); None for "token"."""
+    if pooling == "token":
+        return None
+    if pooling != "sequence":
+        raise ValueError(f"pooling: expected one of 'token', 'sequence', got {pooling!r}")
     num_tokens = routing.gate_probs.shape[0]
     seq_len = getattr(routing, "seq_len", None)
     if not seq_len or num_tokens % seq_len:
         raise ValueError(f"pooling='sequence': cannot map {num_tokens} routed tokens onto sequences of length "
                          f"{seq_len} (run the forward with its (B, S) attention_mask)")
-    return torch.arange(num_tokens, device=routing.gate_probs.device) // seq_len
+    return seq_len
 
 
 def _memoised(routing: LayerRouting, name: str, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``compute()`` once per layer and forward for ``(token_mask, *key)``, kept in the routing's memo."""
+    """``compute()`` once per layer and forward for ``(token_mask, *key)``, kept in the routing's
+    memo. Masks match by identity only (the adapter makes one token mask per attention-mask object;
+    comparing values would read the device): another mask object is computed anew."""
     memo = getattr(routing, "memo", None)
     if memo is None:
         return compute()
     for (mask, other), value in memo.get(name, []):
-        if other == key and (mask is routing.token_mask or torch.equal(mask, routing.token_mask)):
+        if other == key and mask is routing.token_mask:
             return value
     value = compute()
     memo.setdefault(name, []).append(((routing.token_mask, key), value))
     return value
 
 
-def _pooling_args(routing: LayerRouting, pooling: str) -> dict:
-    return {"pooling": pooling, "seq_ids": routing_seq_ids(routing) if pooling == "sequence" else None}
-
-
 def routing_scores(routing: LayerRouting, lam: float, pooling: str = "token") -> torch.Tensor:
-    """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`,
-    computed once per layer, forward, ``lam`` and ``pooling`` (memoised on the routing's ``memo``)."""
-    from hfedmoe.core.importance import score_experts
+    """``s_b`` (Eq. 5, (E,)) of this routing: :func:`~hfedmoe.core.importance.score_experts`
+    computed without host reads (:func:`~hfedmoe.core.importance.masked_token_scores`), once per
+    layer, forward, ``lam`` and ``pooling`` (memoised on the routing's ``memo``)."""
+    from hfedmoe.core.importance import masked_token_scores
 
-    return _memoised(routing, "scores", (lam, pooling), lambda: score_experts(
-        routing.gate_probs, routing.token_mask, lam, **_pooling_args(routing, pooling)))
+    seq_len = _seq_len(routing, pooling)
+    return _memoised(routing, "scores", (lam, pooling), lambda: masked_token_scores(
+        routing.gate_probs, routing.token_mask, lam, seq_len))
 
 
 def routing_kl(routing: LayerRouting, pooling: str = "token") -> torch.Tensor:
     """``KL_e`` of Eq. 14 ((E,)) of this routing, memoised like :func:`routing_scores`."""
-    from hfedmoe.core.importance import compression_kl
+    from hfedmoe.core.importance import masked_token_kl
 
-    return _memoised(routing, "kl", (pooling,), lambda: compression_kl(
-        routing.gate_probs, routing.token_mask, **_pooling_args(routing, pooling)))
+    seq_len = _seq_len(routing, pooling)
+    return _memoised(routing, "kl", (pooling,), lambda: masked_token_kl(
+        routing.gate_probs, routing.token_mask, seq_len))
 
 
 def routing_ib_scores(routing: LayerRouting, lam: float, beta: float, pooling: str = "token",
                       ib_scale: str = "raw") -> torch.Tensor:
     """Eq. 14 scores of this routing, equal to :func:`~hfedmoe.core.importance.ib_scores` (with
     the routed experts as the candidates of ``ib_scale="normalised"``) but reusing the memoised
-    ``s_b`` and ``KL``."""
+    ``s_b`` and ``KL``; no device->host read."""
     from hfedmoe.core.importance import ib_combine
-    from hfedmoe.core.selection import routed_experts
+    from hfedmoe.core.selection import routed_pair_counts
 
     scores = routing_scores(routing, lam, pooling)
     if beta == 0:
         return scores.clone()
-    candidates = routed_experts(routing.topk_idx, routing.token_mask, scores.shape[0]) if ib_scale != "raw" else None
+    candidates = None
+    if ib_scale != "raw":
+        candidates = routed_pair_counts(routing.topk_idx, routing.token_mask, scores.shape[0]) > 0  # (E,)
     return ib_combine(scores, routing_kl(routing, pooling), beta, ib_scale=ib_scale, candidates=candidates)
 
 

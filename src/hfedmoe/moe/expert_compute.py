@@ -50,7 +50,9 @@ def fused_experts_loop(
     top_k_weights: torch.Tensor,
     run_expert: Callable[[int, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """transformers' eager experts loop with a pluggable per-expert computation.
+    """transformers' eager experts loop with a pluggable per-expert computation, dispatched by a
+    sort: the (token, slot) pairs are grouped by expert with one stable argsort, and the group sizes
+    reach the host in one read (the eager loop's ``nonzero`` + one ``where`` per expert took 1 + E).
 
     Parameters
     ----------
@@ -60,17 +62,22 @@ def fused_experts_loop(
     run_expert : ``(expert_idx, x (N, H)) -> (N, H)``
     """
     num_experts = experts.num_experts
+    k = top_k_index.shape[1]
     final = torch.zeros_like(hidden_states)  # (T, H)
     with torch.no_grad():
-        expert_mask = F.one_hot(top_k_index, num_classes=num_experts + 1).permute(2, 1, 0)  # (E+1, k, T)
-        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
-    for expert_idx in expert_hit.flatten().tolist():
-        if expert_idx == num_experts:
-            continue
-        top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
-        out = run_expert(expert_idx, hidden_states[token_idx])  # (N, H)
-        out = out * top_k_weights[token_idx, top_k_pos, None]
-        final.index_add_(0, token_idx, out.to(final.dtype))
+        flat = top_k_index.reshape(-1).clamp(0, num_experts)  # (T*k,) index E = "no expert"
+        order = torch.argsort(flat, stable=True)  # (T*k,) pairs grouped by expert, tokens in order
+        sizes = torch.zeros(num_experts + 1, dtype=torch.long, device=flat.device).index_add_(
+            0, flat, torch.ones_like(flat))  # (E+1,)
+        token_idx, top_k_pos = order // k, order % k  # (T*k,)
+    start = 0
+    for expert_idx, n in enumerate(sizes.tolist()[:num_experts]):  # the one device->host read
+        if n:
+            tok, pos = token_idx[start:start + n], top_k_pos[start:start + n]  # (N,)
+            out = run_expert(expert_idx, hidden_states[tok])  # (N, H)
+            out = out * top_k_weights[tok, pos, None]
+            final.index_add_(0, tok, out.to(final.dtype))
+        start += n
     return final
 
 

@@ -50,21 +50,30 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
     expert = top_k_index.reshape(-1)  # (T*k,)
     weight = top_k_weights.reshape(-1, 1)  # (T*k, 1)
     keep = expert < num_experts
-    pad = _padding(adapter, info, train, hidden_states)
-    if pad is not None:
-        keep = keep & ~pad[token]
+    if getattr(adapter, "skip_padding", True):
+        real = adapter._token_mask(info, num_tokens, train.attention_mask, device)  # (T,)
+        keep = keep & real[token]
     chosen = train._selected_sets.get(layer)
     is_selected = torch.ones(num_experts + 1, dtype=torch.bool, device=device)
     if chosen is not None:
         is_selected[:] = False
         is_selected[sorted(chosen)] = True
-    trained = keep & is_selected[expert.clamp(max=num_experts)]
+    trained = keep & is_selected[expert.clamp(max=num_experts)]  # (T*k,)
+    frozen = keep & ~trained  # (T*k,)
+    # pairs grouped by a stable sort (trained, then frozen, then dropped) and every count the host
+    # needs in one read: trained pairs per expert (E+1,) and the frozen pairs
+    group = torch.where(trained, 0, torch.where(frozen, 1, 2))  # (T*k,)
+    order = torch.argsort(group, stable=True)  # (T*k,)
+    per_expert = torch.zeros(num_experts + 1, dtype=torch.long, device=device).index_add_(
+        0, expert.clamp(max=num_experts), trained.long())  # (E+1,)
+    counts = torch.cat([per_expert, frozen.sum().view(1)]).tolist()  # the one device->host read
+    num_trained, num_frozen = sum(counts[:num_experts]), counts[-1]
     out = torch.zeros_like(hidden_states)  # (T, H)
-    rows = trained.nonzero().flatten()
-    if rows.numel():
+    rows = order[:num_trained]
+    if num_trained:
         # only selected experts that some pair reaches join the stack: a selected expert no token
         # reaches gets no gradient at all (None, not zeros), as with the family's own forward
-        used = torch.unique(expert[rows]).tolist()
+        used = [e for e in range(num_experts) if counts[e]]
         position = torch.full((num_experts + 1,), -1, dtype=torch.long, device=device)
         position[used] = torch.arange(len(used), device=device)  # expert -> row in the stack
         leaves = adapter._leaves[layer]
@@ -72,8 +81,8 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
         y = own(_stand_in(self, stacked, len(used)), hidden_states[token[rows]],
                 position[expert[rows]].unsqueeze(1), weight[rows])  # (P, H)
         out = out.index_add(0, token[rows], y.to(out.dtype))
-    rows = (keep & ~trained).nonzero().flatten()
-    if rows.numel():
+    rows = order[num_trained:num_trained + num_frozen]
+    if num_frozen:
         frozen = _stand_in(self, {n: getattr(self, n).detach() for n in info.param_names}, num_experts)
         args = (hidden_states[token[rows]], expert[rows].unsqueeze(1))
         if train.mode == "detach":  # detached weights; gradient to the input and routing weights
