@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from hfedmoe.assets.registry import asset_path
-from hfedmoe.data.files import read_table, short_list
+from hfedmoe.data.files import read_user_file, short_list
 from hfedmoe.data.types import LabeledTexts
 from hfedmoe.errors import HFedMoEError
 
@@ -289,12 +289,7 @@ def load_local(
         Missing or unreadable file, missing column, empty file, invalid rows (with their row
         numbers), fewer than 2 or more than :data:`MAX_LABELS` classes; always one line.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise HFedMoEError(f"data.path: file not found: {path}")
-    frame = read_table(path)
-    if frame.empty:
-        raise HFedMoEError(f"data.path: {path} is empty (no rows)")
+    path, frame = read_user_file(path)
     columns = {"data.text_column": text_column, "data.label_column": label_column}
     if group_column is not None:
         columns["data.group_column"] = group_column

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hfedmoe.assets.datasets import _column, _invalid_rows, _rows
-from hfedmoe.data.files import read_table
+from hfedmoe.data.files import read_user_file
 from hfedmoe.data.lm_docs import ROLES
 from hfedmoe.data.types import LabeledTexts
 from hfedmoe.errors import HFedMoEError
@@ -59,12 +59,7 @@ def load_local_corpus(
     """Rows of ``path`` as causal-LM examples (file order): ``texts`` from ``text_column``, or
     ``conversations`` from ``messages_column``, or from ``prompt_column``/``response_column`` (a
     user and an assistant message); ``groups`` from ``group_column`` when set."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise HFedMoEError(f"data.path: file not found: {path}")
-    frame = read_table(path)
-    if frame.empty:
-        raise HFedMoEError(f"data.path: {path} is empty (no rows)")
+    path, frame = read_user_file(path)
     if messages_column:
         columns = {"data.messages_column": messages_column}
     elif prompt_column or response_column:

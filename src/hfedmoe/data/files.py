@@ -102,6 +102,18 @@ def read_table(path: Path, field: str = "data.path") -> pd.DataFrame:
         raise HFedMoEError(f"{field}: cannot parse {path.name} as {fmt}: {type(exc).__name__}: {_short(exc)}") from None
 
 
+def read_user_file(path: str | Path) -> tuple[Path, pd.DataFrame]:
+    """``(path, rows)`` of a user's data file (``data.path``): one-line errors for a missing file
+    and for a file without rows."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HFedMoEError(f"data.path: file not found: {path}")
+    frame = read_table(path)
+    if frame.empty:
+        raise HFedMoEError(f"data.path: {path} is empty (no rows)")
+    return path, frame
+
+
 def _check_header(path: Path, sep: str, field: str) -> None:
     """pandas renames a repeated CSV header ("text", "text.1"): refuse it instead."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
