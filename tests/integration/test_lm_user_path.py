@@ -58,7 +58,7 @@ def _corpus(path: Path) -> None:
 
 
 def _run(tmp_path: Path, preset: str, out: str, sets: list[str]) -> Path:
-    from hfedmoe.cli.app import _report
+    from hfedmoe.cli.summary import write_report as _report
     from hfedmoe.config import load_config
     from hfedmoe.engines.simulation import Simulation
 

@@ -148,7 +148,7 @@ def test_diagnostics_are_in_every_row_and_report(tmp_path):
     # a baseline also reports the client-side selection diagnostics (counterfactual)
     base = _sim(tmp_path, "random").run()[-1]
     assert 0 <= base["sel_disagree_hfedmoe_freq"] <= 1
-    from hfedmoe.cli.app import _report
+    from hfedmoe.cli.summary import write_report as _report
 
     summary = _report(sim)
     text = (tmp_path / "hfedmoe" / "report.md").read_text()

@@ -103,7 +103,7 @@ def test_tiny_lm_run_end_to_end_lowers_perplexity(tmp_path):
     assert last["test_perplexity"] < first["test_perplexity"]
     assert math.isfinite(last["heldout_perplexity"])
     # the run report speaks of perplexity, not of an accuracy a causal LM does not have
-    from hfedmoe.cli.app import _report
+    from hfedmoe.cli.summary import write_report as _report
 
     _report(sim)
     md = (tmp_path / "report.md").read_text()
