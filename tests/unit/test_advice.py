@@ -35,6 +35,10 @@ def test_truncation_share_names_max_length():
     (w,) = _data(token_lengths=np.array([48, 48, 48, 10]), max_length=48, text_chars=np.array([440, 500, 300, 40]))
     assert w.startswith("75% of the texts reach data.max_length = 48 tokens") and "median text 370 characters" in w
     assert "raise data.max_length" in w
+    # a causal LM's sequences are laid out to max_length on purpose (data.layout reports the kept
+    # share itself): packed sequences all reach it, and that is no truncation warning
+    assert _data(token_lengths=np.array([48, 48, 48, 48]), max_length=48, text_chars=np.array([440, 500, 300, 40]),
+                 train_labels=np.zeros(0, dtype=np.int64), task="causal-lm") == []
 
 
 def test_tiny_classes_are_listed_with_counts():

@@ -228,6 +228,8 @@ def _data_warnings(cfg: RunConfig, fed: FederationData) -> list[str]:
     train = np.concatenate([c.train_idx for c in fed.clients]) if fed.clients else np.zeros(0, dtype=np.int64)
     lengths = np.fromiter((len(x) for x in fed.tokens.input_ids), dtype=np.int64, count=len(fed.tokens))
     chars = np.fromiter((len(t) for t in fed.dataset.texts), dtype=np.int64, count=len(fed.dataset))
+    # causal LM: train_idx index the laid-out sequences (data.layout), not the dataset's rows, and
+    # the layout reports its own kept share; class counts and truncation are classification's
+    labels = fed.dataset.labels[train] if cfg.model.task == "classification" else np.zeros(0, dtype=np.int64)
     return data_warnings([len(c.train_idx) for c in fed.clients], [c.name for c in fed.clients], lengths,
-                         cfg.data.max_length, chars, fed.dataset.labels[train], list(fed.dataset.label_names),
-                         cfg.model.task)
+                         cfg.data.max_length, chars, labels, list(fed.dataset.label_names), cfg.model.task)

@@ -63,7 +63,7 @@ def data_warnings(
             out.append(f"{who} holds {100 * share:.0f}% of the training rows ({rows[top]} of {rows.sum()}): "
                        f"the run is close to centralised training on it; {fix}")
     lengths = np.asarray(token_lengths)
-    if len(lengths):
+    if len(lengths) and task == "classification":  # a causal LM's layout reports its own kept share
         cut = float((lengths >= max_length).mean())
         if cut > TRUNCATION_SHARE:
             p90 = int(np.percentile(np.asarray(text_chars), 90)) if len(text_chars) else 0
