@@ -31,6 +31,8 @@ from torch import nn
 from hfedmoe.errors import UnsupportedModelError
 from hfedmoe.moe import layouts
 from hfedmoe.moe.contexts import LayerRouting, RoutingCapture, RoutingRestriction, TrainOnly, _Layer
+from hfedmoe.moe.token_layout import mask_source
+from hfedmoe.moe.token_layout import token_layout as layout_of_tokens
 from hfedmoe.moe.hooks import _fused_experts_forward, _MaskGrabber, _router_forward, _switch_experts_forward
 
 ADAPTER_ATTR = "_hfedmoe_adapter"
@@ -106,27 +108,10 @@ class MoEModel:
     def _token_mask(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None, device) -> torch.Tensor:
         return self._token_layout(info, num_tokens, explicit, device)[0]
 
-    def _mask_source(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None) -> torch.Tensor | None:
-        """The attention mask of ``num_tokens`` entries the token mask comes from (None: all real)."""
-        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"  # else the call's
-        return next((m for m in (explicit, self._masks.get(key)) if m is not None and m.numel() == num_tokens), None)
-
     def _token_layout(self, info: _Layer, num_tokens: int, explicit: torch.Tensor | None,
                       device) -> tuple[torch.Tensor, int | None]:
-        """``(token_mask (T,), S)``: the real tokens, and the padded sequence length of the (B, S)
-        attention mask they came from. Without a mask of T entries (e.g. Switch decoder tokens and
-        no ``decoder_attention_mask``) every token is real and S = T / B from the batch size B of
-        a mask that was seen (None when there is none, or B does not divide T)."""
-        source = self._mask_source(info, num_tokens, explicit)
-        if source is not None:
-            seq_len = int(source.shape[-1]) if source.dim() == 2 else None
-            return source.reshape(-1).to(device=device).bool(), seq_len
-        key = "decoder_attention_mask" if info.role == "decoder" else "attention_mask"
-        candidates = [m for m in (explicit, self._masks.get(key)) if m is not None]
-        seen = candidates + [m for m in self._masks.values() if m is not None]  # the encoder's, for decoder tokens
-        batch = next((int(m.shape[0]) for m in seen if m.dim() == 2 and m.shape[0]), None)
-        seq_len = num_tokens // batch if batch and num_tokens % batch == 0 else None
-        return torch.ones(num_tokens, dtype=torch.bool, device=device), seq_len
+        """:func:`~hfedmoe.moe.token_layout.token_layout` over this forward's masks."""
+        return layout_of_tokens(self._masks, info.role, num_tokens, explicit, device)
 
     def _route(self, layer: int, router: nn.Module, args, kwargs):
         info = self._layers[layer]
@@ -152,7 +137,7 @@ class MoEModel:
         memo: dict = {}  # shared by this layer's records of this forward (scores computed once)
         layouts: dict[tuple, tuple[torch.Tensor, int | None]] = {}  # one token mask per attention-mask object
         def token_layout(explicit: torch.Tensor | None) -> tuple[torch.Tensor, int | None]:
-            source = self._mask_source(info, num_tokens, explicit)  # (no mask: S may depend on explicit's B)
+            source = mask_source(self._masks, info.role, num_tokens, explicit)  # (no mask: S may depend on explicit's B)
             key = (id(source),) if source is not None else (None, id(explicit))
             if key not in layouts:  # the memo matches masks by identity: share the object
                 layouts[key] = self._token_layout(info, num_tokens, explicit, gate_probs.device)
