@@ -212,3 +212,23 @@ def prune_checkpoints(root: Path, keep: int) -> None:
         return
     for r in complete_rounds(root)[:-keep]:
         shutil.rmtree(root / f"round_{r}", ignore_errors=True)
+
+
+def check_checkpoint(own: dict[str, torch.Tensor], method_name: str, tensors: dict[str, Any],
+                     state: dict[str, Any]) -> None:
+    """CheckpointError unless ``tensors`` are exactly the tensors of the model whose state dict is
+    ``own`` and ``state`` is the server state of method ``method_name``."""
+    if set(tensors) != set(own):
+        extra, lack = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
+        raise CheckpointError(f"tensors of another model (unknown {extra[:2]}, missing {lack[:2]})")
+    for k, t in own.items():
+        if tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
+            raise CheckpointError(f"tensor {k}: {tensors[k].dtype} {tuple(tensors[k].shape)}, "
+                                  f"expected {t.dtype} {tuple(t.shape)}")
+        if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):
+            raise CheckpointError(f"tensor {k}: non-finite values")
+    if state.get("method") != method_name:
+        raise CheckpointError(f"server state of method {state.get('method')!r}, expected {method_name!r}")
+    for key in ("method_state", "sim_time_s", "wall_time_s"):
+        if key not in state:
+            raise CheckpointError(f"server state without {key!r}")

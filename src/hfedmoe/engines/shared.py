@@ -11,6 +11,7 @@ import numpy as np
 
 from hfedmoe.client import ClientUpdate, TrainSettings, evaluate
 from hfedmoe.config import RunConfig
+from hfedmoe.data.batches import TokenizedTexts
 from hfedmoe.federation.data import FederationData
 from hfedmoe.moe import MoEModel
 
@@ -76,8 +77,12 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
 
 def client_val_accuracy(mm: MoEModel, fed: FederationData, cid: int, batch_size: int) -> float:
     """Accuracy of ``mm`` on client ``cid``'s validation split (NaN when it has none)."""
-    c = fed.clients[cid]
-    return evaluate(mm, fed.tokens, c.val_idx, batch_size)["accuracy"] if len(c.val_idx) else float("nan")
+    return val_accuracy(mm, fed.tokens, fed.clients[cid].val_idx, batch_size)
+
+
+def val_accuracy(mm: MoEModel, tokens: TokenizedTexts, val_idx: np.ndarray, batch_size: int) -> float:
+    """Accuracy of ``mm`` on the examples ``val_idx`` of ``tokens`` (NaN when there are none)."""
+    return evaluate(mm, tokens, val_idx, batch_size)["accuracy"] if len(val_idx) else float("nan")
 
 
 def split_seconds(total: float, parts: tuple[float, float] | None) -> tuple[float, float]:

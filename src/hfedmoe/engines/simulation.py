@@ -23,7 +23,7 @@ from hfedmoe.client.train import trainable_dense_names
 from hfedmoe.engines.guard import RoundGuard
 from hfedmoe.engines.resume import check_resume_config, config_record
 from hfedmoe.engines.checkpoint import (
-    CheckpointError, complete_rounds, load_checkpoint, load_server_opt, prune_checkpoints, save_checkpoint, set_aside,
+    CheckpointError, check_checkpoint, complete_rounds, load_checkpoint, load_server_opt, prune_checkpoints, save_checkpoint, set_aside,
 )
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
@@ -64,8 +64,8 @@ class Simulation:
         self.on_event = on_event or (lambda e: None)
         self.method = method or make_method(cfg.method)
         self.method.seed = cfg.seed
-        dataset = load_run_dataset(cfg)
-        model, tokenizer, self.model_description = build_model(cfg.model, dataset.num_labels, cfg.seed)
+        num_labels, federation = self.data_source(cfg)
+        model, tokenizer, self.model_description = build_model(cfg.model, num_labels, cfg.seed)
         if cfg.model.combine != "straight-through":
             from hfedmoe.moe.minilm import set_combine
 
@@ -73,7 +73,7 @@ class Simulation:
         prepare_model(model, cfg)
         model, self.device = place_model(model, cfg)
         self.mm: MoEModel = wrap_for_run(model, cfg.model)
-        self.fed: FederationData = build_federation(cfg, tokenizer, dataset)
+        self.fed: FederationData = federation(tokenizer)
         # Router warm-up on the disjoint public split, before federation (deterministic in the
         # seed, so a resumed run rebuilds the same starting point before loading its checkpoint).
         self.warmup_metrics: dict[str, float] = {}
@@ -103,6 +103,14 @@ class Simulation:
         self.sim_compute_s = 0.0  # the parts of sim_time_s spent computing and on the links
         self.sim_comm_s = 0.0
         self.wall_time_s = 0.0
+
+    def data_source(self, cfg: RunConfig) -> tuple[int, Callable[[Any], FederationData]]:
+        """(number of classes, tokenizer -> the run's federation): here the whole data, partitioned."""
+        dataset = load_run_dataset(cfg)
+        return dataset.num_labels, lambda tokenizer: build_federation(cfg, tokenizer, dataset)
+
+    def num_train(self, cid: int) -> int:  # training examples of client cid (its update's weight)
+        return len(self.fed.clients[cid].train_idx)
 
     # --- paths -----------------------------------------------------------------------------
     @property
@@ -141,7 +149,7 @@ class Simulation:
             try:
                 tensors, state = load_checkpoint(self.ckpt_root, r)
                 check_resume_config(state, self.cfg, allow_change, str(self.ckpt_root / f"round_{r}"))
-                self._check_checkpoint(tensors, state)
+                check_checkpoint(self.mm.model.state_dict(), self.method.name, tensors, state)
                 opt_state = load_server_opt(self.ckpt_root, r)
             except CheckpointError as exc:
                 if not discard_invalid:
@@ -175,24 +183,6 @@ class Simulation:
             self.restore_notes.append("no valid checkpoint left: starting again from round 0")
         truncate_metrics(self.metrics_path, 0)
         return 0
-
-    def _check_checkpoint(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
-        """CheckpointError unless ``tensors`` are exactly this model's and ``state`` this method's."""
-        own = self.mm.model.state_dict()
-        if set(tensors) != set(own):
-            extra, lack = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
-            raise CheckpointError(f"tensors of another model (unknown {extra[:2]}, missing {lack[:2]})")
-        for k, t in own.items():
-            if tensors[k].shape != t.shape or tensors[k].dtype != t.dtype:
-                raise CheckpointError(f"tensor {k}: {tensors[k].dtype} {tuple(tensors[k].shape)}, "
-                                      f"expected {t.dtype} {tuple(t.shape)}")
-            if t.is_floating_point() and not bool(torch.isfinite(tensors[k]).all()):
-                raise CheckpointError(f"tensor {k}: non-finite values")
-        if state.get("method") != self.method.name:
-            raise CheckpointError(f"server state of method {state.get('method')!r}, expected {self.method.name!r}")
-        for key in ("method_state", "sim_time_s", "wall_time_s"):
-            if key not in state:
-                raise CheckpointError(f"server state without {key!r}")
 
     # --- rounds ----------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> list[int]:
@@ -267,7 +257,6 @@ class Simulation:
         training: list[ClientInfo] = []
         for cid in sampled:
             info = self.budgets[cid]
-            client = self.fed.clients[cid]
             if not self.method.respects_budget and not info.fits_full:
                 if self.method.drops_unfit:
                     dropped.append(cid)
@@ -276,7 +265,7 @@ class Simulation:
                 self.on_event({"kind": "client_failed", "round": round_idx, "client": cid,
                                "reason": "training state does not fit memory"})
                 continue
-            training.append(ClientInfo(cid, info.budget, len(client.train_idx), client.profile))
+            training.append(ClientInfo(cid, info.budget, self.num_train(cid), self.fed.clients[cid].profile))
         self.method.begin_round(self.mm, training, round_idx)
         return sampled, training, failed, dropped
 

@@ -1,18 +1,24 @@
 """The Flower ClientApp: one node = one client, training with the same
 :func:`~hfedmoe.client.train_client` as the in-process engine.
 
-A node builds the model and the federation's data from the run config the server sends (seeded, so
-every node builds the same partition the server planned with) and keeps them between messages of
-the same run. The server assigns each node its client (``client_id`` in every message); node
-config ``partition-id`` is only a suggestion it answers the server's hello with.
+A node with node config ``data-path`` reads only that file: its client's examples
+(:mod:`hfedmoe.federation.node_data`), and tells the server their sizes and label counts. Without
+it (the simulation engine's virtual nodes) a node rebuilds the federation's data from the run config
+the server sends (seeded, so every node builds the same partition the server planned with). Either
+is kept between messages of the same run. The server assigns each node its client (``client_id``
+in every message); node config ``partition-id`` is only a suggestion it answers the hello with.
 """
 
 from __future__ import annotations
 
 import logging
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -26,10 +32,12 @@ from hfedmoe.engines.flower.codec import (
     plan_rule,
     update_to_record,
 )
-from hfedmoe.engines.shared import client_val_accuracy, train_settings
+from hfedmoe.data.batches import TokenizedTexts
+from hfedmoe.engines.shared import train_settings, val_accuracy
 from hfedmoe.errors import HFedMoEError
-from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
+from hfedmoe.federation.data import build_federation, load_run_dataset
 from hfedmoe.federation.model import build_model, wrap_for_run
+from hfedmoe.federation.node_data import NodeData, check_task, data_fingerprint, load_node_data
 from hfedmoe.federation.runtime import prepare_model
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo
@@ -44,10 +52,12 @@ app = ClientApp()
 class NodeState:
     cfg: RunConfig
     mm: MoEModel
-    fed: FederationData
+    tokens: TokenizedTexts
+    splits: Callable[[int], tuple[np.ndarray, np.ndarray]]  # client id -> (train, val) positions in tokens
+    num_clients: int | None  # None: the node's own data (the server names the client, any id)
 
 
-_CACHE: dict[str, NodeState] = {}  # run config text -> what this node built for it
+_CACHE: dict[tuple[str, str], NodeState] = {}  # (run config text, data-path) -> what this node built
 
 
 def _config(msg: Message) -> tuple[RunConfig, str]:
@@ -57,42 +67,79 @@ def _config(msg: Message) -> tuple[RunConfig, str]:
     return cfg, text
 
 
-def _node(msg: Message) -> NodeState:
+@lru_cache(maxsize=1)
+def _own_data(path: str) -> NodeData:
+    return load_node_data(path)
+
+
+def _data_path(context: Context) -> str | None:
+    path = context.node_config.get("data-path")
+    return str(path) if path else None
+
+
+def _node(msg: Message, context: Context) -> NodeState:
+    """Model and data for this run, built once per process: with node config ``data-path`` the
+    node's own partition file only; without it, the federation rebuilt from the run config (the
+    simulation engine's virtual nodes)."""
     cfg, text = _config(msg)
-    if text not in _CACHE:
+    path = _data_path(context)
+    key = (text, path or "")
+    if key not in _CACHE:
         torch.set_num_threads(1)
         _CACHE.clear()
-        dataset = load_run_dataset(cfg)
-        model, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
-        prepare_model(model, cfg)
-        _CACHE[text] = NodeState(cfg, wrap_for_run(model, cfg.model), build_federation(cfg, tokenizer, dataset))
-    return _CACHE[text]
+        if path is not None:
+            check_task(cfg)
+            own = _own_data(path)
+            if own.fingerprint != data_fingerprint(cfg):
+                raise HFedMoEError(f"data-path: expected a partition written for this run's data config, got "
+                                   f"{path} (written for another one): write the partitions again")
+            model, _, _ = build_model(cfg.model, own.num_labels, cfg.seed)
+            prepare_model(model, cfg)
+            _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), own.tokens,
+                                    lambda cid: (own.train_idx, own.val_idx), None)
+        else:
+            dataset = load_run_dataset(cfg)
+            model, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
+            prepare_model(model, cfg)
+            fed = build_federation(cfg, tokenizer, dataset)
+            _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), fed.tokens,
+                                    lambda cid: (fed.clients[cid].train_idx, fed.clients[cid].val_idx),
+                                    len(fed.clients))
+    return _CACHE[key]
 
 
-def _client(msg: Message, fed: FederationData) -> int:
+def _client(msg: Message, node: NodeState) -> int:
     """The client the server asks this node to act as (the server assigns it, see ``nodes.py``)."""
     cid = msg.content.config_records["config"]["client_id"]
-    if not isinstance(cid, int) or not 0 <= cid < len(fed.clients):
-        raise HFedMoEError(f"client_id: expected an integer in [0, {len(fed.clients) - 1}], got {cid!r}")
+    top = node.num_clients
+    if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0 or (top is not None and cid >= top):
+        want = f"[0, {top - 1}]" if top is not None else ">= 0"
+        raise HFedMoEError(f"client_id: expected an integer in {want}, got {cid!r}")
     return cid
 
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Suggest a partition to the server (node config ``partition-id``; the server decides)."""
+    """Suggest a partition to the server (node config ``partition-id``, else the one its own data
+    file was written for; the server decides); a node with its own data (``data-path``) adds its
+    sizes and label counts, never its examples."""
     pid = context.node_config.get("partition-id")
-    info = ConfigRecord({"partition-id": pid} if isinstance(pid, (int, str)) else {})
-    return Message(RecordDict({"hello": info}), reply_to=msg)
+    info: dict[str, Any] = {"partition-id": pid} if isinstance(pid, (int, str)) else {}
+    path = _data_path(context)
+    if path is not None:
+        own = _own_data(path)
+        info.setdefault("partition-id", own.partition_id)
+        info.update({"num-train": len(own.train_idx), "num-val": len(own.val_idx), "label-counts": own.label_counts})
+    return Message(RecordDict({"hello": ConfigRecord(info)}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the global model (only the held experts in restrict mode), rebuild the plan, train."""
-    node = _node(msg)
-    cfg, mm, fed = node.cfg, node.mm, node.fed
-    del context
+    node = _node(msg, context)
+    cfg, mm = node.cfg, node.mm
     c = msg.content.config_records["config"]
-    cid = _client(msg, fed)
+    cid = _client(msg, node)
     try:
         load_model_record(mm, msg.content.array_records["model"])
     except CodecError as exc:
@@ -105,19 +152,20 @@ def train(msg: Message, context: Context) -> Message:
         method.seed = cfg.seed
         local = method.plan(mm, info, round_idx)
     plan = plan_from_json(str(c["plan"]), local)
-    upd = train_client(mm, cid, fed.tokens, fed.clients[cid].train_idx, plan, train_settings(cfg), seed=int(c["seed"]),
-                      nonce=str(c.get("nonce", "")))
+    train_idx, _ = node.splits(cid)
+    upd = train_client(mm, cid, node.tokens, train_idx, plan, train_settings(cfg), seed=int(c["seed"]),
+                       nonce=str(c.get("nonce", "")))
     return Message(update_to_record(upd), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this client's validation split."""
-    del context
-    node = _node(msg)
-    cid = _client(msg, node.fed)
+    node = _node(msg, context)
+    cid = _client(msg, node)
     load_model_record(node.mm, msg.content.array_records["model"])
-    acc = client_val_accuracy(node.mm, node.fed, cid, node.cfg.train.eval_batch_size)
+    _, val_idx = node.splits(cid)
+    acc = val_accuracy(node.mm, node.tokens, val_idx, node.cfg.train.eval_batch_size)
     return Message(RecordDict({"eval": MetricRecord({"client_id": cid, "accuracy": float(acc)})}), reply_to=msg)
 
 

@@ -5,7 +5,8 @@ The server decides; a node only *suggests* its partition (node config ``partitio
 in its hello reply). A suggestion that is not an integer, out of range, or already taken is
 ignored (logged) and the node gets the lowest free client id instead, so no node can abort the
 start-up or take a client another node holds. Device profiles always come from the run config
-(``clients.profiles``), never from a node.
+(``clients.profiles``), never from a node. A node that holds its own data (node config
+``data-path``) also reports its sizes and label counts (:class:`NodeMeta`), nothing else.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from hfedmoe.errors import HFedMoEError
@@ -50,6 +52,30 @@ def partition_hint(reply: Any) -> Any:
         return reply.content.config_records["hello"].get("partition-id")
     except Exception:  # noqa: BLE001 (a malformed reply is a node without a suggestion)
         return None
+
+
+@dataclass(frozen=True)
+class NodeMeta:
+    """What a node holding its own data tells the server about it (metadata only)."""
+
+    num_train: int
+    num_val: int
+    label_counts: tuple[int, ...]  # (num_labels,) training examples per class
+
+
+def node_meta(reply: Any, num_labels: int) -> NodeMeta | str:
+    """The sizes and label counts in a node's hello reply, or why they are unusable."""
+    try:
+        rec = reply.content.config_records["hello"]
+        n_train, n_val, counts = rec.get("num-train"), rec.get("num-val"), rec.get("label-counts")
+    except Exception as exc:  # noqa: BLE001 (a malformed reply is a node without metadata)
+        return f"no metadata ({type(exc).__name__})"
+    ints = [n_train, n_val, *(counts if isinstance(counts, list) else [None])]
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ints):
+        return f"num-train {n_train!r}, num-val {n_val!r}, label-counts {counts!r}: expected integers >= 0"
+    if len(counts) != num_labels or sum(counts) != n_train:
+        return f"label-counts {counts!r}: expected {num_labels} counts summing to num-train {n_train}"
+    return NodeMeta(n_train, n_val, tuple(counts))
 
 
 def assign_clients(free: Iterable[int], hints: dict[int, Any]) -> dict[int, int]:

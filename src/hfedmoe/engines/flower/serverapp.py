@@ -7,7 +7,8 @@ validation is federated evaluation; everything else (planning, the metrics row, 
 test set, checkpoints) is the in-process engine's code.
 
 ``app`` is the ServerApp that ``flwr run`` starts (run config keys: ``config`` = a TOML preset,
-``out`` = the run directory, ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool, and
+``out`` = the run directory, ``server-data`` = the server's file of node-local data (then each
+SuperNode reads only its own ``data-path``; see :mod:`hfedmoe.federation.node_data`), ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool, and
 any dotted config field, e.g. ``federation.rounds``: see :func:`run_overrides`).
 """
 
@@ -17,17 +18,21 @@ import json
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from hfedmoe.config import RunConfig, load_config
+from hfedmoe.engines.flower.nodes import NodeMeta
 from hfedmoe.engines.flower.strategy import HFedMoEStrategy
 from hfedmoe.engines.shared import ClientSummary, RoundResult
 from hfedmoe.engines.resume import check_allow_change
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
+from hfedmoe.federation.data import FederationData
+from hfedmoe.federation.node_data import load_server_data
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +40,31 @@ log = logging.getLogger(__name__)
 class FlowerRun(Simulation):
     """One federated run whose clients are Flower nodes (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, **kw: Any) -> None:
+    def __init__(self, cfg: RunConfig, out_dir: Path, *, server_data: str | Path | None = None, **kw: Any) -> None:
+        # server_data: the server's file of node-local data (federation/node_data.py); None: the
+        # server partitions the whole data itself (flower-sim, and parity tests)
+        self.server_data = server_data
+        self.client_meta: dict[int, NodeMeta] = {}  # client id -> what its node reported
         super().__init__(cfg, out_dir, **kw)
         if self.method.pools_data:
             raise HFedMoEError(f"engine.name: expected 'simulation' for method.name = {cfg.method.name!r}, got "
                                f"{cfg.engine.name!r}")
         self.strategy = HFedMoEStrategy(self)
         self.grid: Grid | None = None
+
+    def data_source(self, cfg: RunConfig) -> tuple[int, Callable[[Any], FederationData]]:
+        if self.server_data is None:
+            return super().data_source(cfg)
+        sd = load_server_data(self.server_data, cfg)  # the test and public splits only
+        return len(sd.label_names), lambda tokenizer: sd.federation(list(cfg.clients.profiles))
+
+    def num_train(self, cid: int) -> int:
+        """With node-local data: the size the client's node reported (0 before any node holds it:
+        such a client fails its round as offline)."""
+        if self.server_data is None:
+            return super().num_train(cid)
+        meta = self.client_meta.get(cid)
+        return meta.num_train if meta is not None else 0
 
     def _grid(self) -> Grid:
         if self.grid is None:
@@ -111,7 +134,8 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     cfg = load_config(str(rc["config"]), run_overrides(rc))
     out = Path(str(rc["out"]))
-    run = FlowerRun(cfg, out)
+    # "server-data": the server's file of node-local data; each SuperNode reads its own data-path
+    run = FlowerRun(cfg, out, server_data=str(rc["server-data"]) if rc.get("server-data") else None)
     if bool(rc.get("resume", False)):
         # "allow-change": ';'-separated safe fields that may differ from the checkpoint's config
         allow = {x.strip() for x in str(rc.get("allow-change", "")).split(";") if x.strip()}

@@ -29,7 +29,7 @@ from hfedmoe.engines.flower.codec import (
     record_to_update,
     wire_bytes,
 )
-from hfedmoe.engines.flower.nodes import assign_clients, partition_hint, wait_for_nodes
+from hfedmoe.engines.flower.nodes import NodeMeta, assign_clients, node_meta, partition_hint, wait_for_nodes
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.budgeting import download_bytes
 from hfedmoe.methods.base import ClientInfo
@@ -126,6 +126,7 @@ class HFedMoEStrategy(Strategy):
         self._eval_client_of: dict[int, int] = {}  # node id -> client it evaluates this round
         self._asked: set[int] = set()  # nodes sent a hello (each once)
         self._hints: dict[int, Any] = {}  # node id -> the partition it suggested (nodes that answered)
+        self._meta: dict[int, NodeMeta] = {}  # node id -> sizes it reported (node-local data)
         self.state = RoundState()
         self._config_toml = _toml(run)
 
@@ -162,12 +163,20 @@ class HFedMoEStrategy(Strategy):
                 if reply.has_error():
                     log.warning("flower: node %s: hello failed: %s", node, reply.error.reason)
                     continue
+                if self.run.server_data is not None:  # node-local data: its sizes, or it cannot train
+                    meta = node_meta(reply, self.run.fed.num_labels)
+                    if isinstance(meta, str):
+                        log.warning("flower: node %s: %s; not used", node, meta)
+                        continue
+                    self._meta[node] = meta
                 self._hints[node] = partition_hint(reply)
             silent = sorted(set(ask) - set(self._hints))
             if silent:
                 log.warning("flower: nodes %s did not answer the hello within %.0f s; not used", silent, timeout)
         spare = {nd: self._hints[nd] for nd in nodes if nd in self._hints and nd not in held and nd in live}
-        self.node_of.update(assign_clients(free, spare))
+        assigned = assign_clients(free, spare)
+        self.node_of.update(assigned)
+        self.run.client_meta.update({cid: self._meta[nd] for cid, nd in assigned.items() if nd in self._meta})
 
     def _require(self, live: set[int], when: str) -> None:
         ok = sum(1 for nd in self.node_of.values() if nd in live)
@@ -187,13 +196,13 @@ class HFedMoEStrategy(Strategy):
         restricts it), its budget, its plan, its seed, and the run config."""
         del arrays, config  # the global model lives in the run's model; per-node records are built here
         run, mm = self.run, self.run.mm
-        sampled, training, failed, dropped = run.plan_round(server_round)
-        run.guard.begin_round(mm)  # the global reference replies are checked against
-        st = RoundState(sampled=sampled, failed=failed, dropped=dropped)
         live = self._live(grid)
         if any(self.node_of.get(c) not in live for c in range(len(run.fed.clients))):
             self._adopt(grid, sorted(live), run.cfg.engine.connect_timeout_s)  # nodes that (re)joined
         self._require(live, f"in round {server_round}")
+        sampled, training, failed, dropped = run.plan_round(server_round)  # after: sizes of joined nodes
+        run.guard.begin_round(mm)  # the global reference replies are checked against
+        st = RoundState(sampled=sampled, failed=failed, dropped=dropped)
         full_down = download_bytes(mm)
         msgs = []
         for cinfo in training:
