@@ -1,0 +1,123 @@
+"""Run moeapp on Flower's Simulation Engine the way flwr 1.42 supports: ``flwr run`` against a
+local simulation connection (``address = ":local:"``), not the deprecated ``run_simulation``.
+
+What it does, all under ``--work`` (nothing in ``~/.flwr``):
+
+1. writes a Flower config file (``FLWR_HOME/config.toml``) with a connection ``local-sim``:
+   ``num-supernodes`` virtual SuperNodes, one CPU each, one Ray worker per CPU given;
+2. ``flwr run examples/flower-app local-sim --stream``: flwr starts a local SuperLink in simulation
+   mode (in the background, on two free loopback ports chosen here), submits the app and streams
+   its log until the run ends; runtime dependency installation is off (hfedmoe comes from this
+   environment);
+3. stops that background SuperLink and everything it started, by process id.
+
+Usage (repository root, the venv's Python)::
+
+    PYTHONPATH=src python examples/flower-app/run_local_sim.py --work /tmp/moeapp-sim \\
+        --run-config "num-server-rounds=2 max-examples=200"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_flower_config(home: Path, num_supernodes: int, num_cpus: int) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\naddress = ":local:"\n'
+        f"options.num-supernodes = {num_supernodes}\n"
+        "options.backend.client-resources.num-cpus = 1\n"
+        "options.backend.client-resources.num-gpus = 0\n"
+        f"options.backend.init-args.num-cpus = {num_cpus}\n"
+        "options.backend.init-args.num-gpus = 0\n")
+
+
+def stop_started(home: Path) -> int:
+    """Terminate (then kill) every process whose command line names ``home`` (the background
+    SuperLink logs there) and its children; returns how many were stopped."""
+    mine = [p for p in psutil.process_iter(["pid", "cmdline"])
+            if p.pid != os.getpid() and any(str(home) in a for a in (p.info["cmdline"] or []))]
+    family = []
+    for p in mine:
+        try:
+            family += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(family)
+
+
+def run_local_sim(work: Path, run_config: str, num_supernodes: int = 4, num_cpus: int = 1,
+                  timeout_s: float = 1200) -> subprocess.CompletedProcess:
+    """``flwr run`` the example app on a local simulation connection; returns the finished
+    ``flwr run --stream`` process (its output is the run's log)."""
+    work = Path(work).resolve()
+    home = work / "flwr-home"
+    write_flower_config(home, num_supernodes, num_cpus)
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    try:
+        return subprocess.run([str(BIN / "flwr"), "run", str(HERE), "local-sim", "--run-config", run_config,
+                               "--stream"], env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        stop_started(home)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/moeapp-local-sim"))
+    ap.add_argument("--run-config", default="num-server-rounds=2", help="overrides of [tool.flwr.app.config]")
+    ap.add_argument("--num-supernodes", type=int, default=4)
+    ap.add_argument("--num-cpus", type=int, default=1, help="CPUs Ray may use (one ClientApp per CPU)")
+    ap.add_argument("--timeout", type=float, default=1200)
+    args = ap.parse_args()
+    save_to = (args.work / "final_model.pt").resolve()
+    r = run_local_sim(args.work, f'{args.run_config} save-to="{save_to}"', args.num_supernodes, args.num_cpus,
+                      args.timeout)
+    print(r.stdout[-4000:], r.stderr[-2000:], sep="\n")
+    if r.returncode != 0 or not save_to.is_file():
+        print(f"run_local_sim.py: flwr run failed (rc {r.returncode}) or wrote no {save_to}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"final model in {save_to}")
+
+
+if __name__ == "__main__":
+    main()
