@@ -21,22 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
+from hfedmoe.engines.flower.processes import free_port, stop_processes_naming
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_flower_config(home: Path, num_supernodes: int, num_cpus: int) -> None:
@@ -48,31 +41,6 @@ def write_flower_config(home: Path, num_supernodes: int, num_cpus: int) -> None:
         "options.backend.client-resources.num-gpus = 0\n"
         f"options.backend.init-args.num-cpus = {num_cpus}\n"
         "options.backend.init-args.num-gpus = 0\n")
-
-
-def stop_started(home: Path) -> int:
-    """Terminate (then kill) every process whose command line names ``home`` (the background
-    SuperLink logs there) and its children; returns how many were stopped."""
-    mine = [p for p in psutil.process_iter(["pid", "cmdline"])
-            if p.pid != os.getpid() and any(str(home) in a for a in (p.info["cmdline"] or []))]
-    family = []
-    for p in mine:
-        try:
-            family += [p, *p.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return len(family)
 
 
 def run_local_sim(work: Path, run_config: str, num_supernodes: int = 4, num_cpus: int = 1,
@@ -98,7 +66,7 @@ def run_local_sim(work: Path, run_config: str, num_supernodes: int = 4, num_cpus
         return subprocess.run([str(BIN / "flwr"), "run", str(HERE), "local-sim", "--run-config", run_config,
                                "--stream"], env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s)
     finally:
-        stop_started(home)
+        stop_processes_naming(home)  # the background SuperLink logs into home
 
 
 def main() -> None:

@@ -46,17 +46,12 @@ import psutil
 
 from hfedmoe.config import load_config
 from hfedmoe.engines.flower.nodes import num_clients
+from hfedmoe.engines.flower.processes import free_port, signal_then_kill, stop_processes_naming
 from hfedmoe.errors import HFedMoEError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Deployment:
@@ -100,18 +95,7 @@ class Deployment:
             family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             family = []
-        for p in family:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=wait_s)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=wait_s)
+        signal_then_kill(family, sig, wait_s)
         proc.wait(timeout=wait_s)
 
     def close(self) -> None:
@@ -119,18 +103,7 @@ class Deployment:
             self.stop(name)
         # flwr starts app processes detached; one whose parent died early is no longer a child of
         # ours. Ours, and only ours, name this deployment's certificate folder on their command line.
-        strays = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            if p.pid != os.getpid() and any(str(self.certs) in a for a in (p.info["cmdline"] or [])):
-                strays.append(p)
-        for p in strays:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(strays, timeout=15)
-        for p in alive:
-            p.kill()
+        stop_processes_naming(self.certs)
 
     def __enter__(self) -> Deployment:
         # SIGTERM (e.g. from `timeout`) unwinds through __exit__, so everything is still stopped
