@@ -19,12 +19,11 @@ def build_plan(cfg):
     from hfedmoe.federation.data import build_federation, load_run_dataset
     from hfedmoe.federation.memory import plan_memory
     from hfedmoe.federation.model import build_model, wrap_for_run
-    from hfedmoe.federation.runtime import place_model, prepare_model
+    from hfedmoe.federation.runtime import setup_model
 
     dataset = load_run_dataset(cfg)
     model, tokenizer, description = build_model(cfg.model, dataset.num_labels, cfg.seed)
-    prepare_model(model, cfg)
-    model, device = place_model(model, cfg)
+    model, device = setup_model(model, cfg)
     mm = wrap_for_run(model, cfg.model)
     fed = build_federation(cfg, tokenizer, dataset)
     budgets = compute_budgets(cfg, mm, fed)

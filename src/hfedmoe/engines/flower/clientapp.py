@@ -30,7 +30,7 @@ from hfedmoe.engines.shared import client_val_accuracy, train_settings
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData, build_federation, load_run_dataset
 from hfedmoe.federation.model import build_model, wrap_for_run
-from hfedmoe.federation.runtime import prepare_model
+from hfedmoe.federation.runtime import setup_model
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo
 from hfedmoe.moe import MoEModel
@@ -64,7 +64,7 @@ def _node(msg: Message) -> NodeState:
         _CACHE.clear()
         dataset = load_run_dataset(cfg)
         model, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
-        prepare_model(model, cfg)
+        model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
         _CACHE[text] = NodeState(cfg, wrap_for_run(model, cfg.model), build_federation(cfg, tokenizer, dataset))
     return _CACHE[text]
 
