@@ -114,3 +114,19 @@ def test_unselected_experts_stay_bit_identical_after_adamw_steps_with_device_mas
         for (layer, e), ts in leaves.items():
             unchanged = all(torch.equal(a, b) for a, b in zip(before[(layer, e)], ts))
             assert unchanged == (e != int(chosen[layer])), (seed, layer, e)
+
+
+def test_the_selected_experts_gradients_are_views_of_one_stacked_gradient_per_layer():
+    """What ``hfedmoe plan`` counts: the stand-in stack's gradient is no copy beside the experts'
+    gradients (they are views of it), so a trained expert's gradient is counted once."""
+    mm = wrap(tiny_model("mixtral"))
+    mm.model.train()
+    with mm.train_only([None] * mm.num_layers):
+        run(mm.model, make_batch("mixtral")).loss.backward()
+    for layer in range(mm.num_layers):
+        grads = [t.grad for e in range(mm.num_experts) for t in mm.expert_leaves()[(layer, e)] if t.grad is not None]
+        assert len(grads) >= 2 * len(mm.expert_param_names(layer))  # at least two experts reached
+        by_name = {}
+        for g in grads:
+            by_name.setdefault(g.shape, set()).add(g.untyped_storage().data_ptr())
+        assert all(len(ptrs) == 1 for ptrs in by_name.values())  # one buffer per stacked tensor

@@ -40,7 +40,8 @@ def plan_lines(cfg, config: Path | None) -> tuple[list[str], int]:
     for cid, (b, nbytes) in enumerate(zip(budgets, plan.client_bytes)):
         lines.append(f"{cid:>6}  {b.profile.name:<24} {b.budget:>6}  {nbytes / GIB:8.3f} GB")
     lines.append("(a client's step: the cost model's weights, gradients, optimizer state and activations, "
-                 "plus 3 copies of each trained expert: its stacked stand-in, that stack's gradient, its first value)")
+                 "plus 3 copies of each trained expert: its stacked stand-in or AdamW's foreach temporary, its first value, "
+                 "the allocator's retained heap)")
     lines.append(f"in-process run: largest client + global copy and aggregation sums "
                  f"({plan.engine_bytes / GIB:.2f} GB) + runtime ({plan.runtime_bytes / GIB:.2f} GB)")
     lines.append(plan.header())
