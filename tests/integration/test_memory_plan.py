@@ -27,7 +27,7 @@ def test_plan_lists_every_client_from_the_cost_model_and_fits(monkeypatch, tmp_p
     sim = Simulation(cfg, tmp_path)
     cost = cost_model(sim.mm, cfg)
     for row, b in zip(rows, sim.budgets):
-        copies = 3 * b.budget * cost.num_layers * cost.trainable_expert_params * 4  # stack, its grad, first value
+        copies = 3 * b.budget * cost.num_layers * cost.trainable_expert_params * 4  # stack or foreach temp, first value, heap
         expected = (cost.training_bytes(b.budget) + copies) / GB  # the cost model at the client's budget
         assert float(row.split()[-2]) == pytest.approx(expected, abs=1e-3)
     assert lines[-1].startswith("memory: predicted peak") and "of 64.0 GB (32.0 GB available)" in lines[-1]

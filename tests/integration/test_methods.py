@@ -85,7 +85,8 @@ class _Routing:
 def _draws(method, mm, seed, round_idx=1, n=12):
     method.seed = seed
     plan = method.plan(mm, ClientInfo(0, 1, 10, "phone-flagship"), round_idx)
-    return [tuple(plan.selector(0, _Routing)) for _ in range(n)]
+    draws = [plan.selector(0, _Routing) for _ in range(n)]  # per-batch selectors answer with (E,) device masks
+    return [tuple(e for e, c in enumerate(d.tolist()) if c) for d in draws]
 
 
 def test_random_is_reproducible_and_seeded(tmp_path):

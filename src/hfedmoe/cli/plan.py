@@ -19,12 +19,11 @@ def build_plan(cfg):
     from hfedmoe.federation.data import build_federation, load_run_dataset
     from hfedmoe.federation.memory import plan_memory
     from hfedmoe.federation.model import build_model, wrap_for_run
-    from hfedmoe.federation.runtime import place_model, prepare_model
+    from hfedmoe.federation.runtime import setup_model
 
     dataset = load_run_dataset(cfg)
     model, tokenizer, description = build_model(cfg.model, dataset.num_labels, cfg.seed)
-    prepare_model(model, cfg)
-    model, device = place_model(model, cfg)
+    model, device = setup_model(model, cfg)
     mm = wrap_for_run(model, cfg.model)
     fed = build_federation(cfg, tokenizer, dataset)
     budgets = compute_budgets(cfg, mm, fed)
@@ -41,7 +40,8 @@ def plan_lines(cfg, config: Path | None) -> tuple[list[str], int]:
     for cid, (b, nbytes) in enumerate(zip(budgets, plan.client_bytes)):
         lines.append(f"{cid:>6}  {b.profile.name:<24} {b.budget:>6}  {nbytes / GIB:8.3f} GB")
     lines.append("(a client's step: the cost model's weights, gradients, optimizer state and activations, "
-                 "plus 3 copies of each trained expert: its stacked stand-in, that stack's gradient, its first value)")
+                 "plus 3 copies of each trained expert: its stacked stand-in or AdamW's foreach temporary, its first value, "
+                 "the allocator's retained heap)")
     lines.append(f"in-process run: largest client + global copy and aggregation sums "
                  f"({plan.engine_bytes / GIB:.2f} GB) + runtime ({plan.runtime_bytes / GIB:.2f} GB)")
     lines.append(plan.header())

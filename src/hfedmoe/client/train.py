@@ -31,8 +31,9 @@ from hfedmoe.client.state import evict_expert_state, experts_with_grad, grad_nor
 
 log = logging.getLogger(__name__)
 
-# A selector picks the trainable experts of one layer from that layer's routing of this batch.
-Selector = Callable[[int, object], Sequence[int]]
+# A selector picks the trainable experts of one layer from that layer's routing of this batch:
+# indices, or an (E,) bool mask left on the device (read with the layer's dispatch, moe/hooks.py).
+Selector = Callable[[int, object], "Sequence[int] | torch.Tensor"]
 
 
 @dataclass
@@ -314,9 +315,12 @@ def train_client(
     usage, importance, num_tokens = totals.usage, totals.importance, totals.num_tokens  # (L, E), (L, E)
     selected_counts = totals.selected_counts
     # trained = the expert's parameters really changed (not: it was selected)
-    for (l, e), before in first_value.items():
-        now = expert_leaves[(l, e)]
-        trained[l, e] = any(not torch.equal(a, b.detach()) for a, b in zip(before, now))
+    if first_value:  # one device->host read for every expert the round stepped
+        keys = list(first_value)
+        changed = torch.stack([torch.stack([(a != b.detach()).any() for a, b in zip(first_value[k], expert_leaves[k])]).any()
+                               for k in keys]).tolist()
+        for (l, e), c in zip(keys, changed):
+            trained[l, e] = c
     experts = {}
     for l, e in trained.nonzero().tolist():
         experts[(l, e)] = mm.get_expert(l, e)

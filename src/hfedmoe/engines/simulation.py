@@ -31,7 +31,7 @@ from hfedmoe.methods import make_method
 from hfedmoe.methods.base import Aggregation, ClientInfo, Method, open_aggregation
 from hfedmoe.methods.server_opt import ServerOptimizer, server_opt_settings
 from hfedmoe.federation.model import build_model, wrap_for_run
-from hfedmoe.federation.runtime import place_model, prepare_model, torch_threads
+from hfedmoe.federation.runtime import setup_model, torch_threads
 from hfedmoe.federation.warmup import mean_top_prob, warmup_head, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
 from hfedmoe.methods._common import per_layer_budget, seed_of
@@ -66,12 +66,7 @@ class Simulation:
         self.method.seed = cfg.seed
         num_labels, federation = self.data_source(cfg)
         model, tokenizer, self.model_description = build_model(cfg.model, num_labels, cfg.seed)
-        if cfg.model.combine != "straight-through":
-            from hfedmoe.moe.minilm import set_combine
-
-            set_combine(model, cfg.model.combine)
-        prepare_model(model, cfg)
-        model, self.device = place_model(model, cfg)
+        model, self.device = setup_model(model, cfg)  # the same as the Flower ClientApp's
         self.mm: MoEModel = wrap_for_run(model, cfg.model)
         self.fed: FederationData = federation(tokenizer)
         # Router warm-up on the disjoint public split, before federation (deterministic in the

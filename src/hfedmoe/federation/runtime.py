@@ -68,6 +68,20 @@ def prepare_model(model: nn.Module, cfg: RunConfig) -> None:
                                f"{type(model).__name__}")
 
 
+def setup_model(model: nn.Module, cfg: RunConfig) -> tuple[nn.Module, torch.device]:
+    """Everything a run does to a freshly built model before training, in one place for every
+    engine (in-process, Flower ClientApp) and ``hfedmoe plan``: the combine rule of MoEfied
+    routers, the training options (:func:`prepare_model`), then device and mixed precision
+    (:func:`place_model`: autocast when ``runtime.dtype`` is bfloat16/float16). Returns the model
+    and its device."""
+    if cfg.model.combine != "straight-through":
+        from hfedmoe.moe.minilm import set_combine
+
+        set_combine(model, cfg.model.combine)
+    prepare_model(model, cfg)
+    return place_model(model, cfg)
+
+
 def set_hidden_dropout(model: nn.Module, p: float) -> int:
     """Set every non-attention ``nn.Dropout`` of ``model`` (hidden, residual, FFN, classifier
     dropout) to ``p``; returns how many changed. ``p < 0`` leaves the model as built. Attention

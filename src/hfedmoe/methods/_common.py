@@ -44,8 +44,8 @@ def per_batch_plan(mm: MoEModel, budget: int, budget_scope: str, scores_of: Call
     best (layer, expert) pairs over the model from a no-grad pre-pass (``"model"``)."""
     E = mm.num_experts
     if budget_scope == "layer":
-        def selector(layer: int, routing) -> Sequence[int]:
-            return mask_to_subsets(selection_mask(scores_of(routing), routed_mask(routing, E), budget)[None])[0]
+        def selector(layer: int, routing) -> torch.Tensor:  # (E,) bool on the device: train_only reads
+            return selection_mask(scores_of(routing), routed_mask(routing, E), budget)  # it with its dispatch
 
         return TrainPlan(selector=selector, budget=budget, on_batch=on_batch)
 

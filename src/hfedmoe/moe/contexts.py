@@ -243,10 +243,15 @@ class RoutingRestriction:
 class TrainOnly:
     """Only the selected experts of each layer take part in backward while the context is active.
 
+    A selector may answer with a device mask ``(E,)`` bool instead of indices: the choice then
+    stays on the device until the layer's experts forward reads it together with its dispatch
+    sizes (one device->host read per layer for both, ``moe/hooks.py``).
+
     Attributes
     ----------
     selected : dict[int, Tensor]
-        Per MoE layer, the sorted LongTensor of trainable experts in the last forward.
+        Per MoE layer, the sorted LongTensor of trainable experts in the last forward (a choice
+        still on the device is read first, all such layers in one read).
     mode : str
         ``"no_grad"`` or ``"detach"``.
     """
@@ -263,8 +268,9 @@ class TrainOnly:
         self._adapter = adapter
         self.mode = mode
         self.attention_mask = attention_mask
-        self.selected: dict[int, torch.Tensor] = {}
+        self._selected: dict[int, torch.Tensor] = {}
         self._selected_sets: dict[int, set[int] | None] = {}
+        self._pending: dict[int, torch.Tensor] = {}  # layer -> (E,) bool device mask not read yet
         self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
         if callable(subsets):
             self.selector: Callable | None = subsets
@@ -273,18 +279,50 @@ class TrainOnly:
             self.selector = None
             self.subsets = check_subsets(subsets, "train_only", min_size=False, **_sizes(adapter))
             for info, subset in zip(adapter._layers, self.subsets):
-                self._set_selected(info, subset)
+                self._set_selected(info.index, info.num_experts, subset)
 
-    def _set_selected(self, info: _Layer, subset: Sequence[int] | None) -> None:
+    @property
+    def selected(self) -> dict[int, torch.Tensor]:
+        if self._pending:  # choices no experts forward read (e.g. a layer no token reached)
+            layers = sorted(self._pending)
+            masks = torch.stack([self._pending[layer] for layer in layers]).tolist()  # one read
+            for layer, row in zip(layers, masks):
+                self.resolve(layer, [e for e, c in enumerate(row) if c])
+        return self._selected
+
+    def _set_selected(self, layer: int, num_experts: int, subset: Sequence[int] | None) -> None:
+        self._pending.pop(layer, None)
         if subset is None:
-            self.selected[info.index] = torch.arange(info.num_experts, dtype=torch.long)
-            self._selected_sets[info.index] = None
+            self._selected[layer] = torch.arange(num_experts, dtype=torch.long)
+            self._selected_sets[layer] = None
         else:
-            self.selected[info.index] = torch.tensor(sorted(subset), dtype=torch.long)
-            self._selected_sets[info.index] = set(subset)
+            self._selected[layer] = torch.tensor(sorted(subset), dtype=torch.long)
+            self._selected_sets[layer] = set(subset)
+
+    def pending_mask(self, layer: int) -> torch.Tensor | None:
+        """``(E,)`` bool device mask of a selector's choice not read yet (None: known on the host)."""
+        return self._pending.get(layer)
+
+    def resolve(self, layer: int, choice: Sequence[int]) -> None:
+        """The host values of layer ``layer``'s pending choice (read by the experts forward)."""
+        self._set_selected(layer, len(self._pending[layer]), sorted(choice))
+
+    def selected_set(self, layer: int) -> set[int] | None:
+        """Layer ``layer``'s trainable experts on the host (None: all); a pending choice is read."""
+        if layer in self._pending:
+            _ = self.selected
+        return self._selected_sets.get(layer)
 
     def _select(self, info: _Layer, routing: LayerRouting) -> None:
         choice = self.selector(info.index, routing)
+        if isinstance(choice, torch.Tensor) and choice.dtype == torch.bool:
+            if tuple(choice.shape) != (info.num_experts,):
+                raise ValueError(f"selector returned a mask of shape {tuple(choice.shape)} for layer {info.index}; "
+                                 f"expected ({info.num_experts},)")
+            self._selected.pop(info.index, None)
+            self._selected_sets.pop(info.index, None)
+            self._pending[info.index] = choice.detach()
+            return
         if isinstance(choice, torch.Tensor):
             choice = choice.flatten().tolist()
         choice = sorted({int(e) for e in choice})
@@ -293,8 +331,7 @@ class TrainOnly:
                 f"selector returned experts {choice} for layer {info.index}; expected indices in "
                 f"[0, {info.num_experts})"
             )
-        self._set_selected(info, choice)
-        self._selected_sets[info.index] = set(choice)
+        self._set_selected(info.index, info.num_experts, choice)
 
     def __enter__(self) -> TrainOnly:
         adapter = self._adapter

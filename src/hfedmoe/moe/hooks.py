@@ -36,110 +36,139 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
     (token, slot) pairs routed to selected experts, with those experts' leaves stacked (only they
     get gradients), once on the pairs routed to frozen experts, with detached weights. Each pair is
     one row with top-1 routing, so no implementation needs a "no expert" index; padding pairs
-    are dropped."""
+    are dropped.
+
+    One device->host read per layer: the pairs are sorted once by (trained / frozen / dropped,
+    expert), and the sizes of those groups and a selector's device-side choice reach the host
+    together. The stand-ins carry the sizes (:data:`~hfedmoe.moe.expert_compute.GROUP_SIZES_ATTR`),
+    so the eager loops (transformers' ``"eager"``, done here by
+    :func:`~hfedmoe.moe.expert_compute.eager_experts_forward`, and the project's fused experts) read
+    nothing more; ``grouped_mm`` and ``batched_mm`` read nothing anyway."""
     adapter, layer = self._hfedmoe
     train = adapter._innermost("train")
     own = type(self).forward  # the registry dispatch of use_experts_implementation classes
     if train is None:
         return own(self, hidden_states, top_k_index, top_k_weights)
+    if getattr(getattr(self, "config", None), "_experts_implementation", None) == "eager" and not getattr(
+            self, "has_post_expert_norm", False):
+        own = expert_compute.eager_experts_forward  # the eager loop without its 1 + E reads
     info = adapter._layers[layer]
     num_experts = info.num_experts
     num_tokens, k = top_k_index.shape
     device = top_k_index.device
     token = torch.arange(num_tokens, device=device).repeat_interleave(k)  # (T*k,) token of each pair
-    expert = top_k_index.reshape(-1)  # (T*k,)
+    expert = top_k_index.reshape(-1).clamp(0, num_experts)  # (T*k,) E = "no expert"
     weight = top_k_weights.reshape(-1, 1)  # (T*k, 1)
     keep = expert < num_experts
     if getattr(adapter, "skip_padding", True):
         real = adapter._token_mask(info, num_tokens, train.attention_mask, device)  # (T,)
         keep = keep & real[token]
-    chosen = train._selected_sets.get(layer)
-    is_selected = torch.ones(num_experts + 1, dtype=torch.bool, device=device)
-    if chosen is not None:
-        is_selected[:] = False
-        is_selected[sorted(chosen)] = True
-    trained = keep & is_selected[expert.clamp(max=num_experts)]  # (T*k,)
+    pending = train.pending_mask(layer)  # (E,) bool on the device, or None: known on the host
+    if pending is not None:
+        is_selected = torch.cat([pending.to(device), pending.new_zeros(1).to(device)])  # (E+1,)
+    else:
+        chosen = train.selected_set(layer)
+        is_selected = torch.ones(num_experts + 1, dtype=torch.bool, device=device)
+        if chosen is not None:
+            is_selected[:] = False
+            is_selected[sorted(chosen)] = True
+    trained = keep & is_selected[expert]  # (T*k,)
     frozen = keep & ~trained  # (T*k,)
-    # pairs grouped by a stable sort (trained, then frozen, then dropped) and every count the host
-    # needs in one read: trained pairs per expert (E+1,) and the frozen pairs
+    # one sort: trained pairs grouped by expert, then frozen pairs grouped by expert, then dropped
     group = torch.where(trained, 0, torch.where(frozen, 1, 2))  # (T*k,)
-    order = torch.argsort(group, stable=True)  # (T*k,)
-    per_expert = torch.zeros(num_experts + 1, dtype=torch.long, device=device).index_add_(
-        0, expert.clamp(max=num_experts), trained.long())  # (E+1,)
-    counts = torch.cat([per_expert, frozen.sum().view(1)]).tolist()  # the one device->host read
-    num_trained, num_frozen = sum(counts[:num_experts]), counts[-1]
+    key = group * (num_experts + 1) + expert  # (T*k,)
+    order = torch.argsort(key, stable=True)  # (T*k,)
+    sizes = torch.zeros(3 * (num_experts + 1), dtype=torch.long, device=device).index_add_(
+        0, key, torch.ones_like(key))  # (3(E+1),) pairs per (group, expert)
+    packed = [sizes[:num_experts], sizes[num_experts + 1:2 * num_experts + 1]]  # trained, frozen (E,) each
+    if pending is not None:
+        packed.append(pending.to(device).long())
+    counts = torch.cat(packed).tolist()  # the one device->host read of this layer
+    trained_sizes, frozen_sizes = counts[:num_experts], counts[num_experts:2 * num_experts]
+    if pending is not None:
+        train.resolve(layer, [e for e, c in enumerate(counts[2 * num_experts:]) if c])
+    num_trained, num_frozen = sum(trained_sizes), sum(frozen_sizes)
     out = torch.zeros_like(hidden_states)  # (T, H)
     rows = order[:num_trained]
     if num_trained:
         # only selected experts that some pair reaches join the stack: a selected expert no token
         # reaches gets no gradient at all (None, not zeros), as with the family's own forward
-        used = [e for e in range(num_experts) if counts[e]]
+        used = [e for e in range(num_experts) if trained_sizes[e]]
         position = torch.full((num_experts + 1,), -1, dtype=torch.long, device=device)
         position[used] = torch.arange(len(used), device=device)  # expert -> row in the stack
         leaves = adapter._leaves[layer]
         stacked = {n: torch.stack([leaves[e][i] for e in used]) for i, n in enumerate(info.param_names)}
-        y = own(_stand_in(self, stacked, len(used)), hidden_states[token[rows]],
-                position[expert[rows]].unsqueeze(1), weight[rows])  # (P, H)
+        stand_in = _stand_in(self, stacked, len(used), [trained_sizes[e] for e in used])
+        y = own(stand_in, hidden_states[token[rows]], position[expert[rows]].unsqueeze(1), weight[rows])  # (P, H)
         out = out.index_add(0, token[rows], y.to(out.dtype))
     rows = order[num_trained:num_trained + num_frozen]
     if num_frozen:
-        frozen = _stand_in(self, {n: getattr(self, n).detach() for n in info.param_names}, num_experts)
+        stand_in = _stand_in(self, {n: getattr(self, n).detach() for n in info.param_names}, num_experts,
+                             frozen_sizes)
         args = (hidden_states[token[rows]], expert[rows].unsqueeze(1))
         if train.mode == "detach":  # detached weights; gradient to the input and routing weights
-            y = own(frozen, *args, weight[rows])
+            y = own(stand_in, *args, weight[rows])
         else:  # "no_grad": weight 1 inside, the routing weight outside keeps the router's gradient
             with torch.no_grad():
-                y = own(frozen, *args, torch.ones_like(weight[rows]))
+                y = own(stand_in, *args, torch.ones_like(weight[rows]))
             y = y * weight[rows]
         out = out.index_add(0, token[rows], y.to(out.dtype))
     return out
 
 
-def _stand_in(experts: nn.Module, tensors: dict, num_experts: int) -> nn.Module:
+def _stand_in(experts: nn.Module, tensors: dict, num_experts: int, group_sizes: list[int]) -> nn.Module:
     """A shallow copy of ``experts`` whose fused tensors are ``tensors`` ``{name: (n, ...)}``: its
-    own forward (and any registered implementation) then computes with them."""
+    own forward (and any registered implementation) then computes with them. ``group_sizes``:
+    the host sizes of the expert groups its pairs come in (the eager loops then read nothing)."""
     stand_in = object.__new__(type(experts))
     stand_in.__dict__.update(experts.__dict__)
     stand_in.__dict__.update(tensors, num_experts=num_experts)
+    stand_in.__dict__[expert_compute.GROUP_SIZES_ATTR] = group_sizes
     return stand_in
 
 
 def _switch_experts_forward(self: nn.Module, hidden_states, selected_experts, routing_weights):
+    """Inside ``train_only``: Switch's experts loop (``selected_experts (T, 1, E)`` one-hot, all
+    zero for a token over capacity; ``routing_weights (T, 1)``) through
+    :func:`~hfedmoe.moe.expert_compute.fused_experts_loop`, one device->host read per layer (the
+    group sizes, with a selector's device-side choice riding along)."""
     adapter, layer = self._hfedmoe
     train = adapter._innermost("train")
     if train is None:
         return type(self).forward(self, hidden_states, selected_experts, routing_weights)
-    selected = train._selected_sets.get(layer)
+    num_experts = selected_experts.shape[-1]
+    pending = train.pending_mask(layer)  # (E,) bool on the device, or None: known on the host
+    selected = train.selected_set(layer) if pending is None else set()
+    hit = selected_experts.reshape(-1, num_experts)  # (T, E)
+    top_index = torch.where(hit.any(-1), hit.argmax(-1), num_experts).unsqueeze(1)  # (T, 1); E = no expert
     pad = _padding(adapter, adapter._layers[layer], train, hidden_states)
     if pad is not None:  # padding rows hit no expert
-        selected_experts = selected_experts.masked_fill(pad.view(-1, 1, 1), 0)
-    final = torch.zeros_like(hidden_states)  # (T, H)
-    expert_mask = selected_experts.permute(2, 1, 0)  # (E, 1, T)
-    expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
-    for expert_idx in expert_hit.flatten().tolist():
-        pos, token_idx = torch.where(expert_mask[expert_idx])
-        x = hidden_states[token_idx]  # (N, H)
+        top_index = top_index.masked_fill(pad.unsqueeze(1), num_experts)
+
+    def on_read(mask: list[int]) -> None:
+        train.resolve(layer, [e for e, c in enumerate(mask) if c])
+        selected.update(train.selected_set(layer))
+
+    def run(expert_idx: int, x: torch.Tensor) -> torch.Tensor:
         expert = self[f"expert_{expert_idx}"]
         if selected is None or expert_idx in selected:
-            out = expert(x)
-        elif train.mode == "no_grad":
+            return expert(x)
+        if train.mode == "no_grad":
             with torch.no_grad():
-                out = expert_compute.switch_expert_apply(expert, x, detach=True)
-        else:
-            out = expert_compute.switch_expert_apply(expert, x, detach=True)
-        out = out * routing_weights[token_idx, pos, None]
-        final.index_add_(0, token_idx, out.to(hidden_states.dtype))
-    return final
+                return expert_compute.switch_expert_apply(expert, x, detach=True)
+        return expert_compute.switch_expert_apply(expert, x, detach=True)
+
+    return expert_compute.fused_experts_loop(self, hidden_states, top_index, routing_weights.reshape(-1, 1), run,
+                                             also_read=pending, on_read=on_read if pending is not None else None)
 
 
 def _padding(adapter, info, train, hidden_states: torch.Tensor) -> torch.Tensor | None:
-    """(T,) bool, True for padding tokens, or None when nothing is padding (or skipping is off)."""
+    """(T,) bool, True for padding tokens, or None when skipping is off (no device read: a batch
+    without padding gets an all-False mask)."""
     if not getattr(adapter, "skip_padding", True):
         return None
     num_tokens = hidden_states.shape[0]
     real = adapter._token_mask(info, num_tokens, train.attention_mask, hidden_states.device)  # (T,)
-    if bool(real.all()):
-        return None
     return ~real
 
 

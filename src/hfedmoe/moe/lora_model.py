@@ -157,12 +157,17 @@ def _lora_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_wei
         return type(self).forward(self, hidden_states, top_k_index, top_k_weights)
     info = adapter._layers[layer]
     pairs = adapter._pairs[layer]
-    selected = train._selected_sets.get(layer)
+    pending = train.pending_mask(layer)  # a selector's device-side choice: read with the loop's sizes
+    selected = train.selected_set(layer) if pending is None else set()
     leaves = adapter._leaves[layer]
     base = {n: _raw(self, n).detach() for n in info.param_names}  # (E, d0, d1) / (E, d)
     pad = _padding(adapter, info, train, hidden_states)
     if pad is not None:  # index num_experts = "no expert": the loop skips it
         top_k_index = top_k_index.masked_fill(pad.unsqueeze(1), self.num_experts)
+
+    def on_read(mask: list[int]) -> None:
+        train.resolve(layer, [e for e, c in enumerate(mask) if c])
+        selected.update(train.selected_set(layer))
 
     def weights(e: int, slices) -> dict[str, torch.Tensor]:
         tensors = {n: base[n][e] for n in info.param_names}
@@ -179,7 +184,8 @@ def _lora_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_wei
                 return expert_compute.fused_expert_apply(self, x, weights(e, frozen))
         return expert_compute.fused_expert_apply(self, x, weights(e, frozen))
 
-    return expert_compute.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+    return expert_compute.fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run,
+                                             also_read=pending, on_read=on_read if pending is not None else None)
 
 
 def enable_lora(mm: MoEModel, r: int, alpha: float) -> LoraMoEModel:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from hfedmoe.moe.expert_compute import fused_expert_apply, fused_experts_loop
+from hfedmoe.moe.expert_compute import eager_experts_forward
 from hfedmoe.moe.layouts import route_straight_through
 
 
@@ -74,12 +74,7 @@ class MoEFiedExperts(nn.Module):
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         """``hidden_states (T, H)``, ``top_k_index (T, k)``, ``top_k_weights (T, k)`` -> ``(T, H)``."""
-        names = ("up_proj", "up_proj_bias", "down_proj") if self.has_bias else ("up_proj", "down_proj")
-
-        def run(idx: int, x: torch.Tensor) -> torch.Tensor:
-            return fused_expert_apply(self, x, {n: getattr(self, n)[idx] for n in names})
-
-        return fused_experts_loop(self, hidden_states, top_k_index, top_k_weights, run)
+        return eager_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
 
 class MoEFeedForward(nn.Module):

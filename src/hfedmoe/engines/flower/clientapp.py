@@ -38,7 +38,7 @@ from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import build_federation, load_run_dataset
 from hfedmoe.federation.model import build_model, wrap_for_run
 from hfedmoe.federation.node_data import NodeData, check_task, data_fingerprint, load_node_data
-from hfedmoe.federation.runtime import prepare_model
+from hfedmoe.federation.runtime import setup_model
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo
 from hfedmoe.moe import MoEModel
@@ -94,13 +94,13 @@ def _node(msg: Message, context: Context) -> NodeState:
                 raise HFedMoEError(f"data-path: expected a partition written for this run's data config, got "
                                    f"{path} (written for another one): write the partitions again")
             model, _, _ = build_model(cfg.model, own.num_labels, cfg.seed)
-            prepare_model(model, cfg)
+            model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
             _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), own.tokens,
                                     lambda cid: (own.train_idx, own.val_idx), None)
         else:
             dataset = load_run_dataset(cfg)
             model, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
-            prepare_model(model, cfg)
+            model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
             fed = build_federation(cfg, tokenizer, dataset)
             _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), fed.tokens,
                                     lambda cid: (fed.clients[cid].train_idx, fed.clients[cid].val_idx),
