@@ -38,7 +38,7 @@ def test_the_clientapp_model_runs_under_the_same_autocast_as_the_in_process_engi
     cfg = load_config(TINY, FAST + ["runtime.dtype=bfloat16", "model.combine=topk-prob"])
     # what _node reads of the server's message: its content (a Message needs a running Flower task)
     msg = SimpleNamespace(content=RecordDict({"config": ConfigRecord({"run_config": tomli_w.dumps(config_to_dict(cfg))})}))
-    node = clientapp._node(msg)
+    node = clientapp._node(msg, SimpleNamespace(node_config={}))  # no data-path: the virtual nodes' path
     sim = Simulation(cfg, Path("/nonexistent-unused"))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 90, (3, 9), generator=gen)
