@@ -31,6 +31,7 @@ from torch import nn
 from hfedmoe.errors import UnsupportedModelError
 from hfedmoe.moe import layouts
 from hfedmoe.moe.contexts import LayerRouting, RoutingCapture, RoutingRestriction, TrainOnly, _Layer
+from hfedmoe.moe.discover import find_layers
 from hfedmoe.moe.token_layout import mask_source
 from hfedmoe.moe.token_layout import token_layout as layout_of_tokens
 from hfedmoe.moe.hooks import _fused_experts_forward, _MaskGrabber, _router_forward, _switch_experts_forward
@@ -395,30 +396,6 @@ class MoEModel:
 # --------------------------------------------------------------------------------------------
 # wrap
 # --------------------------------------------------------------------------------------------
-def _find_layers(model: nn.Module) -> list[_Layer]:
-    classes = layouts.block_classes()
-    layers: list[_Layer] = []
-    for path, module in model.named_modules():
-        spec = layouts.family_of_block(module, classes)
-        if spec is None:
-            continue
-        router = getattr(module, spec.router_attr)
-        experts = getattr(module, spec.experts_attr)
-        num_experts = layouts.router_num_experts(spec, router)
-        if spec.kind == "fused":
-            names = layouts.fused_param_names(experts, num_experts)
-        else:
-            names = layouts.switch_param_names(experts)
-        role = None
-        if spec.name == "switch":
-            role = "decoder" if path.startswith("decoder") or ".decoder." in f".{path}" else "encoder"
-        layers.append(
-            _Layer(len(layers), spec, path, module, router, experts, role, num_experts,
-                   layouts.router_top_k(spec, router), names)
-        )
-    return layers
-
-
 def wrap(model: nn.Module) -> MoEModel:
     """Find the MoE layers of ``model`` (in forward order) and return its :class:`MoEModel`.
 
@@ -432,7 +409,7 @@ def wrap(model: nn.Module) -> MoEModel:
     existing = getattr(model, ADAPTER_ATTR, None)
     if isinstance(existing, MoEModel) and existing.model is model:
         return existing
-    layers = _find_layers(model)
+    layers = find_layers(model)
     if not layers:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no MoE layers this project can address; supported families: "
