@@ -2,7 +2,7 @@
 that reports every problem at once. Reading, overrides and writing: :mod:`hfedmoe.config.loading`.
 
 Every field carries its help text in ``metadata["help"]``; ``hfedmoe config`` prints every
-field with its type, default and help (``--markdown``: the README's table, from the same rows),
+field with its type, default and help (``--markdown``: the table of docs/config.md, from the same rows),
 and the presets in ``configs/`` use the same names. Dotted overrides (``--set method.beta=0.2``)
 address any field. Type errors and value errors are collected in one pass
 (:func:`config_from_data`); every message starts with the dotted field name. Range checks live in
