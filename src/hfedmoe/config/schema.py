@@ -196,6 +196,10 @@ class DataConfig:
 class TrainConfig:
     local_epochs: int = _f(1, "local epochs per round (ignored when local_steps > 0)")
     local_steps: int = _f(0, "local optimizer steps per round (0 = use local_epochs)")
+    min_local_steps: int = _f(
+        0, "at least this many local optimizer steps per round: a client whose local_epochs give fewer "
+        "repeats its data (label skew with small clients needs the local work, docs/label-skew.md); 0 = off; "
+        "ignored when local_steps > 0")
     batch_size: int = _f(16, "local batch size")
     lr: float = _f(5e-4, "learning rate")
     optimizer: str = _f("adamw", "adamw | sgd")
