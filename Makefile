@@ -83,12 +83,12 @@ perf: install
 gpu-check: install
 	$(PERF) scripts/gpu_check.py
 
-# Rerun the demo and write its numbers into README.md and docs/results/demo/ (~8 min alone on 2 cores),
+# Rerun the demo and write its numbers and wall time into README.md and docs/results/demo/,
 # so the README cannot drift from the code. `scripts/docs_results.py --from DIR` re-renders without a rerun.
 docs-results: install
 	$(BIN)/python scripts/docs_results.py
 
-# Only the README's config table (after adding or changing a config field).
+# Only the config table of docs/config.md (after adding or changing a config field).
 docs-config: install
 	$(BIN)/python scripts/docs_results.py --config-table-only
 

@@ -1,4 +1,4 @@
-"""The README's reliability figures are counted from the tests that exercise them, so they cannot
+"""The reliability figures of docs/reliability.md are counted from the tests that exercise them, so they cannot
 drift: adding an attack, a bad input, a corruption or a kill point changes the expected line."""
 
 import inspect
@@ -11,7 +11,7 @@ from tests.integration import test_checkpoint_trust as trust
 from tests.integration import test_hostile_updates as hostile
 from tests.integration import test_interrupt_and_locks as interrupt
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RELIABILITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 
 
 def _tests(module, pattern: str) -> list[str]:
@@ -34,7 +34,7 @@ def counts_line() -> str:
             f"{len(trust.KILL_DELAYS)} SIGKILLs of a real run resumed bit-identically; {ctrl_c} Ctrl-C tests.")
 
 
-def test_readme_counts_are_the_tests_counts():
-    text = " ".join(README.read_text().split())
+def test_reliability_doc_counts_are_the_tests_counts():
+    text = " ".join(RELIABILITY_DOC.read_text().split())
     expected = counts_line()
-    assert expected in text, f"README's reliability section should say:\n{expected}"
+    assert expected in text, f"docs/reliability.md should say:\n{expected}"

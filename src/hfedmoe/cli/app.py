@@ -310,7 +310,7 @@ def assets(
 def config_cmd(
     show: Annotated[Optional[Path], typer.Option("--show", help="print this preset fully resolved (with --set)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a field: key=value (dotted)")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="the field table as Markdown (the README's)")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="the field table as Markdown (docs/config.md)")] = False,
     debug: Debug = False,
 ) -> None:
     """Every config field with type, default and help; or, with --show FILE [--set ...], the fully

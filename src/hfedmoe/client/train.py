@@ -22,7 +22,7 @@ from hfedmoe.client.parts import dense_names_for
 from hfedmoe.core.flops import BatchShape
 from hfedmoe.core.selection import routed_pair_counts
 from hfedmoe.core.usage import UsageAccumulator
-from hfedmoe.data.batches import TokenizedTexts, iter_batches, num_batches
+from hfedmoe.data.batches import TokenizedTexts, iter_batches, local_step_count
 from hfedmoe.moe import MoEModel
 from hfedmoe.moe.contexts import routing_scores
 from hfedmoe.client.diagnostics import SelectionDiagnostics
@@ -80,6 +80,7 @@ class TrainPlan:
 class TrainSettings:
     local_epochs: int = 1
     local_steps: int = 0
+    min_local_steps: int = 0  # at least this many steps per round (local_epochs repeated), unless local_steps
     batch_size: int = 16
     lr: float = 5e-4
     optimizer: str = "adamw"
@@ -208,8 +209,8 @@ def train_client(
     anchors = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []  # FedProx: w_global
     counts = None  # (C,) the client's label counts, for train.loss other than ce
 
-    steps_per_epoch = num_batches(len(indices), settings.batch_size)
-    total_steps = settings.local_steps or settings.local_epochs * steps_per_epoch
+    total_steps = local_step_count(len(indices), settings.batch_size, settings.local_epochs, settings.local_steps,
+                                   settings.min_local_steps)
 
     trained = torch.zeros(L, E, dtype=torch.bool)
     shapes: list[tuple[int, int]] = []  # per step (sequences, padded length): host numbers

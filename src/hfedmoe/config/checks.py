@@ -146,6 +146,7 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
              "experts are the trained unit)", t.trainable)
     need(t.local_epochs >= 1, "train.local_epochs", "an integer >= 1", t.local_epochs)
     need(t.local_steps >= 0, "train.local_steps", "an integer >= 0", t.local_steps)
+    need(t.min_local_steps >= 0, "train.min_local_steps", "an integer >= 0", t.min_local_steps)
     need(t.batch_size >= 1, "train.batch_size", "an integer >= 1", t.batch_size)
     need(t.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", t.eval_batch_size)
     need(t.lr > 0, "train.lr", "a float > 0", t.lr)

@@ -40,6 +40,7 @@ INT_RANGES: tuple[tuple[str, int, int], ...] = (
     ("data.max_length", 4, 8192),
     ("train.local_epochs", 1, 1_000),
     ("train.local_steps", 0, 1_000_000),
+    ("train.min_local_steps", 0, 1_000_000),
     ("train.batch_size", 1, 65_536),
     ("train.eval_batch_size", 1, 65_536),
     ("federation.rounds", 1, 100_000),

@@ -2,7 +2,7 @@
 that reports every problem at once. Reading, overrides and writing: :mod:`hfedmoe.config.loading`.
 
 Every field carries its help text in ``metadata["help"]``; ``hfedmoe config`` prints every
-field with its type, default and help (``--markdown``: the README's table, from the same rows),
+field with its type, default and help (``--markdown``: the table of docs/config.md, from the same rows),
 and the presets in ``configs/`` use the same names. Dotted overrides (``--set method.beta=0.2``)
 address any field. Type errors and value errors are collected in one pass
 (:func:`config_from_data`); every message starts with the dotted field name. Range checks live in
@@ -196,6 +196,10 @@ class DataConfig:
 class TrainConfig:
     local_epochs: int = _f(1, "local epochs per round (ignored when local_steps > 0)")
     local_steps: int = _f(0, "local optimizer steps per round (0 = use local_epochs)")
+    min_local_steps: int = _f(
+        0, "at least this many local optimizer steps per round: a client whose local_epochs give fewer "
+        "repeats its data (label skew with small clients needs the local work, docs/label-skew.md); 0 = off; "
+        "ignored when local_steps > 0")
     batch_size: int = _f(16, "local batch size")
     lr: float = _f(5e-4, "learning rate")
     optimizer: str = _f("adamw", "adamw | sgd")

@@ -14,7 +14,7 @@ client id, all of which the server knows), so the server cannot regenerate it an
 DP run therefore does not repeat bit for bit (a run with DP off still does).
 
 Not protected: which experts a client trained (the sparsity pattern), its example count and
-its usage / importance statistics travel in the clear (see the README, "What a deployment
+its usage / importance statistics travel in the clear (see docs/reliability.md, "What a deployment
 protects").
 """
 

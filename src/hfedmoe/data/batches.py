@@ -78,6 +78,15 @@ def num_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
+def local_step_count(num_examples: int, batch_size: int, local_epochs: int, local_steps: int = 0,
+                     min_local_steps: int = 0) -> int:
+    """Optimizer steps of one client-round: ``local_steps`` when set, else ``local_epochs`` passes
+    over the client's batches, raised to ``min_local_steps`` (a small client repeats its data)."""
+    if local_steps:
+        return local_steps
+    return max(local_epochs * num_batches(num_examples, batch_size), min_local_steps)
+
+
 def tokenize_lm(
     tokenizer, texts: Sequence[str], max_length: int, prompts: Sequence[str] | None = None
 ) -> TokenizedTexts:

@@ -32,7 +32,7 @@ from hfedmoe.core.validation import (
     update_distance,
 )
 from hfedmoe.core.step_bound import StepBounds, adamw_distance_bounds
-from hfedmoe.data.batches import num_batches
+from hfedmoe.data.batches import local_step_count
 from hfedmoe.methods._common import seed_of
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RoundGuard:
     def steps(self, cinfo: Any) -> int:
         """Local steps the client is asked to run this round."""
         s = self.settings
-        return s.local_steps or s.local_epochs * num_batches(cinfo.num_examples, s.batch_size)
+        return local_step_count(cinfo.num_examples, s.batch_size, s.local_epochs, s.local_steps, s.min_local_steps)
 
     def step_bounds(self, cinfo: Any, dist: Any) -> StepBounds | None:
         """The most an honest AdamW client moves the weights this round (core/step_bound.py)."""

@@ -57,6 +57,7 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
     return TrainSettings(
         local_epochs=cfg.train.local_epochs,
         local_steps=cfg.train.local_steps,
+        min_local_steps=cfg.train.min_local_steps,
         batch_size=cfg.train.batch_size,
         lr=cfg.train.lr,
         optimizer=cfg.train.optimizer,

@@ -1,7 +1,7 @@
 """Which transformers model types are MoE causal LMs, and tiny random configs for each.
 
-:func:`moe_causal_lm_model_types` is the reproducible enumeration behind the coverage count in the
-README (``python -m hfedmoe.moe.catalog`` prints it). :func:`tiny_family_model` builds a tiny
+:func:`moe_causal_lm_model_types` is the reproducible enumeration behind the coverage count of
+docs/moe-families.md (``python -m hfedmoe.moe.catalog`` prints it). :func:`tiny_family_model` builds a tiny
 random ``*ForCausalLM`` of any such model type on CPU: one generic shrink of the family's default
 config (small widths, 2 layers, 6 experts, top-2) plus per-family overrides where the generic
 shrink breaks an architectural constraint.
@@ -117,7 +117,7 @@ def tiny_family_model(model_type: str, seed: int = 0, **kw) -> nn.Module:
     return model.eval()
 
 
-if __name__ == "__main__":  # pragma: no cover - prints the enumeration for the README
+if __name__ == "__main__":  # pragma: no cover - prints the enumeration for docs/moe-families.md
     types = moe_causal_lm_model_types()
     for mt, cls in types.items():
         print(f"{mt:24s} {cls}")

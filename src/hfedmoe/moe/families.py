@@ -14,7 +14,7 @@ the logits and top-k inputs of forbidden experts masked to ``-inf``; with ``None
 probabilities: softmax, or normalised sigmoid scores for sigmoid routers (those with an
 ``e_score_correction_bias``).
 
-Families left out are listed in :data:`LEFT_OUT` with the reason (the README prints the same list).
+Families left out are listed in :data:`LEFT_OUT` with the reason (docs/moe-families.md prints the same list).
 """
 
 from __future__ import annotations

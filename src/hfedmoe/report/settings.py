@@ -45,6 +45,8 @@ def key_settings(cfg: Any, num_examples: int, num_clients: int) -> dict[str, Any
     if d.partition == "shards":
         partition += f", {d.shards_per_client} shards per client"
     local = f"{t.local_steps} steps" if t.local_steps else f"{t.local_epochs} epoch(s)"
+    if t.min_local_steps and not t.local_steps:
+        local += f" (at least {t.min_local_steps} steps)"
     f = cfg.federation
     server = f.server_optimizer if f.server_optimizer == "none" else f"{f.server_optimizer}, lr {f.server_lr or 'auto'}"
     per_round = "all" if f.clients_per_round == 1 else (
