@@ -19,12 +19,11 @@ import torch
 from hfedmoe.client.flops import flop_model
 from hfedmoe.client.objective import add_prox_grad, label_counts, local_loss
 from hfedmoe.client.parts import dense_names_for
+from hfedmoe.client.profiling import forward_shape, profile_routing, to_device
 from hfedmoe.core.flops import BatchShape
 from hfedmoe.core.selection import routed_pair_counts
-from hfedmoe.core.usage import UsageAccumulator
 from hfedmoe.data.batches import TokenizedTexts, iter_batches, local_step_count
 from hfedmoe.moe import MoEModel
-from hfedmoe.moe.contexts import routing_scores
 from hfedmoe.client.diagnostics import SelectionDiagnostics
 from hfedmoe.client.round_stats import RoundStats
 from hfedmoe.client.state import evict_expert_state, experts_with_grad, grad_norms, live_expert_state
@@ -138,11 +137,6 @@ def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
     return dense_names_for([n for n, p in dense.items() if p.is_floating_point()], list(parts))
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch on ``device`` (on the CPU, ``Tensor.to`` returns the same tensors: no copy)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def train_client(
     mm: MoEModel,
     client_id: int,
@@ -190,6 +184,13 @@ def train_client(
     expert_leaves = mm.expert_leaves() if "experts" in parts else {}
     train_routers = "routers" in parts and plan.train_routers
 
+    if _trains_nothing(plan, parts, dense_names, train_routers):
+        # e.g. fedavg-fit on a client whose budget cannot hold every expert, in a run that trains
+        # only experts: no tensor may change, so no forward/backward is spent; the update is empty
+        log.info("client %d: the plan trains no tensor this round, skipping local training", client_id)
+        empty = _empty_update(mm, client_id)
+        empty.nonce = nonce
+        return empty
     # requires_grad: exactly the trainable dense params and routers; experts via train_only.
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -364,6 +365,18 @@ def length_sorted(data: TokenizedTexts, indices: np.ndarray) -> np.ndarray:
     return indices[np.argsort(lengths, kind="stable")]
 
 
+def _trains_nothing(plan: TrainPlan, parts: tuple[str, ...], dense_names: list[str], train_routers: bool) -> bool:
+    """True when ``plan`` can give no tensor a gradient: no dense part, no router, and either no
+    experts in ``parts`` or a fixed plan whose every layer subset is empty."""
+    if dense_names or train_routers:
+        return False
+    if "experts" not in parts:
+        return True
+    dynamic = plan.selector is not None or plan.batch_subsets is not None or plan.grad_selector is not None
+    return not dynamic and plan.static_subsets is not None and all(
+        sub is not None and len(sub) == 0 for sub in plan.static_subsets)
+
+
 def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
     L, E = mm.num_layers, mm.num_experts
     return ClientUpdate(
@@ -374,46 +387,6 @@ def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
                  "backward_flops": 0.0, "peak_expert_state_max": 0.0},
         peak_expert_state=torch.zeros(L, dtype=torch.long),
     )
-
-
-def forward_shape(capture, attention_mask: torch.Tensor, num_layers: int) -> BatchShape:
-    """The FLOP shape of a forward-only pass captured in ``capture`` over a batch with
-    ``attention_mask`` (B, S): every real token's top-k pairs per layer, none through backward."""
-    pairs = [int(capture.layer(l).token_mask.sum()) * capture.layer(l).topk_idx.shape[1] for l in range(num_layers)]
-    num_seq, padded_len = (int(x) for x in attention_mask.shape)
-    return BatchShape(num_seq, padded_len, pairs, [0] * num_layers)
-
-
-@torch.no_grad()
-def profile_routing(
-    mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, settings: TrainSettings, max_batches: int,
-    rng: np.random.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, list[BatchShape]]:
-    """Usage (Eq. 16) and mean per-batch importance (Eq. 5), both ``(L, E)``, of an unrestricted
-    no-grad pass over up to ``max_batches`` shuffled batches of the client's data, and the shape of
-    each batch the pass ran (its forward compute counts in the client's FLOPs)."""
-    L, E = mm.num_layers, mm.num_experts
-    acc = [UsageAccumulator(E) for _ in range(L)]
-    imp = torch.zeros(L, E, dtype=torch.float64)
-    shapes: list[BatchShape] = []
-    n = 0
-    was_training = mm.model.training
-    mm.model.eval()
-    for batch in iter_batches(data, indices, settings.batch_size, shuffle=True, rng=rng):
-        if n >= max_batches:
-            break
-        batch = to_device(batch, next(mm.model.parameters()).device)
-        with mm.capture_routing(batch["attention_mask"]) as cap:
-            mm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        for l in range(L):
-            r = cap.layer(l)
-            acc[l].update(r.gate_probs, r.token_mask)
-            imp[l] += routing_scores(r, settings.lam, settings.pooling).double().cpu()
-        shapes.append(forward_shape(cap, batch["attention_mask"], L))
-        n += 1
-    mm.model.train(was_training)
-    usage = torch.stack([a.usage() for a in acc]).float()  # (L, E)
-    return usage, (imp / max(n, 1)).float(), shapes
 
 
 @torch.no_grad()
