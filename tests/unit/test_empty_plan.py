@@ -36,7 +36,7 @@ def test_an_empty_fixed_plan_with_only_experts_trainable_trains_nothing_and_runs
     hook.remove()
     assert calls == []  # no forward was paid for
     assert upd.experts == {} and upd.routers == {} and upd.dense == {}
-    assert upd.metrics["steps"] == 0.0 and not bool(upd.trained.any())
+    assert upd.metrics["steps"] == 0.0 and not bool(upd.trained.any()) and upd.num_examples == 12
     after = mm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -54,3 +54,21 @@ def test_the_same_plan_with_one_expert_or_a_dense_part_still_trains():
     upd2 = train_client(mm2, 0, _data(), np.arange(12),
                         TrainPlan(static_subsets=[[] for _ in range(mm2.num_layers)]), settings, seed=0)
     assert upd2.metrics["steps"] == 2.0 and upd2.dense and not bool(upd2.trained.any())
+
+
+def test_a_fedavg_fit_run_whose_clients_cannot_fit_ends_unchanged_with_no_failure_or_rejection(tmp_path):
+    from pathlib import Path
+
+    from hfedmoe.config import load_config
+    from hfedmoe.engines.simulation import Simulation
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "tiny-lm.toml",
+                      ["method.name=fedavg-fit", 'train.trainable=["experts"]', "federation.rounds=1",
+                       "train.local_steps=2", "data.max_examples=160", "clients.fixed_budgets=[1, 2]"])
+    sim = Simulation(cfg, tmp_path / "fit")
+    assert all(b.budget < sim.mm.num_experts for b in sim.budgets)  # nobody can hold every expert
+    before = {k: v.clone() for k, v in sim.mm.model.state_dict().items()}
+    row = sim.run()[-1]
+    assert row["failed_clients"] == [] and row["rejected_clients"] == {}
+    after = sim.mm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

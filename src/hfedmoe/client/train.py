@@ -190,6 +190,7 @@ def train_client(
         log.info("client %d: the plan trains no tensor this round, skipping local training", client_id)
         empty = _empty_update(mm, client_id)
         empty.nonce = nonce
+        empty.num_examples = len(indices)  # the data it holds (nothing of it trained a tensor)
         return empty
     # requires_grad: exactly the trainable dense params and routers; experts via train_only.
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
