@@ -164,9 +164,7 @@ def train_client(
         # nothing to train on: an empty update (no experts, routers or dense tensors), never an
         # endless search for a first batch when local_steps > 0
         log.warning("client %d: no training examples, skipping local training", client_id)
-        empty = _empty_update(mm, client_id)
-        empty.nonce = nonce
-        return empty
+        return _empty_update(mm, client_id, nonce, num_examples=0)
     parts = tuple(settings.trainable)
     profiled: list[BatchShape] = []  # FedMoE's profiling pass: forward compute the client pays
     if plan.profile is not None:
@@ -188,10 +186,8 @@ def train_client(
         # e.g. fedavg-fit on a client whose budget cannot hold every expert, in a run that trains
         # only experts: no tensor may change, so no forward/backward is spent; the update is empty
         log.info("client %d: the plan trains no tensor this round, skipping local training", client_id)
-        empty = _empty_update(mm, client_id)
-        empty.nonce = nonce
-        empty.num_examples = len(indices)  # the data it holds (nothing of it trained a tensor)
-        return empty
+        # it holds len(indices) examples; none of them trained a tensor
+        return _empty_update(mm, client_id, nonce, num_examples=len(indices))
     # requires_grad: exactly the trainable dense params and routers; experts via train_only.
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -378,10 +374,10 @@ def _trains_nothing(plan: TrainPlan, parts: tuple[str, ...], dense_names: list[s
         sub is not None and len(sub) == 0 for sub in plan.static_subsets)
 
 
-def _empty_update(mm: MoEModel, client_id: int) -> ClientUpdate:
+def _empty_update(mm: MoEModel, client_id: int, nonce: str, num_examples: int) -> ClientUpdate:
     L, E = mm.num_layers, mm.num_experts
     return ClientUpdate(
-        client_id=client_id, num_examples=0, experts={}, routers={}, dense={},
+        client_id=client_id, num_examples=num_examples, experts={}, routers={}, dense={}, nonce=nonce,
         usage=torch.zeros(L, E), importance=torch.zeros(L, E),
         trained=torch.zeros(L, E, dtype=torch.bool), selected_counts=torch.zeros(L, E, dtype=torch.long),
         metrics={"train_loss": float("nan"), "steps": 0.0, "tokens": 0.0, "forward_flops": 0.0,
