@@ -54,10 +54,10 @@ def _rows(accs, share=None):
     return rows
 
 
-def test_final_well_below_best_round_names_rounds_and_lr():
+def test_final_well_below_best_round_names_best_val_and_lr():
     (w,) = drift_warnings(_rows([0.5, 0.7, 0.756, 0.698]))
     assert w.startswith("final test accuracy 69.8% is 5.8 points below round 2 (75.6%)")
-    assert "federation.rounds = 2" in w and "train.lr" in w
+    assert "federation.select_model = 'best-val'" in w and "train.lr" in w
     assert drift_warnings(_rows([0.5, 0.7, 0.72, 0.70])) == []
 
 

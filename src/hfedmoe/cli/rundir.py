@@ -35,7 +35,8 @@ def run_config(run_dir: Path) -> RunConfig:
 
 
 def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
-    """The run's model rebuilt from ``cfg`` with its newest complete checkpoint loaded (strict)."""
+    """The run's model rebuilt from ``cfg`` with its newest complete checkpoint loaded (strict); with
+    ``federation.select_model = "best-val"`` the kept best-val model (``checkpoints/best``) instead."""
     from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
     from hfedmoe.federation.model import build_model, wrap_for_run
 
@@ -51,8 +52,14 @@ def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
     model, tokenizer, _ = build_model(cfg.model, num_labels, cfg.seed)
     mm = wrap_for_run(model, cfg.model)
     tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
+    kept_round = rounds[-1]
+    if cfg.federation.select_model == "best-val":  # the run ended with the round validation chose
+        from hfedmoe.engines.best import load_best
+
+        if (kept := load_best(run_dir / "checkpoints")) is not None:
+            kept_round, tensors = kept
     model.load_state_dict(tensors, strict=True)
     from hfedmoe.federation.runtime import place_model
 
     model, _ = place_model(model, cfg)  # the run's device (runtime.device), like the engines
-    return LoadedRun(cfg, model, tokenizer, mm, rounds[-1])
+    return LoadedRun(cfg, model, tokenizer, mm, kept_round)

@@ -25,6 +25,7 @@ def write_report(sim: Any) -> dict[str, Any]:
                "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
                "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
                "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
+               "select_model": sim.cfg.federation.select_model, "task": sim.cfg.model.task,
                **data_context(sim.cfg, sim.fed)}
     if lm:
         context["lm_layout"] = sim.fed.layout.describe(sim.cfg.data.max_length)
@@ -51,6 +52,10 @@ def final_lines(console: Console, summary: dict[str, Any], out: Path, quiet: boo
         held = f"; held-out {h0:.2f} -> {h1:.2f}" if h0 is not None and h1 is not None else ""
         console.print(f"[bold]done[/]: test perplexity {summary['initial_test_perplexity']:.2f} (round 0) -> "
                       f"{summary['final_test_perplexity']:.2f}{held}; wall {summary['wall_time_s']:.0f} s")
+        if summary.get("selected_round") is not None:
+            console.print(f"kept model: round {summary['selected_round']} (best mean client validation perplexity "
+                          f"{summary['selected_val_score']:.2f}), test perplexity "
+                          f"{summary.get('selected_test_perplexity') or float('nan'):.2f}")
         console.print(f"report: {out / 'report.md'}")
         return
     console.print(
@@ -59,6 +64,11 @@ def final_lines(console: Console, summary: dict[str, Any], out: Path, quiet: boo
         f"macro-F1 {100 * (summary.get('final_test_macro_f1') or 0):.1f}%, "
         f"simulated {summary['sim_time_s']:.0f} s, wall {summary.get('wall_time_human', summary['wall_time_s'])}"
     )
+    if summary.get("selected_round") is not None and summary.get("selected_test_accuracy") is not None:
+        console.print(f"kept model: round {summary['selected_round']} (best mean client validation accuracy "
+                      f"{100 * summary['selected_val_score']:.1f}%), test accuracy "
+                      f"{100 * summary['selected_test_accuracy']:.1f}%, macro-F1 "
+                      f"{100 * (summary.get('selected_test_macro_f1') or 0):.1f}%")
     for w in summary.get("warnings") or []:
         sys.stderr.write(f"warning: {w}\n")
     console.print(f"report: {out / 'report.md'}")

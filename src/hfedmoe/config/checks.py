@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adamw", "sgd"),
     "train.loss": ("ce", "logit-adjusted", "balanced"),
     "federation.server_optimizer": ("none", "avgm", "adam", "yogi"),
+    "federation.select_model": ("last", "best-val"),
     "method.budget_scope": ("layer", "model"),
     "method.gate_weights": ("normalized", "paper-literal"),
     "method.grad_mode": ("no_grad", "detach"),
@@ -187,6 +188,9 @@ def validate(cfg: RunConfig, prior: list[str] | tuple[str, ...] = ()) -> None:
          cfg.engine.name)
     need(fed.checkpoint_every >= 1, "federation.checkpoint_every", "an integer >= 1", fed.checkpoint_every)
     need(fed.client_eval_every >= 1, "federation.client_eval_every", "an integer >= 1", fed.client_eval_every)
+    need(fed.select_model != "best-val" or d.val_fraction > 0, "data.val_fraction",
+         "a fraction > 0 when federation.select_model = 'best-val' (the clients' validation splits choose the round)",
+         d.val_fraction)
     need(m.attention_dropout == -1.0 or 0.0 <= m.attention_dropout < 1.0, "model.attention_dropout",
          "-1 (the checkpoint's value) or a float in [0, 1)", m.attention_dropout)
     need(cfg.runtime.threads >= 0, "runtime.threads", "an integer >= 0 (0 = torch's default)", cfg.runtime.threads)

@@ -278,6 +278,11 @@ class FederationConfig:
         1, "evaluate the global model on every client's validation split every N rounds (and at the last round)"
     )
     keep_checkpoints: int = _f(2, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
+    select_model: str = _f(
+        "last",
+        "the model the run ends with: last (the last round's) | best-val (the evaluated round with the best mean "
+        "client validation score, kept in checkpoints/best; clients are then evaluated at every evaluated round)",
+    )
     server_optimizer: str = _f(
         "none",
         "server step on the aggregated update (after the method's own aggregation; parameters nobody "

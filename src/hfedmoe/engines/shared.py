@@ -4,6 +4,7 @@ client of the centralised bound."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,3 +147,36 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
     return export_peft(mm, out_dir, cfg.train.trainable,
                        base_model_name_or_path=base_model_name_or_path or cfg.model.path or None, info=info,
                        task_type="CAUSAL_LM" if cfg.model.task == "causal-lm" else None)
+
+
+def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
+                    client_val: Callable[[], list[float]] | None) -> dict[str, Any]:
+    """The global model's evaluation row: test accuracy, loss, macro-F1 and per-class figures
+    (a causal LM: perplexities, every client's validation split included); with ``client_val``
+    (the engine's per-client validation accuracies, NaN = no split) also their min and mean."""
+    bs = cfg.train.eval_batch_size
+    if cfg.model.task == "causal-lm":
+        from hfedmoe.client.tasks import lm_eval_row
+
+        return lm_eval_row(mm, fed.tokens, fed.test_idx, [c.val_idx for c in fed.clients], fed.heldout, bs)
+    from hfedmoe.report.classes import class_metrics
+
+    test = evaluate(mm, fed.tokens, fed.test_idx, bs)
+    classes = class_metrics(test["confusion"])
+    row: dict[str, Any] = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_macro_f1": classes["macro_f1"],
+        "test_class_accuracy": classes["class_accuracy"],
+        "test_pred_share": classes["pred_share"],
+    }
+    if client_val is None:
+        return row
+    per_client = client_val()
+    finite = [a for a in per_client if a == a]
+    row.update({
+        "client_val_accuracy": per_client,
+        "client_val_accuracy_min": min(finite) if finite else None,
+        "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
+    })
+    return row

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from hfedmoe.federation.budgeting import ClientBudget, compute_budgets, download_bytes, transfer_seconds
-from hfedmoe.client import ClientUpdate, evaluate, train_client
+from hfedmoe.client import ClientUpdate, train_client
 from hfedmoe.config import RunConfig, dump_config
 from hfedmoe.client.train import trainable_dense_names
+from hfedmoe.engines.best import BestModel, load_best
 from hfedmoe.engines.guard import RoundGuard
 from hfedmoe.engines.resume import check_resume_config, config_record
 from hfedmoe.engines.checkpoint import (
@@ -36,11 +37,10 @@ from hfedmoe.federation.warmup import mean_top_prob, warmup_head, warmup_routers
 from hfedmoe.client.diagnostics import rates as selection_rates
 from hfedmoe.methods._common import per_layer_budget, seed_of
 from hfedmoe.moe import MoEModel
-from hfedmoe.report.classes import class_metrics
 from hfedmoe.report.metrics import append_metrics, read_metrics, truncate_metrics
 from hfedmoe.engines.shared import (
-    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, export_moe_adapters, pool_clients, span, split_seconds,
-    train_settings,
+    ClientSummary, RoundResult, client_val_accuracy, export_lora_adapter, export_moe_adapters, global_eval_row, pool_clients,
+    span, split_seconds, train_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class Simulation:
         self.sim_compute_s = 0.0  # the parts of sim_time_s spent computing and on the links
         self.sim_comm_s = 0.0
         self.wall_time_s = 0.0
+        # federation.select_model = "best-val": the round the clients' validation splits rate best
+        self.best = BestModel(self.ckpt_root, cfg.model.task) if cfg.federation.select_model == "best-val" else None
 
     def data_source(self, cfg: RunConfig) -> tuple[int, Callable[[Any], FederationData]]:
         """(number of classes, tokenizer -> the run's federation): here the whole data, partitioned."""
@@ -170,6 +172,7 @@ class Simulation:
             self.sim_comm_s = float(state.get("sim_comm_s", 0.0))
             self.wall_time_s = float(state["wall_time_s"])
             truncate_metrics(self.metrics_path, self.round)
+            self._restore_best()
             if self.restore_notes:
                 self.restore_notes.append(f"resuming from round {self.round}, the newest valid checkpoint")
             log.info("resumed from round %d", self.round)
@@ -177,7 +180,13 @@ class Simulation:
         if self.restore_notes:
             self.restore_notes.append("no valid checkpoint left: starting again from round 0")
         truncate_metrics(self.metrics_path, 0)
+        self._restore_best()
         return 0
+
+    def _restore_best(self) -> None:
+        if self.best is not None and (note := self.best.restore(
+                read_metrics(self.metrics_path), self.round, self.mm.model.state_dict())):
+            self.restore_notes.append(note)
 
     # --- rounds ----------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> list[int]:
@@ -193,31 +202,7 @@ class Simulation:
 
     def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
         """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
-        bs = self.cfg.train.eval_batch_size
-        if self.cfg.model.task == "causal-lm":
-            from hfedmoe.client.tasks import lm_eval_row
-
-            return lm_eval_row(self.mm, self.fed.tokens, self.fed.test_idx,
-                               [c.val_idx for c in self.fed.clients], self.fed.heldout, bs)
-        test = evaluate(self.mm, self.fed.tokens, self.fed.test_idx, bs)
-        classes = class_metrics(test["confusion"])
-        row: dict[str, Any] = {
-            "test_accuracy": test["accuracy"],
-            "test_loss": test["loss"],
-            "test_macro_f1": classes["macro_f1"],
-            "test_class_accuracy": classes["class_accuracy"],
-            "test_pred_share": classes["pred_share"],
-        }
-        if not clients:
-            return row
-        per_client = self.client_val_accuracies()
-        finite = [a for a in per_client if a == a]
-        row.update({
-            "client_val_accuracy": per_client,
-            "client_val_accuracy_min": min(finite) if finite else None,
-            "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
-        })
-        return row
+        return global_eval_row(self.mm, self.fed, self.cfg, self.client_val_accuracies if clients else None)
 
     def client_val_accuracies(self) -> list[float]:
         """Accuracy of the global model on each client's validation split (NaN: no split)."""
@@ -395,7 +380,8 @@ class Simulation:
         }
         last = round_idx == cfg.federation.rounds
         if round_idx % cfg.federation.eval_every == 0 or last:
-            row.update(self.evaluate_global(clients=last or round_idx % cfg.federation.client_eval_every == 0))
+            row.update(self.evaluate_global(clients=last or round_idx % cfg.federation.client_eval_every == 0
+                                            or self.best is not None))
         else:
             row.update({"test_accuracy": None, "test_loss": None})
         self.wall_time_s += time.perf_counter() - t0
@@ -423,6 +409,8 @@ class Simulation:
             self.wall_time_s += time.perf_counter() - t0
             row["wall_time_s"] = self.wall_time_s
             append_metrics(self.metrics_path, row)
+            if self.best is not None:
+                self.best.offer(0, row, self.mm.model.state_dict())
             self.on_event({"kind": "round_end", "round": 0, "rounds": total, "row": row})
         while self.round < total:
             r = self.round + 1
@@ -436,6 +424,10 @@ class Simulation:
                 save_checkpoint(self.ckpt_root, r, self.mm.model.state_dict(), self.server_state(),
                                 self.server_opt.state_tensors())
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
+            if self.best is not None:  # after the round's checkpoint: a kept round is never ahead of resume
+                self.best.offer(r, result.row, self.mm.model.state_dict())
+                if r == cfg.federation.rounds and (kept := load_best(self.ckpt_root)) is not None:
+                    self.mm.model.load_state_dict(kept[1], strict=True)  # the run ends with the kept model
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
             if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
                 export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)

@@ -94,8 +94,9 @@ def drift_warnings(rows: Sequence[dict[str, Any]], test_share: Sequence[float] =
     if best["test_accuracy"] - last["test_accuracy"] >= BEST_ROUND_GAP:
         out.append(f"final test accuracy {100 * last['test_accuracy']:.1f}% is "
                    f"{100 * (best['test_accuracy'] - last['test_accuracy']):.1f} points below round "
-                   f"{best['round']} ({100 * best['test_accuracy']:.1f}%): stop there (federation.rounds = "
-                   f"{best['round']}), lower train.lr, or smooth the rounds with federation.server_optimizer = 'avgm'")
+                   f"{best['round']} ({100 * best['test_accuracy']:.1f}%): keep the round the clients' validation splits "
+                   "rate best (federation.select_model = 'best-val'), lower train.lr, or smooth the rounds with "
+                   "federation.server_optimizer = 'avgm'")
     share = last.get("test_pred_share") or []
     if share and len(test_share) == len(share):
         top = int(np.argmax(share))

@@ -79,6 +79,10 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     rows = read_metrics(out_dir / "metrics.jsonl")
     summary = {**summarize(rows), **{k: v for k, v in context.items() if k != "clients"}}
     summary["wall_time_human"] = human_duration(summary.get("wall_time_s"))
+    if context.get("select_model") == "best-val":  # the run ended with the round validation chose
+        from hfedmoe.engines.best import selected_summary
+
+        summary.update(selected_summary(rows, str(context.get("task", "classification"))))
     summary["warnings"] = [*context.get("data_warnings", []), *learning_warnings(
         summary.get("final_test_accuracy"), summary.get("majority_rate"), summary.get("final_test_pred_share") or [],
         summary.get("label_names")), *drift_warnings(rows, context.get("test_label_share") or [],
@@ -162,6 +166,20 @@ def _client_lines(clients: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _selected_lines(s: dict[str, Any], lm: bool) -> list[str]:
+    """The kept model of ``federation.select_model = "best-val"`` (none otherwise)."""
+    if s.get("selected_round") is None:
+        return []
+    if lm:
+        return [f"- kept model (federation.select_model = best-val): round {s['selected_round']}, mean client "
+                f"validation perplexity {_fmt(s['selected_val_score'])}; its test perplexity "
+                f"{_fmt(s.get('selected_test_perplexity'))} (last round {_fmt(s.get('final_test_perplexity'))})"]
+    return [f"- kept model (federation.select_model = best-val): round {s['selected_round']}, mean client validation "
+            f"accuracy {_fmt(s['selected_val_score'], True)}; its test accuracy {_fmt(s.get('selected_test_accuracy'), True)}, "
+            f"macro-F1 {_fmt(s.get('selected_test_macro_f1'), True)} (last round {_fmt(s.get('final_test_accuracy'), True)}); "
+            "predict and export use this model"]
+
+
 def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients: list[dict[str, Any]],
                     plots: dict[str, Any]) -> str:
     s = summary
@@ -184,6 +202,7 @@ def render_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], clients
         f"{human_duration(s.get('sim_compute_time_s', 0))}, communication {human_duration(s.get('sim_comm_time_s', 0))}, "
         f"on each round's slowest client), wall time {human_duration(s['wall_time_s'])}",
         *accuracy_lines,
+        *_selected_lines(s, lm),
         *([f"- perplexity (causal LM): test {_fmt(s['initial_test_perplexity'])} -> {_fmt(s['final_test_perplexity'])}; "
            f"held-out {_fmt(s.get('initial_heldout_perplexity'))} -> {_fmt(s.get('final_heldout_perplexity'))}; "
            "per client's validation split (client: round 0 -> final): " + ", ".join(
