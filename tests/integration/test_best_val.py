@@ -22,7 +22,7 @@ BEST = FAST + ["federation.select_model=best-val", "federation.rounds=3", "feder
 
 
 def _row(r, acc=None, ppl=None):
-    return {"round": r, "client_val_accuracy_mean": acc, "client_val_perplexity_mean": ppl}
+    return {"round": r, "client_val_accuracy_pooled": acc, "client_val_perplexity_mean": ppl}
 
 
 def test_select_round_is_the_best_validation_score_earliest_on_ties_never_test():
@@ -63,8 +63,11 @@ def test_a_run_ends_with_and_exports_the_round_validation_chose(tmp_path):
     sim = Simulation(load_config(TINY, BEST), out)
     sim.run()
     rows = read_metrics(out / "metrics.jsonl")
-    val = np.array([r["client_val_accuracy_mean"] for r in rows], dtype=float)  # every round evaluated clients
-    assert len(val) == 4 and np.isfinite(val).all()
+    sizes = np.array([len(c.val_idx) for c in sim.fed.clients])
+    per_client = np.array([r["client_val_accuracy"] for r in rows], dtype=float)  # every round evaluated clients
+    assert per_client.shape == (4, len(sizes)) and sizes.min() > 0
+    val = per_client @ sizes / sizes.sum()  # pooled over all validation examples
+    np.testing.assert_allclose([r["client_val_accuracy_pooled"] for r in rows], val, rtol=1e-12)
     expected = int(np.argmax(val))  # numpy: the first maximum
     assert complete_rounds(out / "checkpoints" / BEST_DIR) == [expected]
     kept = load_checkpoint(out / "checkpoints" / BEST_DIR, expected)[0]
@@ -75,12 +78,12 @@ def test_a_run_ends_with_and_exports_the_round_validation_chose(tmp_path):
     summary = write_report(sim)
     assert summary["selected_round"] == expected
     assert summary["selected_test_accuracy"] == rows[expected]["test_accuracy"]
-    assert f"round {expected}, mean client validation" in (out / "report.md").read_text()
+    assert f"round {expected}, pooled client validation" in (out / "report.md").read_text()
 
 
 def test_the_kept_model_can_be_an_early_round_and_resume_keeps_it(tmp_path, monkeypatch):
     # validation made to prefer round 0: the run must end with the untrained model, not the last round's
-    monkeypatch.setattr(best_mod, "val_score", lambda row, metric: -float(row["round"]))
+    monkeypatch.setattr(best_mod, "val_score", lambda row, key: -float(row["round"]))
     out = tmp_path / "run"
     sim = Simulation(load_config(TINY, BEST), out)
     start = {k: v.detach().clone() for k, v in sim.mm.model.state_dict().items()}

@@ -65,7 +65,7 @@ def final_lines(console: Console, summary: dict[str, Any], out: Path, quiet: boo
         f"simulated {summary['sim_time_s']:.0f} s, wall {summary.get('wall_time_human', summary['wall_time_s'])}"
     )
     if summary.get("selected_round") is not None and summary.get("selected_test_accuracy") is not None:
-        console.print(f"kept model: round {summary['selected_round']} (best mean client validation accuracy "
+        console.print(f"kept model: round {summary['selected_round']} (best pooled client validation accuracy "
                       f"{100 * summary['selected_val_score']:.1f}%), test accuracy "
                       f"{100 * summary['selected_test_accuracy']:.1f}%, macro-F1 "
                       f"{100 * (summary.get('selected_test_macro_f1') or 0):.1f}%")

@@ -280,8 +280,9 @@ class FederationConfig:
     keep_checkpoints: int = _f(2, "keep only the newest N checkpoints (0 = keep all; resume needs only the newest)")
     select_model: str = _f(
         "last",
-        "the model the run ends with: last (the last round's) | best-val (the evaluated round with the best mean "
-        "client validation score, kept in checkpoints/best; clients are then evaluated at every evaluated round)",
+        "the model the run ends with: last (the last round's) | best-val (the evaluated round with the best "
+        "client validation score: accuracy pooled over all validation examples, or mean perplexity; kept in "
+        "checkpoints/best; clients are then evaluated at every evaluated round)",
     )
     server_optimizer: str = _f(
         "none",

@@ -150,10 +150,13 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
 
 
 def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
-                    client_val: Callable[[], list[float]] | None) -> dict[str, Any]:
+                    client_val: Callable[[], list[float]] | None, val_sizes: list[int] | None = None) -> dict[str, Any]:
     """The global model's evaluation row: test accuracy, loss, macro-F1 and per-class figures
     (a causal LM: perplexities, every client's validation split included); with ``client_val``
-    (the engine's per-client validation accuracies, NaN = no split) also their min and mean."""
+    (the engine's per-client validation accuracies, NaN = no split) also their min and mean and,
+    given ``val_sizes`` (C,) the clients' validation-split sizes, the pooled accuracy over all
+    validation examples (under label skew the plain mean favours a model that predicts the
+    classes most clients hold; the pooled one weighs each example once, like the test set)."""
     bs = cfg.train.eval_batch_size
     if cfg.model.task == "causal-lm":
         from hfedmoe.client.tasks import lm_eval_row
@@ -179,4 +182,8 @@ def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
         "client_val_accuracy_min": min(finite) if finite else None,
         "client_val_accuracy_mean": float(np.mean(finite)) if finite else None,
     })
+    if val_sizes is not None:
+        pairs = [(n, a) for n, a in zip(val_sizes, per_client) if a == a and n > 0]
+        total = sum(n for n, _ in pairs)
+        row["client_val_accuracy_pooled"] = sum(n * a for n, a in pairs) / total if total else None
     return row

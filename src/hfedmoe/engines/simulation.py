@@ -109,6 +109,9 @@ class Simulation:
     def num_train(self, cid: int) -> int:  # training examples of client cid (its update's weight)
         return len(self.fed.clients[cid].train_idx)
 
+    def num_val(self, cid: int) -> int:  # validation examples of client cid
+        return len(self.fed.clients[cid].val_idx)
+
     # --- paths -----------------------------------------------------------------------------
     @property
     def metrics_path(self) -> Path:
@@ -202,7 +205,8 @@ class Simulation:
 
     def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
         """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
-        return global_eval_row(self.mm, self.fed, self.cfg, self.client_val_accuracies if clients else None)
+        return global_eval_row(self.mm, self.fed, self.cfg, self.client_val_accuracies if clients else None,
+                               [self.num_val(c) for c in range(len(self.fed.clients))])
 
     def client_val_accuracies(self) -> list[float]:
         """Accuracy of the global model on each client's validation split (NaN: no split)."""

@@ -174,7 +174,7 @@ def _selected_lines(s: dict[str, Any], lm: bool) -> list[str]:
         return [f"- kept model (federation.select_model = best-val): round {s['selected_round']}, mean client "
                 f"validation perplexity {_fmt(s['selected_val_score'])}; its test perplexity "
                 f"{_fmt(s.get('selected_test_perplexity'))} (last round {_fmt(s.get('final_test_perplexity'))})"]
-    return [f"- kept model (federation.select_model = best-val): round {s['selected_round']}, mean client validation "
+    return [f"- kept model (federation.select_model = best-val): round {s['selected_round']}, pooled client validation "
             f"accuracy {_fmt(s['selected_val_score'], True)}; its test accuracy {_fmt(s.get('selected_test_accuracy'), True)}, "
             f"macro-F1 {_fmt(s.get('selected_test_macro_f1'), True)} (last round {_fmt(s.get('final_test_accuracy'), True)}); "
             "predict and export use this model"]

@@ -66,6 +66,12 @@ class FlowerRun(Simulation):
         meta = self.client_meta.get(cid)
         return meta.num_train if meta is not None else 0
 
+    def num_val(self, cid: int) -> int:  # with node-local data: the size its node reported
+        if self.server_data is None:
+            return super().num_val(cid)
+        meta = self.client_meta.get(cid)
+        return meta.num_val if meta is not None else 0
+
     def _grid(self) -> Grid:
         if self.grid is None:
             raise HFedMoEError("flower: the run has no Grid (start it through HFedMoEStrategy.start)")
