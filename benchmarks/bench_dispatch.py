@@ -2,7 +2,8 @@
 ``"loop"`` (per-expert loop, one read per MoE layer) on the CPU: one client-round of HFedMoE per
 call, both dispatches on the same model and data from the same weights, alternating in one
 process, one torch thread, medians. Presets: the tiny MoEfied BERT at several (layers, experts)
-and the tiny causal LM (Mixtral-style fused experts). Also checks the two trained the same
+the tiny causal LM (Mixtral-style fused experts) and the default MiniLM-MoE (6 layers, 8 experts of
+192 neurons, hidden 384). Also checks the two trained the same
 experts (largest weight difference after the round).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_dispatch.py [--repeats 7] [--steps 4]
@@ -24,6 +25,7 @@ CASES = {  # name -> (config, extra settings)
     "tiny 2x4": ("configs/tiny.toml", ["model.tiny_layers=2", "model.num_experts=4"]),
     "tiny 4x8": ("configs/tiny.toml", ["model.tiny_layers=4", "model.num_experts=8"]),
     "tiny-lm 2x4": ("configs/tiny-lm.toml", ["data.max_length=24", "data.heldout_max_examples=4"]),
+    "MiniLM-MoE 6x8": ("configs/default.toml", ["data.partition=natural"]),
 }
 
 

@@ -75,27 +75,27 @@ class _AlignedGrad(torch.autograd.Function):
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, offs: torch.Tensor,
-                   group: torch.Tensor, valid: torch.Tensor, transposed: bool) -> torch.Tensor:
+                   group: torch.Tensor, transposed: bool) -> torch.Tensor:
     """Rows of ``x (P, in)`` grouped by ``offs (G,)`` (int32 ends), group g through ``weight[g]``
     (``(G, out, in)``, or ``(G, in, out)`` when ``transposed``) plus ``bias[g] (G, out)``:
-    ``(P, out)``; rows past ``offs[-1]`` (``valid`` False) are 0. ``group (P,)``: each row's group
-    (clamped for invalid rows). Invalid rows are zeroed on the way in too: grouped_mm leaves its
-    output past ``offs[-1]`` unwritten, in backward the input gradient as well."""
-    x = torch.where(valid.unsqueeze(1), x, 0)
+    ``(P, out)``. ``group (P,)``: each row's group, G past the groups (a zero bias row: their
+    garbage gradient lands there). Rows past ``offs[-1]`` are left unwritten by grouped_mm
+    (garbage, in backward their input gradient too)."""
     mat_b = _aligned(weight) if transposed else _aligned(weight).transpose(-2, -1)  # (G, in, out)
     y = _AlignedGrad.apply(F.grouped_mm(_aligned(x), mat_b, offs=offs))  # (P, out)
-    if bias is not None:
-        y = y + bias[group]
-    return torch.where(valid.unsqueeze(1), y, 0)
+    return y + F.pad(bias, (0, 0, 0, 1))[group] if bias is not None else y
 
 
 def grouped_experts_apply(experts: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor],
-                          offs: torch.Tensor, group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+                          offs: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """:func:`~hfedmoe.moe.expert_compute.fused_expert_apply` for rows grouped by expert:
-    ``x (P, H)`` rows, group g computed with ``tensors[name][g]``; ``(P, H)``, 0 past the groups."""
+    ``x (P, H)`` rows, group g computed with ``tensors[name][g]``: ``(P, H)``. Rows past the
+    groups hold garbage (grouped_mm never writes them; in backward neither their input gradient):
+    the caller sends them nowhere (:class:`_GatherRows`, the dummy row of
+    :func:`_add_grouped_pairs`)."""
     transposed = bool(getattr(experts, "is_transposed", False))
     if "gate_up_proj" in tensors:
-        h = grouped_linear(x, tensors["gate_up_proj"], tensors.get("gate_up_proj_bias"), offs, group, valid,
+        h = grouped_linear(x, tensors["gate_up_proj"], tensors.get("gate_up_proj_bias"), offs, group,
                            transposed)  # (P, 2I)
         if hasattr(experts, "_apply_gate"):
             h = experts._apply_gate(h)  # (P, I)
@@ -103,9 +103,47 @@ def grouped_experts_apply(experts: nn.Module, x: torch.Tensor, tensors: dict[str
             gate, up = h.chunk(2, dim=-1)
             h = experts.act_fn(gate) * up
     else:
-        h = experts.act_fn(grouped_linear(x, tensors["up_proj"], tensors.get("up_proj_bias"), offs, group, valid,
+        h = experts.act_fn(grouped_linear(x, tensors["up_proj"], tensors.get("up_proj_bias"), offs, group,
                                           transposed))  # (P, I)
-    return grouped_linear(h, tensors["down_proj"], tensors.get("down_proj_bias"), offs, group, valid, transposed)
+    return grouped_linear(h, tensors["down_proj"], tensors.get("down_proj_bias"), offs, group, transposed)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``src[index]`` whose backward adds row r's gradient into row ``dest[r]`` of ``src``'s
+    gradient, ``dest[r] = len(src)`` (rows past the groups: garbage) going nowhere. Cheaper than
+    masking the rows (``torch.where`` on the CPU costs several copies)."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(dest)
+        ctx.num_rows = src.shape[0]
+        return src.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (dest,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.num_rows + 1, *grad.shape[1:])).index_add_(0, dest, grad)
+        return out[:ctx.num_rows], None, None
+
+
+def _add_grouped_pairs(out: torch.Tensor, experts: nn.Module, tensors: dict[str, torch.Tensor],
+                       hidden_states: torch.Tensor, token: torch.Tensor, weight: torch.Tensor, key: torch.Tensor,
+                       num_groups: int, no_grad: bool) -> torch.Tensor:
+    """``out (T+1, H)`` plus, for every pair with ``key < num_groups``, its token's row through group
+    ``key``'s tensors times its routing weight. Row T takes the rows past the groups (garbage)."""
+    num_tokens, num_pairs = hidden_states.shape[0], key.shape[0]
+    order = torch.argsort(key, stable=True)  # (P,) grouped pairs first, by group
+    counts = torch.zeros(num_groups + 1, dtype=torch.long, device=key.device).index_add_(0, key, torch.ones_like(key))
+    offs = torch.cumsum(counts[:num_groups], 0).to(torch.int32)  # (G,) group ends
+    group = key[order]  # (P,) num_groups past the groups
+    valid = group < num_groups  # (P,) a prefix
+    source = token[order]  # (P,)
+    dest = torch.where(valid, source, num_tokens)  # (P,) T = nowhere
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not no_grad):
+        x = _GatherRows.apply(hidden_states, source, dest).to(tensors["down_proj"].dtype)  # (P, H)
+        y = grouped_experts_apply(experts, x, tensors, offs, group)  # (P, H)
+    w = F.pad(weight, (0, 0, 0, 1))[torch.where(valid, order, num_pairs)]  # (P, 1), 0 past the groups
+    return out.index_add(0, dest, (y * w).to(out.dtype))
 
 
 @dataclass
@@ -119,16 +157,6 @@ class SlotRecord:
     leaves: list[torch.Tensor]  # per parameter name, the slot leaf (b, ...)
     host: tuple[list[int], list[int], list[int]] | None = None  # slots, real, reached, once read
     arrived: list[int] = field(default_factory=list)  # tensors whose slot gradient waits for the read
-
-
-def _group_rows(key: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pairs sorted by ``key (P,)`` (``num_groups`` = dropped): ``order (P,)``, int32 ``offs
-    (num_groups,)`` and ``valid (P,)`` (the sorted row belongs to a group)."""
-    order = torch.argsort(key, stable=True)  # (P,)
-    counts = torch.zeros(num_groups + 1, dtype=torch.long, device=key.device).index_add_(0, key, torch.ones_like(key))
-    offs = torch.cumsum(counts[:num_groups], 0)  # (G,)
-    valid = torch.arange(key.shape[0], device=key.device) < offs[-1:]  # (P,)
-    return order, offs.to(torch.int32), valid
 
 
 def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -162,30 +190,20 @@ def static_experts_forward(experts: nn.Module, names: list[str], chosen: torch.T
     slot_of = torch.where(keep & chosen_slot[position[expert]], position[expert], b)  # (P,) b = not trained
     trained = slot_of < b  # (P,)
     frozen_key = torch.where(keep & ~trained, expert, num_experts)  # (P,)
-    out = torch.zeros_like(hidden_states)  # (T, H)
     params = {n: getattr(experts, n) for n in names}
     dtype = _compute_dtype(device, params["down_proj"].dtype)
     leaves = [params[n].detach().index_select(0, slots).requires_grad_(True) for n in names]  # (b, ...) each
     reached = torch.zeros(b + 1, dtype=torch.bool, device=device).index_fill_(0, slot_of, True)[:b]  # (b,)
-    if b:
-        order, offs, valid = _group_rows(slot_of, b)
-        tensors = {n: t.to(dtype) for n, t in zip(names, leaves)}
-        y = grouped_experts_apply(experts, hidden_states[token[order]].to(dtype), tensors, offs,
-                                  slot_of[order].clamp(max=b - 1), valid)  # (P, H)
-        out = out.index_add(0, token[order], (y * weight[order]).to(out.dtype))
-    order, offs, valid = _group_rows(frozen_key, num_experts)
-    frozen = {n: params[n].detach().to(dtype) for n in names}
-    x = hidden_states[token[order]].to(dtype)  # (P, H)
-    group = frozen_key[order].clamp(max=num_experts - 1)
-    if mode == "detach":  # detached weights; gradient to the input and routing weights
-        y = grouped_experts_apply(experts, x, frozen, offs, group, valid) * weight[order]
-    else:  # "no_grad": no autograd; the routing weight outside keeps the router's gradient
-        with torch.no_grad():
-            y = grouped_experts_apply(experts, x, frozen, offs, group, valid)
-        y = y * weight[order]
-    out = out.index_add(0, token[order], y.to(out.dtype))
+    out = hidden_states.new_zeros((num_tokens + 1, hidden_states.shape[1]))  # (T+1, H), row T: nowhere
+    if b:  # the chosen experts' pairs, with gradient to their slots
+        out = _add_grouped_pairs(out, experts, {n: t.to(dtype) for n, t in zip(names, leaves)}, hidden_states,
+                                 token, weight, slot_of, b, no_grad=False)
+    # the other pairs on detached weights: "detach" keeps the gradient to the input and routing
+    # weights, "no_grad" runs them without autograd (the routing weight multiplies outside)
+    out = _add_grouped_pairs(out, experts, {n: params[n].detach().to(dtype) for n in names}, hidden_states,
+                             token, weight, frozen_key, num_experts, no_grad=mode != "detach")
     record = SlotRecord(slots=slots, real=real, reached=reached & real, num_chosen=chosen.sum(), leaves=leaves)
-    return out, record
+    return out[:num_tokens], record
 
 
 def read_records(records: list[SlotRecord]) -> None:
