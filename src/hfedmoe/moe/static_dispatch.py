@@ -28,17 +28,20 @@ Switch's per-expert modules keep the per-layer path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hfedmoe.moe.expert_compute import fused_expert_apply
 
 _NAMES = ("gate_up_proj", "gate_up_proj_bias", "up_proj", "up_proj_bias", "down_proj", "down_proj_bias")
 _ALIGN_BYTES = 16  # grouped_mm needs 16-byte aligned strides
 
 
 def supports(experts: nn.Module, param_names: list[str]) -> bool:
-    """True when :func:`grouped_experts_apply` computes exactly what ``experts``' own forward does."""
+    """True when the grouped :func:`~hfedmoe.moe.expert_compute.fused_expert_apply` computes exactly what ``experts``' own forward does."""
     if not set(param_names) <= set(_NAMES) or "down_proj" not in param_names:
         return False
     if getattr(experts, "has_post_expert_norm", False) or not hasattr(F, "grouped_mm"):
@@ -74,38 +77,17 @@ class _AlignedGrad(torch.autograd.Function):
         return _aligned(grad)
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, offs: torch.Tensor,
-                   group: torch.Tensor, transposed: bool) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool, *,
+                   offs: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Rows of ``x (P, in)`` grouped by ``offs (G,)`` (int32 ends), group g through ``weight[g]``
     (``(G, out, in)``, or ``(G, in, out)`` when ``transposed``) plus ``bias[g] (G, out)``:
     ``(P, out)``. ``group (P,)``: each row's group, G past the groups (a zero bias row: their
     garbage gradient lands there). Rows past ``offs[-1]`` are left unwritten by grouped_mm
-    (garbage, in backward their input gradient too)."""
+    (garbage, in backward their input gradient too): the caller sends them nowhere
+    (:class:`_GatherRows`, the dummy row of :func:`_add_grouped_pairs`)."""
     mat_b = _aligned(weight) if transposed else _aligned(weight).transpose(-2, -1)  # (G, in, out)
     y = _AlignedGrad.apply(F.grouped_mm(_aligned(x), mat_b, offs=offs))  # (P, out)
     return y + F.pad(bias, (0, 0, 0, 1))[group] if bias is not None else y
-
-
-def grouped_experts_apply(experts: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor],
-                          offs: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """:func:`~hfedmoe.moe.expert_compute.fused_expert_apply` for rows grouped by expert:
-    ``x (P, H)`` rows, group g computed with ``tensors[name][g]``: ``(P, H)``. Rows past the
-    groups hold garbage (grouped_mm never writes them; in backward neither their input gradient):
-    the caller sends them nowhere (:class:`_GatherRows`, the dummy row of
-    :func:`_add_grouped_pairs`)."""
-    transposed = bool(getattr(experts, "is_transposed", False))
-    if "gate_up_proj" in tensors:
-        h = grouped_linear(x, tensors["gate_up_proj"], tensors.get("gate_up_proj_bias"), offs, group,
-                           transposed)  # (P, 2I)
-        if hasattr(experts, "_apply_gate"):
-            h = experts._apply_gate(h)  # (P, I)
-        else:
-            gate, up = h.chunk(2, dim=-1)
-            h = experts.act_fn(gate) * up
-    else:
-        h = experts.act_fn(grouped_linear(x, tensors["up_proj"], tensors.get("up_proj_bias"), offs, group,
-                                          transposed))  # (P, I)
-    return grouped_linear(h, tensors["down_proj"], tensors.get("down_proj_bias"), offs, group, transposed)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -141,7 +123,8 @@ def _add_grouped_pairs(out: torch.Tensor, experts: nn.Module, tensors: dict[str,
     dest = torch.where(valid, source, num_tokens)  # (P,) T = nowhere
     with torch.set_grad_enabled(torch.is_grad_enabled() and not no_grad):
         x = _GatherRows.apply(hidden_states, source, dest).to(tensors["down_proj"].dtype)  # (P, H)
-        y = grouped_experts_apply(experts, x, tensors, offs, group)  # (P, H)
+        # the experts' formula with grouped projections: (P, H), garbage past the groups
+        y = fused_expert_apply(experts, x, tensors, partial(grouped_linear, offs=offs, group=group))
     w = F.pad(weight, (0, 0, 0, 1))[torch.where(valid, order, num_pairs)]  # (P, 1), 0 past the groups
     return out.index_add(0, dest, (y * w).to(out.dtype))
 
