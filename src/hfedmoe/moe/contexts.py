@@ -352,14 +352,14 @@ class TrainOnly:
         """A static layer's slots. A slot gradient reaches the experts' leaves when it arrives if
         the slots were read already, else at the step's one read (:attr:`selected`, or exit)."""
         self._records.setdefault(layer, []).append(record)
-        leaves = self._adapter._leaves[layer]
+        leaves, state = self._adapter._leaves[layer], record.state  # no reference to the slot leaves
 
         def hook(index: int):
-            def on_grad(_slot_leaf: torch.Tensor) -> None:
-                if record.host is not None:
-                    static_dispatch.hand_over(record, index, leaves)
+            def on_grad(slot_leaf: torch.Tensor) -> None:
+                if state.host is not None:
+                    static_dispatch.hand_over(slot_leaf, index, state, leaves)
                 else:
-                    record.arrived.append(index)
+                    state.arrived.append(index)
             return on_grad
 
         for index, slot_leaf in enumerate(record.leaves):
@@ -371,18 +371,15 @@ class TrainOnly:
         if not self._records:
             return
         records, self._records = self._records, {}
-        static_dispatch.read_records([rs[0] for rs in records.values()])  # one read, every layer
+        static_dispatch.read_records([r for rs in records.values() for r in rs])  # one read, every layer
         for layer, rs in records.items():
-            if layer in self._pending:
-                slots, real, _ = rs[0].host
+            if layer in self._pending:  # the first forward's choice (a recomputation chose the same)
+                slots, real, _ = rs[0].state.host
                 self.resolve(layer, [e for e, r in zip(slots, real) if r])
             for record in rs:
-                if record.host is None:  # a forward checkpointing recomputed: its leaves get no gradient
-                    record.arrived.clear()
-                    continue
-                for index in record.arrived:
-                    static_dispatch.hand_over(record, index, self._adapter._leaves[layer])
-                record.arrived.clear()
+                for index in record.state.arrived:
+                    static_dispatch.hand_over(record.leaves[index], index, record.state, self._adapter._leaves[layer])
+                record.state.arrived.clear()
 
     def _select(self, info: _Layer, routing: LayerRouting) -> None:
         choice = self.selector(info.index, routing)

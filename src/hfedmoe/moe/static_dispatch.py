@@ -138,6 +138,15 @@ class SlotRecord:
     reached: torch.Tensor  # (b,) bool: some pair reached the slot (it has a gradient)
     num_chosen: torch.Tensor  # () long: experts chosen in the layer (more than b is an error)
     leaves: list[torch.Tensor]  # per parameter name, the slot leaf (b, ...)
+    state: SlotState = field(default_factory=lambda: SlotState())
+
+
+@dataclass
+class SlotState:
+    """A record's host side, all its slot leaves' gradient hooks hold (no tensor: the hooks live
+    on the slot leaves, and a reference back to them would keep them alive until a garbage
+    collection)."""
+
     host: tuple[list[int], list[int], list[int]] | None = None  # slots, real, reached, once read
     arrived: list[int] = field(default_factory=list)  # tensors whose slot gradient waits for the read
 
@@ -191,9 +200,9 @@ def static_experts_forward(experts: nn.Module, names: list[str], chosen: torch.T
 
 def read_records(records: list[SlotRecord]) -> None:
     """The host values of ``records`` (each layer's slots, which hold a chosen expert, which a pair
-    reached, how many were chosen) in ONE device->host read, kept on the records. ValueError when a
-    layer chose more experts than its slots."""
-    todo = [r for r in records if r.host is None]
+    reached, how many were chosen) in ONE device->host read, kept on their states. ValueError
+    when a layer chose more experts than its slots."""
+    todo = [r for r in records if r.state.host is None]
     if not todo:
         return
     values = torch.cat([torch.cat([r.slots, r.real.long(), r.reached.long(), r.num_chosen.reshape(1)])
@@ -207,16 +216,16 @@ def read_records(records: list[SlotRecord]) -> None:
         if num_chosen > sum(real):
             raise ValueError(f"static dispatch: {num_chosen} experts chosen in a layer with {b} slots "
                              "(train_only(slots=...) must be at least the budget)")
-        record.host = (slots, real, reached)
+        record.state.host = (slots, real, reached)
 
 
-def hand_over(record: SlotRecord, index: int, expert_leaves: list[list[torch.Tensor]]) -> None:
-    """Tensor ``index`` of the slots' gradient to the chosen, reached experts' leaves (views of it,
-    added to a gradient already there); the slot leaf's ``.grad`` is then dropped, so a second
-    backward hands over only its own gradient."""
-    slot_leaf = record.leaves[index]
+def hand_over(slot_leaf: torch.Tensor, index: int, state: SlotState,
+              expert_leaves: list[list[torch.Tensor]]) -> None:
+    """Tensor ``index``'s slot gradient (``slot_leaf.grad``, ``(b, ...)``) to the chosen, reached
+    experts' leaves (views of it, added to a gradient already there); the slot leaf's ``.grad`` is
+    then dropped, so a second backward hands over only its own gradient."""
     grad_all, slot_leaf.grad = slot_leaf.grad, None
-    slots, real, reached = record.host
+    slots, real, reached = state.host
     for i, (e, is_real, hit) in enumerate(zip(slots, real, reached)):
         if is_real and hit:
             leaf = expert_leaves[e][index]
