@@ -5,7 +5,8 @@ Exactness: bit for bit where every expert row is 16-byte aligned and the experts
 tiny Mixtral: rows of 36 and 20 float32). Elsewhere grouped_mm runs on zero-padded 16-byte-aligned
 views (rows of 10 or 14 float32) and the MoEfied BERT's expert bias gradient is summed by an
 index_add instead of a column sum: the same sums in another order, so float32 rounding (relative
-1e-5 allowed; the measured differences are below 1e-7 absolute)."""
+1e-5 allowed; measured: at most 1.5e-8 absolute on the experts' gradients, 1.2e-7 on the
+dense ones)."""
 
 from __future__ import annotations
 
