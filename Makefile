@@ -77,6 +77,7 @@ perf: install
 	$(PERF) benchmarks/bench_memory.py --clients 4 50
 	$(PERF) benchmarks/bench_experts.py --repeats 5
 	$(PERF) benchmarks/bench_eval.py
+	$(PERF) benchmarks/bench_dispatch.py --repeats 7
 
 # The GPU path in one script (scripts/gpu_check.py: parity, fp32/bf16/fp16, 4-bit, presets, syncs,
 # step-time ratios); on a machine without CUDA it prints "no CUDA device: skipped" and exits 0.

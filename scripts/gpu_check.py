@@ -7,7 +7,9 @@ On a machine without CUDA it prints "gpu-check: no CUDA device: skipped" and exi
 2. mixed precision on the GPU: bfloat16 and float16 (GradScaler) against float32 on the tiny
    preset: loss within 3% per round, update cosine >= 0.9; parameters stay float32;
 3. host syncs: ``torch.cuda.set_sync_debug_mode("warn")`` counts the syncs of a training step of
-   the tiny preset (expected: a few per MoE layer, none per expert);
+   the tiny preset (expected: one per MoE layer with ``train.dispatch = loop``, none per expert);
+   dispatch: ``train.dispatch = static`` in bfloat16 (what ``auto`` picks on CUDA): the same syncs
+   per step at 2 and 4 layers, an update close to the loop's, MiniLM's round-time ratio;
 4. MiniLM (default preset) and the LLM preset (configs/llm.toml), one short round each on the
    GPU in bfloat16: finite losses, `hfedmoe plan`'s predicted peak next to the measured
    ``torch.cuda.max_memory_allocated``;
@@ -37,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["data.max_examples=160", "train.local_steps=2", "train.local_epochs=1", "data.max_length=24",
         "federation.rounds=1", "model.attention_dropout=0.0", "train.dropout=0.0"]
-CHECKS = ("parity", "precision", "syncs", "presets", "4bit", "speed")
+CHECKS = ("parity", "precision", "syncs", "dispatch", "presets", "4bit", "speed")
 results: list[tuple[str, str, str]] = []
 
 
@@ -93,7 +95,8 @@ def check_precision() -> None:
                f"update cosine {cos:.3f} (>= 0.9), loss rel diff {rel:.3f} (<= 0.03)")
 
 
-def check_syncs() -> None:
+def _syncs_per_step(sets: list[str]) -> float:
+    """Host syncs a training step adds on the tiny preset (4-step minus 2-step client rounds)."""
     import hfedmoe.engines.simulation as engine
     from hfedmoe.client.train import train_client
 
@@ -113,14 +116,45 @@ def check_syncs() -> None:
     engine.train_client = counting
     try:
         for steps in (2, 4):
-            run_sim("tiny", [s for s in FAST if "local_steps" not in s] + ["runtime.device=cuda",
-                                                                            f"train.local_steps={steps}"])
+            run_sim("tiny", [s for s in FAST if "local_steps" not in s] + sets + [f"train.local_steps={steps}"])
     finally:
         engine.train_client = train_client
     half = len(counts) // 2
-    per_step = (sum(c for c, _ in counts[half:]) - sum(c for c, _ in counts[:half])) / (2 * half)
-    report("host syncs per training step (tiny, 2 layers)", "PASS" if per_step <= 9 else "FAIL",
-           f"{per_step:.1f} (CPU checker: <= 4 per layer + 1)")
+    return (sum(c for c, _ in counts[half:]) - sum(c for c, _ in counts[:half])) / (2 * half)
+
+
+def check_syncs() -> None:
+    per_step = _syncs_per_step(["runtime.device=cuda", "train.dispatch=loop"])
+    report("host syncs per training step (tiny, 2 layers, loop dispatch)", "PASS" if per_step <= 4 else "FAIL",
+           f"{per_step:.1f} (CPU checker: 1 per layer + 1)")
+
+
+def check_dispatch() -> None:
+    """train.dispatch = static on CUDA bf16 (what auto picks there): syncs per step independent of
+    the layers, training close to the loop's, round-time ratio on MiniLM."""
+    bf16 = ["runtime.device=cuda", "runtime.dtype=bfloat16"]
+    per = {(d, n): _syncs_per_step(bf16 + [f"train.dispatch={d}", f"model.tiny_layers={n}"])
+           for d in ("loop", "static") for n in (2, 4)}
+    ok = per["static", 2] == per["static", 4] and per["static", 2] <= 3
+    report("static dispatch syncs per step (tiny bf16, 2 / 4 layers)", "PASS" if ok else "FAIL",
+           f"static {per['static', 2]:.1f} / {per['static', 4]:.1f} (CPU checker: 2 at any depth), "
+           f"loop {per['loop', 2]:.1f} / {per['loop', 4]:.1f}")
+    deltas = {}
+    for d in ("loop", "static"):
+        sim_sets = FAST + bf16 + [f"train.dispatch={d}"]
+        from hfedmoe.config import load_config
+        from hfedmoe.engines.simulation import Simulation
+
+        sim = Simulation(load_config(REPO / "configs" / "tiny.toml", sim_sets), Path(tempfile.mkdtemp()))
+        before = {k: v.float().cpu().clone() for k, v in sim.mm.model.state_dict().items() if v.is_floating_point()}
+        sim.run()
+        deltas[d] = flat_delta(sim, before)
+    cos = float(deltas["static"] @ deltas["loop"] / (deltas["static"].norm() * deltas["loop"].norm()))
+    report("static vs loop dispatch (tiny, gpu bf16)", "PASS" if cos >= 0.95 else "FAIL",
+           f"update cosine {cos:.3f} (>= 0.95)")
+    sets = ["data.max_examples=400", "train.local_steps=4"] + bf16
+    t = {d: _median_round("default", sets + [f"train.dispatch={d}"]) for d in ("loop", "static")}
+    report("round time static / loop (MiniLM, gpu bf16)", "PASS", f"{t['static'] / t['loop']:.3f} (medians of 3)")
 
 
 def check_presets() -> None:

@@ -142,3 +142,18 @@ def test_host_reads_per_training_step_are_one_per_layer_and_independent_of_the_e
         # attention-mask check (1 per forward)
         assert reads <= layers + 1, per_step
     assert per_step[2, 8] <= per_step[2, 4] and per_step[4, 8] <= per_step[4, 4]  # independent of E
+
+
+def test_static_dispatch_reads_per_training_step_do_not_grow_with_layers_or_experts():
+    """``train.dispatch = "static"`` (slots of ``budget`` experts, grouped_mm with device offsets):
+    no read in any layer's forward; after backward ONE read of every layer's slots hands their
+    gradients to the chosen experts; plus transformers' attention-mask check. The same count at 2
+    and 4 layers, 4 and 8 experts (8 experts: 18-float rows, grouped_mm on padded views)."""
+    per_step = {}
+    for layers, experts in ((2, 4), (4, 4), (2, 8), (4, 8)):
+        per_step[layers, experts] = _reads_per_step(
+            [f"model.tiny_layers={layers}", f"model.num_experts={experts}", "method.name=hfedmoe",
+             "train.dispatch=static"])
+    print("device->host reads per training step, static dispatch (layers, experts):", per_step)
+    assert len(set(per_step.values())) == 1, per_step
+    assert per_step[2, 4] <= 2, per_step

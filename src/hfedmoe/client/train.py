@@ -93,6 +93,7 @@ class TrainSettings:
     ib_scale: str = "raw"  # for the selection diagnostics only
     diagnostics: bool = True
     foreach: bool = True  # optimizer over all trained tensors at once (foreach kernels)
+    dispatch: str = "loop"  # train.dispatch: loop | static | auto (resolve_dispatch)
     dtype: str = "float32"  # runtime.dtype: float16 scales the loss (GradScaler); autocast is on the model
     prox_mu: float = 0.0  # FedProx weight (client/objective.py)
     loss: str = "ce"  # ce | logit-adjusted | balanced (client/objective.py)
@@ -128,6 +129,15 @@ def _optimizer(params: list[torch.Tensor], s: TrainSettings) -> torch.optim.Opti
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, foreach=s.foreach)
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, foreach=s.foreach)
+
+
+def resolve_dispatch(dispatch: str, device: torch.device, dtype: str) -> str:
+    """``train.dispatch`` for this run: ``"auto"`` is ``"static"`` on CUDA in bfloat16 (grouped_mm's
+    CUDA kernel is bf16; other dtypes fall back to a per-group loop that reads the offsets to the
+    host) and ``"loop"`` elsewhere (the faster of the two on the CPU, benchmarks/RESULTS.md)."""
+    if dispatch != "auto":
+        return dispatch
+    return "static" if device.type == "cuda" and dtype == "bfloat16" else "loop"
 
 
 def trainable_dense_names(mm: MoEModel, parts: Sequence[str]) -> list[str]:
@@ -203,6 +213,7 @@ def train_client(
     for leaves in expert_leaves.values():
         params += list(leaves)
     opt = _optimizer(params, settings)
+    dispatch = resolve_dispatch(settings.dispatch, device, settings.dtype)
     scaler = torch.amp.GradScaler(device.type) if settings.dtype == "float16" else None  # fp16 only
     anchors = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []  # FedProx: w_global
     counts = None  # (C,) the client's label counts, for train.loss other than ce
@@ -244,15 +255,14 @@ def train_client(
                         stack.enter_context(mm.restrict_routing(plan.restrict))
                     cap = stack.enter_context(mm.capture_routing(batch["attention_mask"],
                                                                  live=plan.aux_loss is not None))
-                    if "experts" in parts:
-                        if plan.grad_selector is not None:
-                            ctx = stack.enter_context(mm.train_only([None] * L, mode=settings.grad_mode))
-                        elif plan.selector is not None:
-                            ctx = stack.enter_context(mm.train_only(plan.selector, mode=settings.grad_mode))
-                        else:
-                            ctx = stack.enter_context(mm.train_only(subsets, mode=settings.grad_mode))
+                    if "experts" not in parts:
+                        choice = [[] for _ in range(L)]
+                    elif plan.grad_selector is not None:
+                        choice = [None] * L
                     else:
-                        ctx = stack.enter_context(mm.train_only([[] for _ in range(L)], mode=settings.grad_mode))
+                        choice = plan.selector if plan.selector is not None else subsets
+                    ctx = stack.enter_context(mm.train_only(choice, mode=settings.grad_mode, dispatch=dispatch,
+                                                            slots=plan.budget))
                     out = model(**batch)
                     loss = out.loss
                     if settings.loss != "ce":

@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.partition": ("natural", "dirichlet", "iid", "shards", "natural-dirichlet"),
     "train.optimizer": ("adamw", "sgd"),
     "train.loss": ("ce", "logit-adjusted", "balanced"),
+    "train.dispatch": ("auto", "loop", "static"),
     "federation.server_optimizer": ("none", "avgm", "adam", "yogi"),
     "federation.select_model": ("last", "best-val"),
     "method.budget_scope": ("layer", "model"),

@@ -217,6 +217,13 @@ class TrainConfig:
         "benchmarks/RESULTS.md)",
     )
     foreach: bool = _f(True, "AdamW/SGD over all trained tensors at once (foreach kernels), else per tensor")
+    dispatch: str = _f(
+        "auto",
+        "expert dispatch of the fused experts while training: loop (per-expert loop, one device read per "
+        "MoE layer and step) | static (sort + grouped matmul over the budget's expert slots, one device "
+        "read per step whatever the layers; docs/gpu.md) | auto (static on CUDA with runtime.dtype "
+        "bfloat16, else loop)",
+    )
     gradient_checkpointing: bool = _f(
         False, "recompute each transformer layer's activations in backward instead of keeping them "
         "(less activation memory, about one more forward of compute); transformers models only",

@@ -69,6 +69,7 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         lam=cfg.method.lam,
         beta=cfg.method.beta,
         foreach=cfg.train.foreach,
+        dispatch=cfg.train.dispatch,
         dtype=cfg.runtime.dtype,
         pooling=cfg.method.pooling,
         ib_scale=cfg.method.ib_scale,

@@ -363,6 +363,8 @@ class MoEModel:
         subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
         mode: str = "no_grad",
         attention_mask: torch.Tensor | None = None,
+        dispatch: str = "loop",
+        slots: int | None = None,
     ) -> TrainOnly:
         """Context manager: expert e of layer l takes part in backward iff it is selected.
 
@@ -376,6 +378,9 @@ class MoEModel:
             ``"detach"`` (detached weights, input gradient kept).
         attention_mask : Tensor, optional
             Token mask for the selector's :class:`LayerRouting` (default: grabbed from the forward).
+        dispatch, slots : ``"loop"`` (one device->host read per layer) or ``"static"`` (none in the
+            forward, one per step after backward, :mod:`~hfedmoe.moe.static_dispatch`; ``slots``:
+            the budget of a selector's device-mask choice), see :class:`TrainOnly`.
 
         Notes
         -----
@@ -384,7 +389,7 @@ class MoEModel:
         Routers and dense parameters are left alone. With gradient checkpointing the recomputed
         forward calls the selector again; it must then answer the same (be deterministic).
         """
-        return TrainOnly(self, subsets, mode, attention_mask)
+        return TrainOnly(self, subsets, mode, attention_mask, dispatch, slots)
 
     def __repr__(self) -> str:
         return (

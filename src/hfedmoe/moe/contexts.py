@@ -9,11 +9,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from hfedmoe.moe import static_dispatch
 from hfedmoe.moe.layouts import FamilySpec
 from hfedmoe.moe.protocol import AdapterCore
 
 
 _MODES = ("no_grad", "detach")
+DISPATCHES = ("loop", "static")
 
 
 class _RoutingFields(NamedTuple):
@@ -254,6 +256,12 @@ class TrainOnly:
         still on the device is read first, all such layers in one read).
     mode : str
         ``"no_grad"`` or ``"detach"``.
+    dispatch : str
+        ``"loop"`` (one read per layer) or ``"static"`` (:mod:`hfedmoe.moe.static_dispatch`: no read
+        in the forward, one per step; fused layouts it supports, the others loop).
+    slots : int or None
+        Static dispatch: the slots of a layer whose choice is a device mask (the budget); None:
+        such layers loop. A host choice has as many slots as experts chosen.
     """
 
     def __init__(
@@ -262,11 +270,18 @@ class TrainOnly:
         subsets: Sequence[Sequence[int] | None] | Callable[[int, LayerRouting], Sequence[int]],
         mode: str,
         attention_mask: torch.Tensor | None,
+        dispatch: str = "loop",
+        slots: int | None = None,
     ):
         if mode not in _MODES:
             raise ValueError(f"train_only mode must be one of {_MODES}, got {mode!r}")
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"train_only dispatch must be one of {DISPATCHES}, got {dispatch!r}")
         self._adapter = adapter
         self.mode = mode
+        self.dispatch = dispatch
+        self.slots = slots
+        self._records: dict[int, list] = {}  # layer -> static_dispatch.SlotRecord per forward
         self.attention_mask = attention_mask
         self._selected: dict[int, torch.Tensor] = {}
         self._selected_sets: dict[int, set[int] | None] = {}
@@ -283,6 +298,7 @@ class TrainOnly:
 
     @property
     def selected(self) -> dict[int, torch.Tensor]:
+        self._flush_static()
         if self._pending:  # choices no experts forward read (e.g. a layer no token reached)
             layers = sorted(self._pending)
             masks = torch.stack([self._pending[layer] for layer in layers]).tolist()  # one read
@@ -312,6 +328,58 @@ class TrainOnly:
         if layer in self._pending:
             _ = self.selected
         return self._selected_sets.get(layer)
+
+    def static_slots(self, layer: int, num_experts: int) -> int | None:
+        """Slots of layer ``layer`` under static dispatch (None: this layer loops)."""
+        if self.dispatch != "static":
+            return None
+        if layer in self._pending:
+            return self.slots
+        chosen = self._selected_sets.get(layer)
+        return num_experts if chosen is None else len(chosen)
+
+    def chosen_mask(self, layer: int, num_experts: int, device: torch.device) -> torch.Tensor:
+        """``(E,)`` bool on ``device``: layer ``layer``'s trainable experts (no read)."""
+        pending = self._pending.get(layer)
+        if pending is not None:
+            return pending.to(device)
+        chosen = self._selected_sets.get(layer)
+        mask = torch.zeros(num_experts, dtype=torch.bool)
+        mask[sorted(chosen) if chosen is not None else slice(None)] = True
+        return mask.to(device)
+
+    def add_record(self, layer: int, record) -> None:
+        """A static layer's slots. A slot gradient reaches the experts' leaves when it arrives if
+        the slots were read already, else at the step's one read (:attr:`selected`, or exit)."""
+        self._records.setdefault(layer, []).append(record)
+        leaves, state = self._adapter._leaves[layer], record.state  # no reference to the slot leaves
+
+        def hook(index: int):
+            def on_grad(slot_leaf: torch.Tensor) -> None:
+                if state.host is not None:
+                    static_dispatch.hand_over(slot_leaf, index, state, leaves)
+                else:
+                    state.arrived.append(index)
+            return on_grad
+
+        for index, slot_leaf in enumerate(record.leaves):
+            slot_leaf.register_post_accumulate_grad_hook(hook(index))
+
+    def _flush_static(self) -> None:
+        """The step's one read of the static layers' slots: their choices resolved, the slot
+        gradients that arrived handed to the experts' leaves."""
+        if not self._records:
+            return
+        records, self._records = self._records, {}
+        static_dispatch.read_records([r for rs in records.values() for r in rs])  # one read, every layer
+        for layer, rs in records.items():
+            if layer in self._pending:  # the first forward's choice (a recomputation chose the same)
+                slots, real, _ = rs[0].state.host
+                self.resolve(layer, [e for e, r in zip(slots, real) if r])
+            for record in rs:
+                for index in record.state.arrived:
+                    static_dispatch.hand_over(record.leaves[index], index, record.state, self._adapter._leaves[layer])
+                record.state.arrived.clear()
 
     def _select(self, info: _Layer, routing: LayerRouting) -> None:
         choice = self.selector(info.index, routing)
@@ -356,6 +424,7 @@ class TrainOnly:
 
     def __exit__(self, *exc) -> None:
         self._adapter._pop("train", self)
+        self._flush_static()
         for p, flag in reversed(self._saved_requires_grad):
             p.requires_grad_(flag)
         self._saved_requires_grad.clear()

@@ -24,24 +24,26 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tr
     return F.linear(x, weight, bias)  # weight (out, in)
 
 
-def fused_expert_apply(experts: nn.Module, x: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def fused_expert_apply(experts: nn.Module, x: torch.Tensor, tensors: Mapping[str, torch.Tensor],
+                       linear: Callable = _linear) -> torch.Tensor:
     """One fused-layout expert on its tokens: ``x (N, H) -> (N, H)``.
 
     ``tensors`` maps local names (``gate_up_proj``, ``down_proj``, ``*_bias``...) to this expert's
     slices. Handles gated (``act(gate) * up`` through the module's ``_apply_gate``) and non-gated
-    (``act(up)``) experts, transposed weights and biases.
+    (``act(up)``) experts, transposed weights and biases. ``linear(x, weight, bias, transposed)``:
+    one projection (the static dispatch passes grouped projections of several experts' stacks).
     """
     transposed = bool(getattr(experts, "is_transposed", False))
     if "gate_up_proj" in tensors:
-        h = _linear(x, tensors["gate_up_proj"], tensors.get("gate_up_proj_bias"), transposed)  # (N, 2I)
+        h = linear(x, tensors["gate_up_proj"], tensors.get("gate_up_proj_bias"), transposed)  # (N, 2I)
         if hasattr(experts, "_apply_gate"):
             h = experts._apply_gate(h)  # (N, I)
         else:
             gate, up = h.chunk(2, dim=-1)
             h = experts.act_fn(gate) * up
     else:
-        h = experts.act_fn(_linear(x, tensors["up_proj"], tensors.get("up_proj_bias"), transposed))  # (N, I)
-    return _linear(h, tensors["down_proj"], tensors.get("down_proj_bias"), transposed)  # (N, H)
+        h = experts.act_fn(linear(x, tensors["up_proj"], tensors.get("up_proj_bias"), transposed))  # (N, I)
+    return linear(h, tensors["down_proj"], tensors.get("down_proj_bias"), transposed)  # (N, H)
 
 
 #: Set on an experts stand-in (``moe/hooks.py``) whose (token, slot) pairs already come grouped by

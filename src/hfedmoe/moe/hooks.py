@@ -12,7 +12,7 @@ import inspect
 import torch
 from torch import nn
 
-from hfedmoe.moe import expert_compute
+from hfedmoe.moe import expert_compute, static_dispatch
 from hfedmoe.moe.protocol import AdapterCore
 
 
@@ -63,6 +63,13 @@ def _fused_experts_forward(self: nn.Module, hidden_states, top_k_index, top_k_we
     if getattr(adapter, "skip_padding", True):
         real = adapter._token_mask(info, num_tokens, train.attention_mask, device)  # (T,)
         keep = keep & real[token]
+    num_slots = train.static_slots(layer, num_experts)
+    if num_slots is not None and static_dispatch.supports(self, info.param_names):  # no read here
+        chosen = train.chosen_mask(layer, num_experts, device)  # (E,)
+        out, record = static_dispatch.static_experts_forward(
+            self, info.param_names, chosen, num_slots, hidden_states, top_k_index, top_k_weights, keep, train.mode)
+        train.add_record(layer, record)
+        return out
     pending = train.pending_mask(layer)  # (E,) bool on the device, or None: known on the host
     if pending is not None:
         is_selected = torch.cat([pending.to(device), pending.new_zeros(1).to(device)])  # (E+1,)
