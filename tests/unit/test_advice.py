@@ -59,6 +59,9 @@ def test_final_well_below_best_round_names_best_val_and_lr():
     assert w.startswith("final test accuracy 69.8% is 5.8 points below round 2 (75.6%)")
     assert "federation.select_model = 'best-val'" in w and "train.lr" in w
     assert drift_warnings(_rows([0.5, 0.7, 0.72, 0.70])) == []
+    # the run already keeps a round chosen on validation: say which, do not suggest best-val again
+    (w,) = drift_warnings(_rows([0.5, 0.7, 0.756, 0.698]), kept_round=1)
+    assert "keeps round 1, chosen on the clients' validation splits" in w and "select_model" not in w
 
 
 def test_one_class_drift_compares_with_the_true_share():

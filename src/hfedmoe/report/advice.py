@@ -82,16 +82,22 @@ def data_warnings(
 
 
 def drift_warnings(rows: Sequence[dict[str, Any]], test_share: Sequence[float] = (),
-                   label_names: Sequence[str] | None = None) -> list[str]:
+                   label_names: Sequence[str] | None = None, kept_round: int | None = None) -> list[str]:
     """Warnings about the accuracy curve of a classification run (metrics rows, round 0 first;
-    ``test_share`` (K,): each class's share of the test set)."""
+    ``test_share`` (K,): each class's share of the test set; ``kept_round``: the round
+    ``federation.select_model = "best-val"`` kept, None when the run ends with its last round)."""
     ev = [r for r in rows if r.get("test_accuracy") is not None and r.get("round", 0) > 0]
     if not ev:
         return []
     out: list[str] = []
     last = ev[-1]
     best = max(ev, key=lambda r: r["test_accuracy"])
-    if best["test_accuracy"] - last["test_accuracy"] >= BEST_ROUND_GAP:
+    if best["test_accuracy"] - last["test_accuracy"] >= BEST_ROUND_GAP and kept_round is not None:
+        out.append(f"the last round's test accuracy {100 * last['test_accuracy']:.1f}% is "
+                   f"{100 * (best['test_accuracy'] - last['test_accuracy']):.1f} points below round {best['round']}'s; "
+                   f"the run keeps round {kept_round}, chosen on the clients' validation splits (predict and export "
+                   "use it); to steady the rounds lower train.lr or set federation.server_optimizer = 'avgm'")
+    elif best["test_accuracy"] - last["test_accuracy"] >= BEST_ROUND_GAP:
         out.append(f"final test accuracy {100 * last['test_accuracy']:.1f}% is "
                    f"{100 * (best['test_accuracy'] - last['test_accuracy']):.1f} points below round "
                    f"{best['round']} ({100 * best['test_accuracy']:.1f}%): keep the round the clients' validation splits "

@@ -86,7 +86,7 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     summary["warnings"] = [*context.get("data_warnings", []), *learning_warnings(
         summary.get("final_test_accuracy"), summary.get("majority_rate"), summary.get("final_test_pred_share") or [],
         summary.get("label_names")), *drift_warnings(rows, context.get("test_label_share") or [],
-                                                    summary.get("label_names"))]
+                                                    summary.get("label_names"), summary.get("selected_round"))]
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     label = summary["method"] or "run"
     if summary.get("initial_test_perplexity") is not None:  # causal LM: perplexity, no accuracy
