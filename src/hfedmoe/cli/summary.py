@@ -32,6 +32,24 @@ def write_report(sim: Any) -> dict[str, Any]:
     return write_run_report(sim.out_dir, context)
 
 
+def banner_lines(sim: Any, cfg: Any) -> list[tuple[str, bool]]:
+    """What a run prints before it starts, as (rich markup text, a warning for stderr): the run
+    line, and the memory plan (``hfedmoe plan``; a warning when it does not fit)."""
+    from hfedmoe.federation.memory import plan_memory
+
+    lines = [(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
+              f"{len(sim.fed.clients)} clients, budgets {budget_text([b.budget for b in sim.budgets])}", False)]
+    plan = plan_memory(cfg, sim.mm, sim.budgets, sim.device.type)
+    tight = plan.process_peak > plan.machine_available
+    lines.append((("warning: " if tight else "") + plan.header(), tight))
+    return lines
+
+
+def print_banner(console: Console, err_console: Console, lines: list[tuple[str, bool]]) -> None:
+    for text, warn in lines:
+        (err_console if warn else console).print(text, highlight=False, markup=True)
+
+
 def budget_text(budgets: list[int]) -> str:
     """The budget list as it is for a few clients, as counts per budget for many."""
     if len(budgets) <= 16:
