@@ -99,13 +99,21 @@ class Resume:
     allow_change: set[str] = field(default_factory=set)
 
 
-def federation_config(cfg: RunConfig, num_clients: int) -> str:
-    """``flwr run --federation-config``: one virtual SuperNode per client, one CPU per ClientApp,
-    ``engine.num_actors`` ClientApps at a time."""
-    cpus = int(min(cfg.engine.num_actors, num_clients))
-    return (f"num-supernodes={num_clients} backend=\"ray\" client-resources-num-cpus=1 "
-            f"client-resources-num-gpus=0.0 init-args-num-cpus={cpus} init-args-num-gpus=0 "
+def federation_config(num_supernodes: int, num_cpus: int) -> str:
+    """``flwr run --federation-config`` (flwr 1.42's way; a connection's ``options.*`` are deprecated):
+    ``num_supernodes`` virtual SuperNodes on Ray, one CPU per ClientApp, ``num_cpus`` for Ray (so that
+    many ClientApps at a time), no GPU."""
+    return (f"num-supernodes={num_supernodes} backend=\"ray\" client-resources-num-cpus=1 "
+            f"client-resources-num-gpus=0.0 init-args-num-cpus={num_cpus} init-args-num-gpus=0 "
             "init-args-logging-level=\"warning\" init-args-log-to-driver=true")
+
+
+def write_local_connection(home: Path) -> None:
+    """A Flower config file in ``home`` (``FLWR_HOME``) with one connection, ``local-sim``, to a
+    local simulation SuperLink that ``flwr run`` starts on demand."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('[superlink]\ndefault = "local-sim"\n\n'
+                                      '[superlink.local-sim]\naddress = ":local:"\n')
 
 
 def app_run_config(cfg_path: Path, out: Path, events: Path, resume: Resume | None, replace: Path | None) -> dict:
@@ -133,22 +141,26 @@ def quiet_offline_env() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
 
 
-def _env(tmp: Path) -> dict[str, str]:
+def local_sim_env(home: Path, ray_tmp: Path | None = None) -> dict[str, str]:
+    """The environment of ``flwr run`` on a local simulation connection: ``FLWR_HOME`` = ``home``,
+    two free loopback ports for the SuperLink it starts, nothing installed or fetched, telemetry and
+    the update check off, this Python's scripts first on PATH; ``ray_tmp``: Ray's temporary folder
+    (keep it short: Ray's socket paths live under it)."""
     quiet_offline_env()  # telemetry off, one torch thread, this source tree on PYTHONPATH
-    return {**os.environ, "FLWR_HOME": str(tmp / "flwr-home"), "RAY_TMPDIR": str(tmp / "ray"),
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = str(ray_tmp)
+    return env
 
 
 def _prepare(tmp: Path, cfg: RunConfig, out: Path, resume: Resume | None, replace: Path | None) -> Path:
     """Write the app, the Flower config file, the run's config and the app's run config into ``tmp``;
     returns the run config file."""
     shutil.copytree(APP_DIR, tmp / "app")
-    home = tmp / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text('[superlink]\ndefault = "local-sim"\n\n'
-                                      '[superlink.local-sim]\naddress = ":local:"\n')
+    write_local_connection(tmp / "flwr-home")
     (tmp / "ray").mkdir()
     dump_config(cfg, tmp / "run.toml")
     rc_path = tmp / "run-config.toml"
@@ -176,13 +188,14 @@ def run_local_simulation(cfg: RunConfig, out: Path, num_clients: int, on_event: 
     tmp = Path(tempfile.mkdtemp(prefix="hfedmoe-flwr-"))  # short: Ray's socket paths live under it
     proc: subprocess.Popen | None = None
     try:
-        env = _env(tmp)
+        env = local_sim_env(tmp / "flwr-home", tmp / "ray")
         rc_path = _prepare(tmp, cfg, out, resume, replace)
         log = tmp / "flwr-run.log"
         with open(log, "wb") as log_fh:
             proc = subprocess.Popen(
                 [str(Path(sys.executable).parent / "flwr"), "run", str(tmp / "app"), "local-sim",
-                 "--run-config", str(rc_path), "--federation-config", federation_config(cfg, num_clients),
+                 "--run-config", str(rc_path), "--federation-config",
+                 federation_config(num_clients, int(min(cfg.engine.num_actors, num_clients))),
                  "--stream"], env=env, cwd=tmp, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         tail = EventTail(tmp / "events.jsonl")
         while True:
