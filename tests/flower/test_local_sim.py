@@ -15,7 +15,7 @@ import hfedmoe.engines.flower.clientapp as clientapp
 from hfedmoe.config import load_config
 from hfedmoe.config.loading import dump_config
 from hfedmoe.engines.flower import serverapp
-from hfedmoe.engines.flower.local_sim import APP_DIR, EventTail, Resume, app_run_config
+from hfedmoe.engines.flower.local_sim import APP_DIR, EventTail, Resume, app_run_config, sigterm_as_interrupt
 from hfedmoe.engines.flower.nodes import num_clients
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
@@ -104,3 +104,16 @@ def test_a_resumed_serverapp_reports_where_it_restarts_and_errors_as_one_event(t
 def test_the_number_of_supernodes_is_the_number_of_clients_the_run_builds(tmp_path, extra):
     cfg = load_config(TINY, FAST + extra)
     assert num_clients(cfg) == len(Simulation(cfg, tmp_path / "s").fed.clients)
+
+
+def test_sigterm_interrupts_like_ctrl_c_inside_the_block_only():
+    import os
+    import signal
+    import time
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler at once
+    assert signal.getsignal(signal.SIGTERM) is before

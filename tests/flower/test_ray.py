@@ -65,7 +65,8 @@ def test_flower_sim_cli_matches_in_process_and_resumes(tmp_path):
     assert all("wire_upload_bytes" in r for r in rows(tmp_path / "fs")[1:])
 
 
-def test_ctrl_c_stops_every_flower_process_and_the_run_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_every_flower_process_and_the_run_resumes_bit_identical(tmp_path, sig):
     a = hfedmoe("run", "--config", str(TINY), "--out", str(tmp_path / "sim"), "--quiet", *sets())
     assert a.returncode == 0, a.stderr[-2000:]
     mark = uuid.uuid4().hex
@@ -78,7 +79,7 @@ def test_ctrl_c_stops_every_flower_process_and_the_run_resumes_bit_identical(tmp
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     assert len(marked(mark)) > 3  # the CLI, flwr run, the SuperLink, the ServerApp, Ray ...
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)  # Ctrl-C; SIGTERM counts as Ctrl-C
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "hfedmoe resume" in err

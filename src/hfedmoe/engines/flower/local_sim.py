@@ -17,8 +17,9 @@
    its progress events to ``T/events.jsonl`` (:class:`EventLog`); the CLI tails that file;
 4. when the ServerApp has reported its end (or its error), or the ``flwr run`` process has exited,
    or on any exception (Ctrl-C included), every process whose command line names ``T`` is stopped
-   with its children (the detached SuperLink, ``flwr-simulation``, Ray), and ``T`` is removed. A
-   failed run leaves Flower's log in ``<run folder>/flower-sim.log``.
+   with its children (the detached SuperLink, ``flwr-simulation``, Ray), and ``T`` is removed;
+   SIGTERM counts as Ctrl-C meanwhile. A failed run leaves Flower's log in
+   ``<run folder>/flower-sim.log``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +189,30 @@ def run_local_simulation(cfg: RunConfig, out: Path, num_clients: int, on_event: 
     ``replace``: ``out`` is a staging folder that replaces this run folder after round 0. Returns the
     run's summary (summary.json); an error of the ServerApp is raised here (a config or checkpoint
     problem as :class:`HFedMoEError`)."""
+    with sigterm_as_interrupt():  # `kill` of this process stops Flower's processes too
+        return _run(cfg, out, num_clients, on_event, resume, replace)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the block runs, so that ``finally``
+    blocks run; the previous handler afterwards. Only in the main thread (elsewhere: unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(cfg: RunConfig, out: Path, num_clients: int, on_event: Callable[[Event], None], resume: Resume | None,
+         replace: Path | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hfedmoe-flwr-"))  # short: Ray's socket paths live under it
     proc: subprocess.Popen | None = None
     try:
