@@ -12,10 +12,9 @@ import sys
 import time
 import uuid
 
-import psutil
 import pytest
 
-from tests.flower.conftest import FAST, REPO, TINY
+from tests.flower.conftest import FAST, REPO, TINY, marked
 from tests.flower.test_engine import assert_same_run, rows
 
 pytestmark = pytest.mark.slow
@@ -30,18 +29,6 @@ def env(mark: str = "") -> dict[str, str]:
 def hfedmoe(*args: str, mark: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hfedmoe.cli.app", *args], env=env(mark), capture_output=True,
                           text=True, timeout=600, check=False)
-
-
-def marked(mark: str) -> list[psutil.Process]:
-    """The processes (other than this one) started with HFEDMOE_TEST_MARK = mark."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get("HFEDMOE_TEST_MARK") == mark:
-                found.append(p)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return found
 
 
 def sets(*extra: str) -> list[str]:
