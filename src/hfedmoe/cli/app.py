@@ -23,7 +23,8 @@ from typer.core import TyperCommand
 from hfedmoe.cli.boundary import guard as _guard
 from hfedmoe.cli.boundary import resume_hint
 from hfedmoe.cli.inputs import PlainHelpCommand, check_out, parse_seeds, resume_config
-from hfedmoe.cli.summary import banner_lines, final_lines, print_banner, write_report
+from hfedmoe.cli.summary import final_lines, print_banner
+from hfedmoe.report.run_summary import banner_lines, write_report
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -127,7 +127,7 @@ def main(grid: Grid, context: Context) -> None:
         run = _serve(grid, rc, events)
         summary = None
         if bool(rc.get("report", False)):
-            from hfedmoe.cli.summary import write_report
+            from hfedmoe.report.run_summary import write_report
 
             summary = write_report(run)
         events.write({"kind": "end", "summary": summary})
@@ -143,7 +143,7 @@ def _serve(grid: Grid, rc: dict[str, Any], events: EventLog) -> FlowerRun:
     # "server-data": the server's file of node-local data; each SuperNode reads its own data-path
     run = FlowerRun(cfg, out, server_data=str(rc["server-data"]) if rc.get("server-data") else None)
     if events:
-        from hfedmoe.cli.summary import banner_lines
+        from hfedmoe.report.run_summary import banner_lines
 
         events.write({"kind": "run_start", "lines": banner_lines(run, cfg)})
     run.on_event = events.write
