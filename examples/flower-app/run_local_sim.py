@@ -3,12 +3,12 @@ local simulation connection (``address = ":local:"``), not the deprecated ``run_
 
 What it does, all under ``--work`` (nothing in ``~/.flwr``):
 
-1. writes a Flower config file (``FLWR_HOME/config.toml``) with a connection ``local-sim``:
-   ``num-supernodes`` virtual SuperNodes, one CPU each, one Ray worker per CPU given;
-2. ``flwr run examples/flower-app local-sim --stream``: flwr starts a local SuperLink in simulation
-   mode (in the background, on two free loopback ports chosen here), submits the app and streams
-   its log until the run ends; runtime dependency installation is off (hfedmoe comes from this
-   environment);
+1. writes a Flower config file (``FLWR_HOME/config.toml``) with a connection ``local-sim``;
+2. ``flwr run examples/flower-app local-sim --federation-config "num-supernodes=N ..." --stream``:
+   flwr starts a local SuperLink in simulation mode (in the background, on two free loopback ports
+   chosen here), submits the app with ``num-supernodes`` virtual SuperNodes (one CPU each, one Ray
+   worker per CPU given) and streams its log until the run ends; runtime dependency installation
+   and flwr's update check are off (hfedmoe comes from this environment);
 3. stops that background SuperLink and everything it started, by process id.
 
 Usage (repository root, the venv's Python)::
@@ -20,27 +20,15 @@ Usage (repository root, the venv's Python)::
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from hfedmoe.engines.flower.processes import free_port, stop_processes_naming
+from hfedmoe.engines.flower.local_sim import federation_config, local_sim_env, write_local_connection
+from hfedmoe.engines.flower.processes import stop_processes_naming
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 BIN = Path(sys.executable).parent
-
-
-def write_flower_config(home: Path, num_supernodes: int, num_cpus: int) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\naddress = ":local:"\n'
-        f"options.num-supernodes = {num_supernodes}\n"
-        "options.backend.client-resources.num-cpus = 1\n"
-        "options.backend.client-resources.num-gpus = 0\n"
-        f"options.backend.init-args.num-cpus = {num_cpus}\n"
-        "options.backend.init-args.num-gpus = 0\n")
 
 
 def run_local_sim(work: Path, run_config: str, num_supernodes: int = 4, num_cpus: int = 1,
@@ -49,22 +37,12 @@ def run_local_sim(work: Path, run_config: str, num_supernodes: int = 4, num_cpus
     ``flwr run --stream`` process (its output is the run's log)."""
     work = Path(work).resolve()
     home = work / "flwr-home"
-    write_flower_config(home, num_supernodes, num_cpus)
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "OMP_NUM_THREADS": "1",
-        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
+    write_local_connection(home)
+    env = local_sim_env(home)  # hfedmoe's own source folder on PYTHONPATH
     try:
         return subprocess.run([str(BIN / "flwr"), "run", str(HERE), "local-sim", "--run-config", run_config,
-                               "--stream"], env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s)
+                               "--federation-config", federation_config(num_supernodes, num_cpus), "--stream"],
+                              env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s)
     finally:
         stop_processes_naming(home)  # the background SuperLink logs into home
 

@@ -45,6 +45,7 @@ from pathlib import Path
 import psutil
 
 from hfedmoe.config import load_config
+from hfedmoe.engines.flower.local_sim import APP_DIR
 from hfedmoe.engines.flower.nodes import num_clients
 from hfedmoe.engines.flower.processes import free_port, signal_then_kill, stop_processes_naming
 from hfedmoe.errors import HFedMoEError
@@ -180,7 +181,7 @@ class Deployment:
     def submit(self, config: Path, out: Path, overrides: list[str], resume: bool = False) -> str:
         """``flwr run`` the app; ``resume``: continue the run in ``out`` from its last checkpoint."""
         app = self.work / "app"
-        shutil.copytree(HERE / "app", app, dirs_exist_ok=True)
+        shutil.copytree(APP_DIR, app, dirs_exist_ok=True)
         run_config = f'config="{config}" out="{out}" overrides="{";".join(overrides)}"'
         if self.data is not None:
             run_config += f' server-data="{self.data / "server.npz"}"'

@@ -6,17 +6,19 @@ background SuperLink start)."""
 from __future__ import annotations
 
 import importlib.util
+import uuid
 
-import psutil
 import pytest
 import torch
 
-from tests.flower.conftest import REPO
+from tests.flower.conftest import REPO, marked
 
 pytestmark = pytest.mark.slow
 
 
-def test_example_app_runs_with_flwr_run_on_a_local_simulation_connection(tmp_path):
+def test_example_app_runs_with_flwr_run_on_a_local_simulation_connection(tmp_path, monkeypatch):
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("HFEDMOE_TEST_MARK", mark)  # inherited by every process the run starts
     spec = importlib.util.spec_from_file_location("run_local_sim", REPO / "examples" / "flower-app" / "run_local_sim.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -27,5 +29,4 @@ def test_example_app_runs_with_flwr_run_on_a_local_simulation_connection(tmp_pat
     assert save.is_file(), r.stdout[-3000:] + r.stderr[-3000:]
     state = torch.load(save)
     assert any(k.endswith("gate.weight") or "router" in k or "gate" in k for k in state) and len(state) > 10
-    left = [p.pid for p in psutil.process_iter(["cmdline"]) if any(str(tmp_path) in a for a in (p.info["cmdline"] or []))]
-    assert not left, f"processes left running: {left}"
+    assert not marked(mark), "processes left running"

@@ -37,3 +37,36 @@ def test_free_port_is_bindable():
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_a_zombie_counts_as_stopped_and_a_process_ignoring_sigterm_is_killed():
+    import signal
+    import time
+
+    import psutil
+
+    from hfedmoe.engines.flower.processes import signal_then_kill
+
+    # a parent that never reaps its exited child: the child stays a zombie while the parent lives
+    code = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', '0']); print(p.pid, flush=True); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = psutil.Process(int(parent.stdout.readline()))
+        assert stubborn.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while zombie.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert zombie.status() == psutil.STATUS_ZOMBIE
+        t0 = time.monotonic()
+        signal_then_kill([zombie], signal.SIGTERM, wait_s=10)
+        assert time.monotonic() - t0 < 2  # not the whole wait_s
+        t0 = time.monotonic()
+        proc = psutil.Process(stubborn.pid)
+        signal_then_kill([proc], signal.SIGTERM, wait_s=1)
+        assert 1 <= time.monotonic() - t0 < 5 and not proc.is_running()  # SIGTERM ignored, SIGKILL after 1 s
+    finally:
+        for p in (parent, stubborn):
+            p.kill()
+            p.wait()

@@ -7,8 +7,9 @@ import tomllib
 
 from hfedmoe.config import load_config
 from hfedmoe.config.loading import help_rows
+from hfedmoe.engines.flower.local_sim import APP_DIR
 from hfedmoe.engines.flower.serverapp import run_overrides
-from tests.flower.conftest import REPO, TINY
+from tests.flower.conftest import TINY
 
 
 def _flat(d: dict, parent: str = "") -> dict:
@@ -20,7 +21,7 @@ def _flat(d: dict, parent: str = "") -> dict:
 
 
 def test_the_apps_dotted_keys_are_config_fields_left_to_the_preset():
-    app = tomllib.loads((REPO / "examples" / "flower-deployment" / "app" / "pyproject.toml").read_text())
+    app = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
     rc = _flat(app["tool"]["flwr"]["app"]["config"])
     dotted = {k: v for k, v in rc.items() if "." in k}
     fields = {name for name, _, _ in help_rows()}

@@ -23,7 +23,8 @@ from typer.core import TyperCommand
 from hfedmoe.cli.boundary import guard as _guard
 from hfedmoe.cli.boundary import resume_hint
 from hfedmoe.cli.inputs import PlainHelpCommand, check_out, parse_seeds, resume_config
-from hfedmoe.cli.summary import budget_text, final_lines, write_report
+from hfedmoe.cli.summary import final_lines, print_banner
+from hfedmoe.report.run_summary import banner_lines, write_report
 from hfedmoe.errors import HFedMoEError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +77,6 @@ def _set_threads(cfg: Any) -> None:
 
 def _run_simulation(sim: Any, rounds: int | None, quiet: bool, also: Any = None) -> None:
     from hfedmoe.cli.progress import RunProgress
-    from hfedmoe.engines.runner import drive
 
     with RunProgress(console, quiet=quiet) as progress:
         if also is None:
@@ -86,51 +86,48 @@ def _run_simulation(sim: Any, rounds: int | None, quiet: bool, also: Any = None)
                 progress.on_event(e)
                 also(e)
             sim.on_event = both
-        drive(sim, rounds)  # the config's engine: in-process, or Flower's Simulation Engine
+        sim.run(rounds)
 
 
 def _banner(sim: Any, cfg: Any, quiet: bool) -> None:
-    if not quiet:
-        console.print(f"[bold]hfedmoe[/] {cfg.method.name} | {sim.model_description} | {sim.fed.dataset.name}: "
-                      f"{len(sim.fed.clients)} clients, budgets {budget_text([b.budget for b in sim.budgets])}",
-                      highlight=False, markup=True)
-    if not quiet and hasattr(sim, "mm"):  # in-process engine: the memory plan (`hfedmoe plan`), warned when tight
-        from hfedmoe.federation.memory import plan_memory
-
-        plan = plan_memory(cfg, sim.mm, sim.budgets, sim.device.type)
-        tight = plan.process_peak > plan.machine_available
-        (err_console if tight else console).print(("warning: " if tight else "") + plan.header(), highlight=False)
+    if not quiet:  # the run line and the memory plan (`hfedmoe plan`), warned when tight
+        print_banner(console, err_console, banner_lines(sim, cfg))
 
 
 def _run_replacing(cfg: Any, out: Path, quiet: bool) -> None:
     """``run --overwrite`` of a folder holding a run: the new run starts in ``.<name>.new-<pid>``
     next to it and replaces the old one only once its round-0 row is written (model, data and
     first evaluation all worked); a failure before that leaves the old run untouched."""
-    from hfedmoe.engines.runlock import RunLock
-    from hfedmoe.engines.runner import make_run
+    from hfedmoe.engines.runlock import RunLock, replace_run
+    from hfedmoe.engines.simulation import Simulation
 
     staging = out.parent / f".{out.name}.new-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
     with RunLock(out) as old_lock:
         if staging.exists():
             shutil.rmtree(staging)
         new_lock = RunLock(staging).acquire()
         swapped = False
+
+        def moved(old: Path) -> None:  # the new run is in `out` now, the old one was moved to `old`
+            nonlocal swapped
+            old_lock.moved_to(old)
+            new_lock.moved_to(out)
+            swapped = True
+
         try:
-            sim = make_run(cfg, staging)
+            if cfg.engine.name == "flower-sim":  # the ServerApp, in Flower's process, swaps the folders
+                from hfedmoe.cli.flower_sim import run_flower_sim
+
+                run_flower_sim(console, err_console, cfg, staging, quiet, replace=(out, moved))
+                return
+            sim = Simulation(cfg, staging)
             _banner(sim, cfg, quiet)
 
             def swap(e: dict[str, Any]) -> None:
-                nonlocal swapped
                 if swapped or e["kind"] != "round_end":
                     return
-                os.replace(out, old)
-                old_lock.moved_to(old)
-                os.replace(staging, out)
-                new_lock.moved_to(out)
+                moved(replace_run(staging, out))
                 sim.out_dir = out
-                swapped = True
-                shutil.rmtree(old, ignore_errors=True)
 
             _run_simulation(sim, None, quiet, also=swap)
             final_lines(console, write_report(sim), out, quiet)
@@ -156,7 +153,6 @@ def run(
     def go() -> None:
         from hfedmoe.config import load_config
         from hfedmoe.engines.runlock import RunLock
-        from hfedmoe.engines.runner import make_run
 
         cfg = load_config(config, set_ or [])
         _set_threads(cfg)
@@ -167,7 +163,14 @@ def run(
             _run_replacing(cfg, out, quiet)
             return
         with RunLock(out):
-            sim = make_run(cfg, out)
+            if cfg.engine.name == "flower-sim":  # through `flwr run`, in Flower's processes
+                from hfedmoe.cli.flower_sim import run_flower_sim
+
+                run_flower_sim(console, err_console, cfg, out, quiet)
+                return
+            from hfedmoe.engines.simulation import Simulation
+
+            sim = Simulation(cfg, out)
             _banner(sim, cfg, quiet)
             _run_simulation(sim, None, quiet)
             final_lines(console, write_report(sim), out, quiet)
@@ -196,7 +199,6 @@ def resume(
         from hfedmoe.config import validate
         from hfedmoe.engines.resume import check_allow_change
         from hfedmoe.engines.runlock import RunLock
-        from hfedmoe.engines.runner import make_run
         from hfedmoe.report.metrics import read_metrics
 
         allowed = set(allow_change or [])
@@ -222,7 +224,15 @@ def resume(
                 if not quiet:
                     console.print(f"{out}: finished at round {done}; nothing to do")
                 return
-            sim = make_run(cfg, out)
+            if cfg.engine.name == "flower-sim":  # the ServerApp restores the checkpoint, in Flower's process
+                from hfedmoe.cli.flower_sim import run_flower_sim
+                from hfedmoe.engines.flower.local_sim import Resume
+
+                run_flower_sim(console, err_console, cfg, out, quiet, resume=Resume(discard_invalid, allowed))
+                return
+            from hfedmoe.engines.simulation import Simulation
+
+            sim = Simulation(cfg, out)
             start = sim.restore(discard_invalid=discard_invalid, allow_change=allowed)
             for note in sim.restore_notes:  # even with --quiet: the run is not resumed from where it stopped
                 err_console.print(f"resume: {note}", highlight=False, soft_wrap=True)

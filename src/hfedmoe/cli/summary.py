@@ -1,4 +1,5 @@
-"""What `hfedmoe run` / `resume` print and write when a run ends: the report, the closing lines."""
+"""What `hfedmoe run` / `resume` print: the banner lines, the closing lines (the report itself:
+:mod:`hfedmoe.report.run_summary`)."""
 
 from __future__ import annotations
 
@@ -8,38 +9,13 @@ from typing import Any
 
 from rich.console import Console
 
-
-def write_report(sim: Any) -> dict[str, Any]:
-    """Write the run's report.md (and summary) from a finished run; returns the summary."""
-    from hfedmoe.report.run_report import write_run_report
-    from hfedmoe.report.settings import data_context, key_settings
-
-    clients = [
-        {"client_id": c.client_id, "profile": c.profile, "num_train": len(c.train_idx), "num_val": len(c.val_idx),
-         "budget": b.budget, "fits_full": b.fits_full, "name": getattr(c, "name", "")}
-        for c, b in zip(sim.fed.clients, sim.budgets)
-    ]
-    lm = sim.fed.layout is not None  # causal LM: no classes, no majority rate
-    context = {"model": sim.model_description, "dataset": sim.fed.dataset.name, "clients": clients,
-               "majority_rate": None if lm else sim.fed.majority_rate(), "num_test": len(sim.fed.test_idx),
-               "label_names": list(sim.fed.dataset.label_names), "num_clients": len(clients),
-               "num_examples": len(sim.fed.dataset), "budgets": [c["budget"] for c in clients],
-               "settings": key_settings(sim.cfg, len(sim.fed.dataset), len(sim.fed.clients)),
-               "select_model": sim.cfg.federation.select_model, "task": sim.cfg.model.task,
-               **data_context(sim.cfg, sim.fed)}
-    if lm:
-        context["lm_layout"] = sim.fed.layout.describe(sim.cfg.data.max_length)
-        context["lm_tokens_kept_share"] = sim.fed.layout.kept_share
-    return write_run_report(sim.out_dir, context)
+# kept importable from here (tests and other code import write_report from this module)
+from hfedmoe.report.run_summary import banner_lines, budget_text, write_report  # noqa: F401
 
 
-def budget_text(budgets: list[int]) -> str:
-    """The budget list as it is for a few clients, as counts per budget for many."""
-    if len(budgets) <= 16:
-        return str(budgets)
-    from collections import Counter
-
-    return "{" + ", ".join(f"{b}: {n} clients" for b, n in sorted(Counter(budgets).items())) + "}"
+def print_banner(console: Console, err_console: Console, lines: list[tuple[str, bool]]) -> None:
+    for text, warn in lines:
+        (err_console if warn else console).print(text, highlight=False, markup=True)
 
 
 def final_lines(console: Console, summary: dict[str, Any], out: Path, quiet: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -114,3 +115,13 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def replace_run(staging: Path, target: Path) -> Path:
+    """``run --overwrite``: move the run folder ``target`` aside, ``staging`` in its place, and delete
+    the old one; returns where the old one was (its lock file went with it)."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return old

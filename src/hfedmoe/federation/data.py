@@ -121,7 +121,21 @@ def _user_terms(msg: str, natural: bool) -> str:
     return f"{mapping.get(field, field)}: {rest}" if rest else msg
 
 
-def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = None) -> FederationData:
+@dataclass
+class ClientSplit:
+    """The rows each client holds, before any tokenising: what :func:`split_clients` returns."""
+
+    ds: LabeledTexts  # the (subsampled) dataset
+    train_idx: np.ndarray  # the rows clients may train on (test and public rows removed)
+    test_idx: np.ndarray
+    public_idx: np.ndarray
+    parts: list[np.ndarray]  # client id -> its positions in train_idx
+    names: list[str]  # client id -> its natural group ("" otherwise)
+    natural: bool
+
+
+def split_clients(cfg: RunConfig, dataset: LabeledTexts | None = None) -> ClientSplit:
+    """Test, public and client rows of the run's data (no model, no tokenizer needed)."""
     d = cfg.data
     ds = subsample(dataset if dataset is not None else load_run_dataset(cfg), d.max_examples, cfg.seed)
     if d.partition in ("natural", "natural-dirichlet") and ds.groups is None:
@@ -173,6 +187,14 @@ def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = N
     names = _client_names(groups, parts, natural)
     if natural and len(parts) < 2:
         _too_few_clients(cfg, len(np.unique(ds.groups[train_idx_before])) if ds.groups is not None else 0, names)
+    return ClientSplit(ds, train_idx, test_idx, public_idx, parts, names, natural)
+
+
+def build_federation(cfg: RunConfig, tokenizer, dataset: LabeledTexts | None = None) -> FederationData:
+    d = cfg.data
+    sp = split_clients(cfg, dataset)
+    ds, train_idx, test_idx, public_idx, parts, names, natural = (
+        sp.ds, sp.train_idx, sp.test_idx, sp.public_idx, sp.parts, sp.names, sp.natural)
     profiles = cfg.clients.profiles
     clients = []
     for cid, local in enumerate(parts):

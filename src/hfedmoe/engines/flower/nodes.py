@@ -102,11 +102,11 @@ def assign_clients(free: Iterable[int], hints: dict[int, Any]) -> dict[int, int]
 
 
 def num_clients(cfg: Any) -> int:
-    """How many clients (so: nodes) a run config federates, by partitioning its data exactly as
-    the run does (the natural partitions depend on the dataset's groups)."""
-    from hfedmoe.federation.data import build_federation, load_run_dataset
-    from hfedmoe.federation.model import build_model
+    """How many clients (so: nodes) a run config federates: ``data.num_clients`` for the partitions
+    that make exactly that many; otherwise (natural ones depend on the dataset's groups) by
+    splitting its data exactly as the run does (no model, no tokenising)."""
+    if cfg.data.partition in ("dirichlet", "iid", "shards"):
+        return int(cfg.data.num_clients)
+    from hfedmoe.federation.data import split_clients
 
-    dataset = load_run_dataset(cfg)
-    _, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
-    return len(build_federation(cfg, tokenizer, dataset).clients)
+    return len(split_clients(cfg).parts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -42,10 +43,30 @@ def signal_then_kill(procs: list[psutil.Process], sig: int = signal.SIGTERM, wai
             p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=wait_s)
+    alive = wait_gone(procs, wait_s)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=wait_s)
+    wait_gone(alive, wait_s)
+
+
+def wait_gone(procs: list[psutil.Process], wait_s: float) -> list[psutil.Process]:
+    """Wait up to ``wait_s`` until every one of ``procs`` has exited; returns those still running. A
+    zombie counts as exited: a process whose parent died is reaped by init, but not where init does
+    not reap (some containers), and waiting for it would only spend ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        psutil.wait_procs(procs, timeout=0)  # reaps those that are our own children
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -6,10 +6,14 @@ the round through :class:`~hfedmoe.engines.flower.strategy.HFedMoEStrategy` and 
 validation is federated evaluation; everything else (planning, the metrics row, evaluation on the
 test set, checkpoints) is the in-process engine's code.
 
-``app`` is the ServerApp that ``flwr run`` starts (run config keys: ``config`` = a TOML preset,
-``out`` = the run directory, ``server-data`` = the server's file of node-local data (then each
-SuperNode reads only its own ``data-path``; see :mod:`hfedmoe.federation.node_data`), ``overrides`` = ``;``-separated ``key=value``, ``resume`` = bool, and
-any dotted config field, e.g. ``federation.rounds``: see :func:`run_overrides`).
+``app`` is the ServerApp that ``flwr run`` starts, in a deployment and for flower-sim (run config
+keys, declared in ``app/pyproject.toml``: ``config`` = a TOML preset, ``out`` = the run directory,
+``server-data`` = the server's file of node-local data (then each SuperNode reads only its own
+``data-path``; see :mod:`hfedmoe.federation.node_data`), ``overrides`` = ``;``-separated
+``key=value``, ``resume`` (with ``allow-change``, ``discard-invalid``), ``report`` = write the
+report at the end, ``events`` = a file for progress events, ``replace`` = the run folder a staging
+``out`` replaces after round 0, and any dotted config field, e.g. ``federation.rounds``: see
+:func:`run_overrides`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from hfedmoe.config import RunConfig, load_config
+from hfedmoe.engines.flower.local_sim import EventLog
 from hfedmoe.engines.flower.nodes import NodeMeta
 from hfedmoe.engines.flower.strategy import HFedMoEStrategy
 from hfedmoe.engines.shared import ClientSummary, RoundResult
 from hfedmoe.engines.resume import check_allow_change
+from hfedmoe.engines.runlock import replace_run
 from hfedmoe.engines.simulation import Simulation
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import FederationData
@@ -101,23 +107,6 @@ class FlowerRun(Simulation):
         return list(metrics["client_val_accuracy"])
 
 
-def make_server_app(run: FlowerRun, holder: dict[str, Any]) -> ServerApp:
-    """A ServerApp for ``run_simulation`` that drives the prepared (possibly restored) ``run``;
-    ``holder["error"]`` receives any exception it raised (the simulation runs it in a thread)."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        del context
-        try:
-            run.strategy.start(grid, num_rounds=run.cfg.federation.rounds)
-        except BaseException as exc:
-            holder["error"] = exc
-            raise
-
-    return app
-
-
 def run_overrides(run_config: dict[str, Any]) -> list[str]:
     """``--set`` overrides from a Flower run config: the ``;``-separated ``overrides`` string, then
     every dotted key (``federation.rounds``, ``train.lr``, ...: the app's pyproject lists the common
@@ -136,15 +125,57 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Deployment entry point (``flwr run``): the run config names the preset and the run folder."""
+    """The ServerApp ``flwr run`` starts (deployment and flower-sim): the run config names the preset
+    and the run folder; ``events`` a file for the progress events (see ``local_sim.py``)."""
     rc = context.run_config
+    events = EventLog(str(rc.get("events", "")))
+    try:
+        run = _serve(grid, rc, events)
+        summary = None
+        if bool(rc.get("report", False)):
+            from hfedmoe.report.run_summary import write_report
+
+            summary = write_report(run)
+        events.write({"kind": "end", "summary": summary})
+    except BaseException as exc:
+        events.write({"kind": "error", "user": isinstance(exc, HFedMoEError), "type": type(exc).__name__,
+                      "message": str(exc)})
+        raise
+
+
+def _serve(grid: Grid, rc: dict[str, Any], events: EventLog) -> FlowerRun:
     cfg = load_config(str(rc["config"]), run_overrides(rc))
     out = Path(str(rc["out"]))
     # "server-data": the server's file of node-local data; each SuperNode reads its own data-path
     run = FlowerRun(cfg, out, server_data=str(rc["server-data"]) if rc.get("server-data") else None)
+    if events:
+        from hfedmoe.report.run_summary import banner_lines
+
+        events.write({"kind": "run_start", "lines": banner_lines(run, cfg)})
+    run.on_event = events.write
+    if rc.get("replace"):  # `out` is a staging folder: it replaces the run folder once round 0 is written
+        run.on_event = _replacing(run, Path(str(rc["replace"])), events)
     if bool(rc.get("resume", False)):
         # "allow-change": ';'-separated safe fields that may differ from the checkpoint's config
         allow = {x.strip() for x in str(rc.get("allow-change", "")).split(";") if x.strip()}
         check_allow_change(allow)
-        run.restore(discard_invalid=bool(rc.get("discard-invalid", False)), allow_change=allow)
+        start = run.restore(discard_invalid=bool(rc.get("discard-invalid", False)), allow_change=allow)
+        events.write({"kind": "restored", "start": start, "notes": list(run.restore_notes)})
     run.strategy.start(grid, num_rounds=cfg.federation.rounds)
+    if run.round < cfg.federation.rounds:
+        raise HFedMoEError(f"engine.name = {cfg.engine.name!r}: the run stopped at round {run.round} of "
+                           f"{cfg.federation.rounds} (see the log)")
+    return run
+
+
+def _replacing(run: FlowerRun, target: Path, events: EventLog) -> Callable[[dict[str, Any]], None]:
+    """An event handler that, on the first ``round_end``, moves the staging run folder over ``target``
+    (:func:`~hfedmoe.engines.runlock.replace_run`) and tells the CLI (``swapped``)."""
+    def on_event(ev: dict[str, Any]) -> None:
+        events.write(ev)
+        if ev["kind"] == "round_end" and run.out_dir != target:
+            old = replace_run(run.out_dir, target)
+            run.out_dir = target
+            events.write({"kind": "swapped", "old": str(old)})
+
+    return on_event
