@@ -62,7 +62,6 @@ bench-lm: install
 	$(BIN)/hfedmoe pretrain --preset top2-16
 	$(BIN)/hfedmoe bench --config configs/bench-lm-top2.toml --out runs/bench-lm-top2
 	$(BIN)/hfedmoe bench --config configs/bench-lm-top2-dirichlet.toml --out runs/bench-lm-top2-dirichlet
-	$(BIN)/hfedmoe bench --config configs/bench-lm-top2-routers.toml --out runs/bench-lm-top2-routers
 	$(BIN)/hfedmoe bench --config configs/bench-cls-top2.toml --out runs/bench-cls-top2
 	$(BIN)/hfedmoe pretrain --preset switch-32
 	$(BIN)/hfedmoe bench --config configs/bench-lm-switch.toml --out runs/bench-lm-switch
