@@ -82,6 +82,11 @@ def test_bench_bad_config_is_one_line_exit_2(tmp_path):
     cfg.write_text(cfg.read_text().replace('bogus = 1\n', '').replace('"random"]', '"nope"]'))
     res = runner.invoke(app, ["bench", "--config", str(cfg), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "methods" in res.output
+    # a kept best-val round would score methods at different rounds: refused before anything runs
+    res = runner.invoke(app, ["bench", "--config", str(_bench_file(tmp_path)), "--out", str(tmp_path / "o2"),
+                              "--set", "federation.select_model=best-val", "-q"])
+    assert res.exit_code == 2 and "federation.select_model: expected 'last'" in res.output
+    assert "got 'best-val'" in res.output and not (tmp_path / "o2" / "runs").exists()
 
 
 def test_command_line_sets_and_seeds_reach_every_run_and_the_notes(tmp_path):

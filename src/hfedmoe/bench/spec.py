@@ -222,7 +222,12 @@ def load_bench_config(path: str | Path, quick: bool = False, extra_sets: list[st
     bench = BenchConfig(p, base, overrides, methods, list(seeds), datasets, float(target), sweep, quick,
                         _strings(notes, "notes") if notes else [], threads, workers)
     for i, d in enumerate(datasets):  # fail before running anything
-        tasks = {m: run_config(bench, d, m, seeds[0]).model.task for m in methods}
+        cfgs = {m: run_config(bench, d, m, seeds[0]) for m in methods}
+        kept = sorted(m for m, c in cfgs.items() if c.federation.select_model != "last")
+        if kept:  # a bench scores every method at the same round: the last one
+            raise HFedMoEError(f"datasets[{i}] ({d.name}): federation.select_model: expected 'last' (a bench scores "
+                               f"the last round of every method), got 'best-val' for {', '.join(kept)}")
+        tasks = {m: c.model.task for m, c in cfgs.items()}
         if sweep is not None:
             for m in sweep.methods:
                 for trial in sweep.trials(m):
