@@ -75,6 +75,13 @@ def test_a_run_ends_with_and_exports_the_round_validation_chose(tmp_path):
     run = load_run(out, run_config(out))
     assert run.round == expected
     assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())
+    # a kept model edited by hand is refused in one line, never silently replaced by the last round
+    kept_file = out / "checkpoints" / BEST_DIR / f"round_{expected}" / "model.safetensors"
+    original = kept_file.read_bytes()
+    kept_file.write_bytes(original[:-8] + b"\x00" * 8)
+    with pytest.raises(HFedMoEError, match="not usable"):
+        load_run(out, run_config(out))
+    kept_file.write_bytes(original)
     summary = write_report(sim)
     assert summary["selected_round"] == expected
     assert summary["selected_test_accuracy"] == rows[expected]["test_accuracy"]

@@ -37,7 +37,7 @@ def run_config(run_dir: Path) -> RunConfig:
 def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
     """The run's model rebuilt from ``cfg`` with its newest complete checkpoint loaded (strict); with
     ``federation.select_model = "best-val"`` the kept best-val model (``checkpoints/best``) instead."""
-    from hfedmoe.engines.checkpoint import complete_rounds, load_checkpoint
+    from hfedmoe.engines.checkpoint import CheckpointError, complete_rounds, load_checkpoint
     from hfedmoe.federation.model import build_model, wrap_for_run
 
     run_dir = Path(run_dir)
@@ -51,13 +51,16 @@ def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
         num_labels = load_run_dataset(cfg).num_labels
     model, tokenizer, _ = build_model(cfg.model, num_labels, cfg.seed)
     mm = wrap_for_run(model, cfg.model)
-    tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
-    kept_round = rounds[-1]
-    if cfg.federation.select_model == "best-val":  # the run ended with the round validation chose
-        from hfedmoe.engines.best import load_best
+    try:
+        tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
+        kept_round = rounds[-1]
+        if cfg.federation.select_model == "best-val":  # the run ended with the round validation chose
+            from hfedmoe.engines.best import load_best
 
-        if (kept := load_best(run_dir / "checkpoints")) is not None:
-            kept_round, tensors = kept
+            if (kept := load_best(run_dir / "checkpoints")) is not None:
+                kept_round, tensors = kept
+    except CheckpointError as exc:
+        raise HFedMoEError(f"--run: a checkpoint of {run_dir} is not usable ({exc}); nothing was written") from None
     model.load_state_dict(tensors, strict=True)
     from hfedmoe.federation.runtime import place_model
 

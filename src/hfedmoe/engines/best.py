@@ -47,7 +47,7 @@ def val_score(row: dict[str, Any], key: str) -> float | None:
 
 
 def select_round(rows: list[dict[str, Any]], task: str) -> int | None:
-    """The round with the best mean client validation score (the earliest on ties); None when no
+    """The round with the best client validation score (``SELECT_KEY``; the earliest on ties); None when no
     row has one. Pure: what :class:`BestModel` keeps, computed from metrics rows alone."""
     metric, key = metric_for(task), SELECT_KEY[task]
     best: tuple[int, float] | None = None
