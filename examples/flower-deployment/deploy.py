@@ -269,7 +269,7 @@ def main() -> None:
                     help="SIGKILL the SuperLink after round 1; it is restarted on its database and the run resumed")
     ap.add_argument("--central-data", action="store_true",
                     help="nodes rebuild the whole data and keep their partition (default: each node reads only "
-                         "its own partition file; classification only)")
+                         "its own partition file)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--resume", action="store_true",
                     help="continue WORK/run from its last checkpoint (after a SuperLink or ServerApp crash)")

@@ -31,6 +31,29 @@ def fresh_node_caches():
     clientapp._own_data.cache_clear()
 
 
+def forbid_whole_data(monkeypatch) -> None:
+    """From here on nobody (server or node) may load or partition the whole data set."""
+    def whole_data(*a, **k):
+        raise AssertionError("the whole data set was loaded")
+
+    for mod in (simulation, clientapp):
+        monkeypatch.setattr(mod, "load_run_dataset", whole_data)
+        monkeypatch.setattr(mod, "build_federation", whole_data)
+
+
+def server_run_without_client_files(cfg, tmp_path, paths) -> FlowerRun:
+    """The ServerApp's run built from ``tmp_path/data/server.npz`` while the clients' files
+    ``paths`` are out of reach (moved away, then back for the nodes)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for p in paths:
+        shutil.move(p, hidden / p.name)
+    run = FlowerRun(cfg, tmp_path / "flower", server_data=tmp_path / "data" / "server.npz")
+    for p in paths:
+        shutil.move(hidden / p.name, p)
+    return run
+
+
 def test_partition_files_hold_each_clients_examples_and_the_server_file_none(tmp_path):
     cfg = load_config(TINY, FAST)
     sim = Simulation(cfg, tmp_path / "unused")
@@ -59,9 +82,11 @@ def test_a_partition_of_another_config_is_refused_naming_the_field(tmp_path):
         load_server_data(tmp_path / "data" / "server.npz", other)
     with pytest.raises(HFedMoEError, match=r"^data-path: expected a node-data file"):
         load_node_data(tmp_path / "missing.npz")
-    lm = dataclasses.replace(other, model=dataclasses.replace(other.model, task="causal-lm"))
-    with pytest.raises(HFedMoEError, match=r"^model.task: node-local data supports 'classification', got 'causal-lm'"):
-        write_partitions(lm, tmp_path / "x")
+    same = load_config(TINY, FAST)  # the task is part of the fingerprint: a causal LM may not read these
+    lm = dataclasses.replace(same, model=dataclasses.replace(same.model, task="causal-lm"))
+    load_server_data(tmp_path / "data" / "server.npz", same)
+    with pytest.raises(HFedMoEError, match=r"^server-data: expected partitions written for this run's data config"):
+        load_server_data(tmp_path / "data" / "server.npz", lm)
 
 
 def test_node_local_data_matches_in_process_bit_for_bit_and_the_server_reads_none(tmp_path, monkeypatch):
@@ -70,23 +95,10 @@ def test_node_local_data_matches_in_process_bit_for_bit_and_the_server_reads_non
     sim.run()
     paths = write_partitions(cfg, tmp_path / "data")
 
-    def whole_data(*a, **k):
-        raise AssertionError("the whole data set was loaded")
-
-    for mod in (simulation, clientapp):  # from here on nobody may load or partition the whole data
-        monkeypatch.setattr(mod, "load_run_dataset", whole_data)
-        monkeypatch.setattr(mod, "build_federation", whole_data)
+    forbid_whole_data(monkeypatch)
     read: list[str] = []
     monkeypatch.setattr(clientapp, "load_node_data", lambda p: read.append(str(p)) or load_node_data(p))
-
-    # the server starts with the clients' files out of reach
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    for p in paths:
-        shutil.move(p, hidden / p.name)
-    run = FlowerRun(load_config(TINY, FAST), tmp_path / "flower", server_data=tmp_path / "data" / "server.npz")
-    for p in paths:
-        shutil.move(hidden / p.name, p)
+    run = server_run_without_client_files(load_config(TINY, FAST), tmp_path, paths)
     assert read == []
 
     # nodes in another order than their partitions: the server follows the files' suggestions

@@ -9,7 +9,7 @@ is transformers' shifted next-token cross-entropy over the remaining positions, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,19 +42,26 @@ def evaluate_lm(mm: MoEModel, data: TokenizedTexts, indices: np.ndarray, batch_s
     return {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan"), "tokens": float(tokens)}
 
 
+def client_val_perplexities(mm: MoEModel, data: TokenizedTexts, client_val: Sequence[np.ndarray],
+                            batch_size: int) -> list[float]:
+    """Perplexity of ``mm`` on each client's validation split ``client_val[c]`` (NaN: no split)."""
+    return [evaluate_lm(mm, data, v, batch_size)["perplexity"] if len(v) else float("nan") for v in client_val]
+
+
 def lm_eval_row(
     mm: MoEModel,
     data: TokenizedTexts,
     test_idx: np.ndarray,
-    client_val: Sequence[np.ndarray],
+    client_val: Callable[[], list[float]],
     heldout: TokenizedTexts | None,
     batch_size: int,
 ) -> dict:
     """The metrics-row fields of a causal-LM evaluation: test loss/perplexity, perplexity on each
-    client's validation split (one client per outlet: per-outlet perplexity), held-out perplexity.
-    ``test_accuracy`` is None (no classes); ``client_val_perplexity_max`` is the worst client."""
+    client's validation split (one client per outlet: per-outlet perplexity; ``client_val`` returns
+    them, computed here by :func:`client_val_perplexities` or by the clients' nodes), held-out
+    perplexity. ``test_accuracy`` is None (no classes); ``client_val_perplexity_max`` is the worst client."""
     test = evaluate_lm(mm, data, test_idx, batch_size)
-    per_client = [evaluate_lm(mm, data, v, batch_size)["perplexity"] if len(v) else float("nan") for v in client_val]
+    per_client = client_val()
     finite = [p for p in per_client if p == p]
     row = {
         "test_accuracy": None,

@@ -151,18 +151,23 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
 
 
 def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
-                    client_val: Callable[[], list[float]] | None, val_sizes: list[int] | None = None) -> dict[str, Any]:
+                    client_val: Callable[[], list[float]] | None, val_sizes: list[int] | None = None,
+                    client_ppl: Callable[[], list[float]] | None = None) -> dict[str, Any]:
     """The global model's evaluation row: test accuracy, loss, macro-F1 and per-class figures
     (a causal LM: perplexities, every client's validation split included); with ``client_val``
     (the engine's per-client validation accuracies, NaN = no split) also their min and mean and,
     given ``val_sizes`` (C,) the clients' validation-split sizes, the pooled accuracy over all
     validation examples (under label skew the plain mean favours a model that predicts the
-    classes most clients hold; the pooled one weighs each example once, like the test set)."""
+    classes most clients hold; the pooled one weighs each example once, like the test set).
+    A causal LM takes the clients' validation perplexities from ``client_ppl`` (the engine's: the
+    Flower engine asks the nodes)."""
     bs = cfg.train.eval_batch_size
     if cfg.model.task == "causal-lm":
         from hfedmoe.client.tasks import lm_eval_row
 
-        return lm_eval_row(mm, fed.tokens, fed.test_idx, [c.val_idx for c in fed.clients], fed.heldout, bs)
+        if client_ppl is None:
+            raise ValueError("global_eval_row: a causal LM needs client_ppl (the engine's per-client perplexities)")
+        return lm_eval_row(mm, fed.tokens, fed.test_idx, client_ppl, fed.heldout, bs)
     from hfedmoe.report.classes import class_metrics
 
     test = evaluate(mm, fed.tokens, fed.test_idx, bs)

@@ -206,12 +206,20 @@ class Simulation:
     def evaluate_global(self, clients: bool = True) -> dict[str, Any]:
         """Test accuracy and loss; with ``clients`` also every client's validation accuracy."""
         return global_eval_row(self.mm, self.fed, self.cfg, self.client_val_accuracies if clients else None,
-                               [self.num_val(c) for c in range(len(self.fed.clients))])
+                               [self.num_val(c) for c in range(len(self.fed.clients))],
+                               client_ppl=self.client_val_perplexities)
 
     def client_val_accuracies(self) -> list[float]:
         """Accuracy of the global model on each client's validation split (NaN: no split)."""
         bs = self.cfg.train.eval_batch_size
         return [client_val_accuracy(self.mm, self.fed, c.client_id, bs) for c in self.fed.clients]
+
+    def client_val_perplexities(self) -> list[float]:
+        """Causal LM: perplexity of the global model on each client's validation split (NaN: no split)."""
+        from hfedmoe.client.tasks import client_val_perplexities
+
+        val = [c.val_idx for c in self.fed.clients]
+        return client_val_perplexities(self.mm, self.fed.tokens, val, self.cfg.train.eval_batch_size)
 
     def run_round(self, round_idx: int) -> RoundResult:
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from hfedmoe.client import train_client
+from hfedmoe.client.tasks import client_val_perplexities
 from hfedmoe.config import RunConfig, config_from_dict, validate
 from hfedmoe.engines.flower.codec import (
     CodecError,
@@ -37,7 +38,7 @@ from hfedmoe.engines.shared import train_settings, val_accuracy
 from hfedmoe.errors import HFedMoEError
 from hfedmoe.federation.data import build_federation, load_run_dataset
 from hfedmoe.federation.model import build_model, wrap_for_run
-from hfedmoe.federation.node_data import NodeData, check_task, data_fingerprint, load_node_data
+from hfedmoe.federation.node_data import NodeData, data_fingerprint, load_node_data
 from hfedmoe.federation.runtime import setup_model
 from hfedmoe.methods import make_method
 from hfedmoe.methods.base import ClientInfo
@@ -88,7 +89,6 @@ def _node(msg: Message, context: Context) -> NodeState:
         torch.set_num_threads(1)
         _CACHE.clear()
         if path is not None:
-            check_task(cfg)
             own = _own_data(path)
             if own.fingerprint != data_fingerprint(cfg):
                 raise HFedMoEError(f"data-path: expected a partition written for this run's data config, got "
@@ -160,13 +160,17 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    """Accuracy of the global model on this client's validation split."""
+    """Accuracy (a causal LM: perplexity) of the global model on this client's validation split."""
     node = _node(msg, context)
     cid = _client(msg, node)
     load_model_record(node.mm, msg.content.array_records["model"])
     _, val_idx = node.splits(cid)
-    acc = val_accuracy(node.mm, node.tokens, val_idx, node.cfg.train.eval_batch_size)
-    return Message(RecordDict({"eval": MetricRecord({"client_id": cid, "accuracy": float(acc)})}), reply_to=msg)
+    bs = node.cfg.train.eval_batch_size
+    if node.cfg.model.task == "causal-lm":
+        value = {"perplexity": client_val_perplexities(node.mm, node.tokens, [val_idx], bs)[0]}
+    else:
+        value = {"accuracy": float(val_accuracy(node.mm, node.tokens, val_idx, bs))}
+    return Message(RecordDict({"eval": MetricRecord({"client_id": cid, **value})}), reply_to=msg)
 
 
 __all__ = ["app"]

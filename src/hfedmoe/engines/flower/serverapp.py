@@ -4,7 +4,8 @@ checkpoints, resume, report inputs) with local training replaced by Flower messa
 :class:`FlowerRun` is a :class:`~hfedmoe.engines.simulation.Simulation` whose ``run_round`` sends
 the round through :class:`~hfedmoe.engines.flower.strategy.HFedMoEStrategy` and whose per-client
 validation is federated evaluation; everything else (planning, the metrics row, evaluation on the
-test set, checkpoints) is the in-process engine's code.
+test set, checkpoints) is the in-process engine's code. A causal LM's per-client validation
+perplexity is federated evaluation too; test and held-out perplexity the server computes itself.
 
 ``app`` is the ServerApp that ``flwr run`` starts, in a deployment and for flower-sim (run config
 keys, declared in ``app/pyproject.toml``: ``config`` = a TOML preset, ``out`` = the run directory,
@@ -100,11 +101,18 @@ class FlowerRun(Simulation):
         return result
 
     def client_val_accuracies(self) -> list[float]:
+        return self._federated_eval("client_val_accuracy")
+
+    def client_val_perplexities(self) -> list[float]:
+        """Causal LM: each client's node evaluates its own validation split (the server holds none)."""
+        return self._federated_eval("client_val_perplexity")
+
+    def _federated_eval(self, key: str) -> list[float]:
         grid, s = self._grid(), self.strategy
         msgs = s.configure_evaluate(self.round, ArrayRecord(), ConfigRecord(), grid)
         replies = grid.send_and_receive(msgs, timeout=self.cfg.engine.round_timeout_s)
         metrics = s.aggregate_evaluate(self.round, replies)
-        return list(metrics["client_val_accuracy"])
+        return list(metrics[key])
 
 
 def run_overrides(run_config: dict[str, Any]) -> list[str]:

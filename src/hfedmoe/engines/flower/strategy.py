@@ -297,9 +297,14 @@ class HFedMoEStrategy(Strategy):
                 for cid, node in sorted(self.node_of.items()) if node in live]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Per-client validation accuracy (NaN for a client that did not answer or answered
-        something other than one accuracy in [0, 1])."""
-        acc = [float("nan")] * len(self.run.fed.clients)
+        """Per-client validation accuracy in [0, 1] (a causal LM: perplexity, at least 1, or NaN from
+        a node without validation tokens); NaN for a client that did not answer or answered something
+        other than one such value."""
+        if self.run.cfg.model.task == "causal-lm":
+            key, fits = "perplexity", lambda v: v != v or 1.0 <= v < float("inf")
+        else:
+            key, fits = "accuracy", lambda v: 0.0 <= v <= 1.0
+        values = [float("nan")] * len(self.run.fed.clients)
         for reply in replies:
             node = reply.metadata.src_node_id
             cid = self._eval_client_of.get(node)
@@ -309,15 +314,15 @@ class HFedMoEStrategy(Strategy):
                 log.warning("round %d: evaluation failed on node %s: %s", server_round, node, reply.error.reason)
                 continue
             try:
-                value = reply.content.metric_records["eval"]["accuracy"]
-                ok = isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0
-            except Exception:  # noqa: BLE001 (a malformed reply is a missing accuracy)
+                value = reply.content.metric_records["eval"][key]
+                ok = isinstance(value, (int, float)) and fits(float(value))
+            except Exception:  # noqa: BLE001 (a malformed reply is a missing value)
                 ok = False
             if not ok:
                 log.warning("round %d: malformed evaluation reply from node %s ignored", server_round, node)
                 continue
-            acc[cid] = float(value)
-        return MetricRecord({"client_val_accuracy": acc})
+            values[cid] = float(value)
+        return MetricRecord({f"client_val_{key}": values})
 
     # --- the run -------------------------------------------------------------------------
     def summary(self) -> None:
