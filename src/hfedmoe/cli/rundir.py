@@ -51,14 +51,14 @@ def load_run(run_dir: Path, cfg: RunConfig) -> LoadedRun:
         num_labels = load_run_dataset(cfg).num_labels
     model, tokenizer, _ = build_model(cfg.model, num_labels, cfg.seed)
     mm = wrap_for_run(model, cfg.model)
-    try:
-        tensors, _ = load_checkpoint(run_dir / "checkpoints", rounds[-1])
-        kept_round = rounds[-1]
-        if cfg.federation.select_model == "best-val":  # the run ended with the round validation chose
-            from hfedmoe.engines.best import load_best
+    root, kept_round = run_dir / "checkpoints", rounds[-1]
+    if cfg.federation.select_model == "best-val":  # the run ended with the round validation chose
+        from hfedmoe.engines.best import BEST_DIR, best_round_on_disk
 
-            if (kept := load_best(run_dir / "checkpoints")) is not None:
-                kept_round, tensors = kept
+        if (best := best_round_on_disk(root)) is not None:
+            root, kept_round = root / BEST_DIR, best
+    try:
+        tensors, _ = load_checkpoint(root, kept_round)
     except CheckpointError as exc:
         raise HFedMoEError(f"--run: a checkpoint of {run_dir} is not usable ({exc}); nothing was written") from None
     model.load_state_dict(tensors, strict=True)

@@ -122,13 +122,15 @@ class BestModel:
         return note
 
 
-def selected_summary(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
+def selected_summary(rows: list[dict[str, Any]], task: str, kept_round: int | None = None) -> dict[str, Any]:
     """Summary fields of the kept round (``selected_*``: its round, validation score and test
-    scores); {} when no round has a validation score."""
-    r = select_round(rows, task)
-    if r is None:
+    scores): ``kept_round`` (what the run kept, :func:`best_round_on_disk`; after a resume that
+    discarded a kept model it need not be the rows' best), else :func:`select_round` of the rows;
+    {} when there is none."""
+    r = kept_round if kept_round is not None else select_round(rows, task)
+    row = next((x for x in rows if int(x["round"]) == r), None)
+    if row is None:
         return {}
-    row = next(x for x in rows if int(x["round"]) == r)
     key = SELECT_KEY[task]
     out: dict[str, Any] = {"selected_round": r, "selected_by": key, "selected_val_score": row[key]}
     for key in ("test_accuracy", "test_macro_f1", "test_pred_share", "test_perplexity"):

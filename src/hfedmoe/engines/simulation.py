@@ -438,8 +438,9 @@ class Simulation:
                 prune_checkpoints(self.ckpt_root, cfg.federation.keep_checkpoints)
             if self.best is not None:  # after the round's checkpoint: a kept round is never ahead of resume
                 self.best.offer(r, result.row, self.mm.model.state_dict())
-                if r == cfg.federation.rounds and (kept := load_best(self.ckpt_root)) is not None:
-                    self.mm.model.load_state_dict(kept[1], strict=True)  # the run ends with the kept model
+                last_kept = r == cfg.federation.rounds and self.best.round not in (None, r)
+                if last_kept and (kept := load_best(self.ckpt_root)) is not None:  # end with the kept model
+                    self.mm.model.load_state_dict(kept[1], strict=True)
             self.on_event({"kind": "round_end", "round": r, "rounds": total, "row": result.row})
             if r == cfg.federation.rounds and cfg.model.lora_r > 0:  # LoRA experts: the PEFT adapter
                 export_lora_adapter(self.mm, cfg, self.out_dir / "peft_adapter", result.row)

@@ -80,9 +80,10 @@ def write_run_report(out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
     summary = {**summarize(rows), **{k: v for k, v in context.items() if k != "clients"}}
     summary["wall_time_human"] = human_duration(summary.get("wall_time_s"))
     if context.get("select_model") == "best-val":  # the run ended with the round validation chose
-        from hfedmoe.engines.best import selected_summary
+        from hfedmoe.engines.best import best_round_on_disk, selected_summary
 
-        summary.update(selected_summary(rows, str(context.get("task", "classification"))))
+        summary.update(selected_summary(rows, str(context.get("task", "classification")),
+                                        best_round_on_disk(out_dir / "checkpoints")))
     summary["warnings"] = [*context.get("data_warnings", []), *learning_warnings(
         summary.get("final_test_accuracy"), summary.get("majority_rate"), summary.get("final_test_pred_share") or [],
         summary.get("label_names")), *drift_warnings(rows, context.get("test_label_share") or [],

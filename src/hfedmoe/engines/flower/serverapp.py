@@ -68,16 +68,14 @@ class FlowerRun(Simulation):
     def num_train(self, cid: int) -> int:
         """With node-local data: the size the client's node reported (0 before any node holds it:
         such a client fails its round as offline)."""
-        if self.server_data is None:
-            return super().num_train(cid)
-        meta = self.client_meta.get(cid)
-        return meta.num_train if meta is not None else 0
+        return super().num_train(cid) if self.server_data is None else self._reported(cid, "num_train")
 
     def num_val(self, cid: int) -> int:  # with node-local data: the size its node reported
-        if self.server_data is None:
-            return super().num_val(cid)
+        return super().num_val(cid) if self.server_data is None else self._reported(cid, "num_val")
+
+    def _reported(self, cid: int, field: str) -> int:
         meta = self.client_meta.get(cid)
-        return meta.num_val if meta is not None else 0
+        return getattr(meta, field) if meta is not None else 0
 
     def _grid(self) -> Grid:
         if self.grid is None:
