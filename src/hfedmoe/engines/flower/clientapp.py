@@ -94,17 +94,15 @@ def _node(msg: Message, context: Context) -> NodeState:
                 raise HFedMoEError(f"data-path: expected a partition written for this run's data config, got "
                                    f"{path} (written for another one): write the partitions again")
             model, _, _ = build_model(cfg.model, own.num_labels, cfg.seed)
-            model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
-            _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), own.tokens,
-                                    lambda cid: (own.train_idx, own.val_idx), None)
+            tokens, splits, n = own.tokens, (lambda cid: (own.train_idx, own.val_idx)), None
         else:
             dataset = load_run_dataset(cfg)
             model, tokenizer, _ = build_model(cfg.model, dataset.num_labels, cfg.seed)
-            model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
             fed = build_federation(cfg, tokenizer, dataset)
-            _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), fed.tokens,
-                                    lambda cid: (fed.clients[cid].train_idx, fed.clients[cid].val_idx),
-                                    len(fed.clients))
+            tokens, n = fed.tokens, len(fed.clients)
+            splits = lambda cid: (fed.clients[cid].train_idx, fed.clients[cid].val_idx)  # noqa: E731
+        model, _ = setup_model(model, cfg)  # as the in-process engine: device, autocast, options
+        _CACHE[key] = NodeState(cfg, wrap_for_run(model, cfg.model), tokens, splits, n)
     return _CACHE[key]
 
 
