@@ -4,6 +4,7 @@ Strategy.start loop, ArrayRecords in and out, hostile replies failing one client
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -101,3 +102,34 @@ def test_bad_arguments_are_refused_with_the_field():
     s = HFedMoE(mm, budget=9)
     with pytest.raises(HFedMoEError, match=r"budget: expected an integer in \[1, 4\] for client 0, got 9"):
         s._budget_of(0)
+
+
+def test_a_causal_lm_node_reports_perplexity_and_the_server_pools_the_loss_over_tokens(tmp_path):
+    from flwr.clientapp import ClientApp
+
+    from hfedmoe.client.tasks import evaluate_lm
+    from hfedmoe.config import load_config
+    from hfedmoe.engines.flower.moe_strategy import evaluate_reply
+    from hfedmoe.engines.simulation import Simulation
+
+    cfg = load_config(REPO / "configs" / "tiny-lm.toml", ["data.max_examples=120", "data.max_clients=3"])
+    sim = Simulation(cfg, tmp_path / "unused")
+    mm, tokens, vals = sim.mm, sim.fed.tokens, [c.val_idx for c in sim.fed.clients]
+    app = ClientApp()
+
+    @app.evaluate()
+    def _evaluate(msg, context):
+        return evaluate_reply(msg, mm, tokens, vals[int(context.node_config["partition-id"])], batch_size=4)
+
+    grid = LoopbackGrid(app, [{"partition-id": i} for i in range(len(vals))])
+    strategy = HFedMoE(mm, method="hfedmoe", min_available_nodes=len(vals))
+    arrays = ArrayRecord(mm.model.state_dict())
+    replies = grid.send_and_receive(strategy.configure_evaluate(1, arrays, ConfigRecord({}), grid))
+    got = strategy.aggregate_evaluate(1, replies)
+    # independent: one evaluation over every node's validation sequences together
+    pooled = evaluate_lm(mm, tokens, np.concatenate(vals), 64)
+    assert got["loss"] == pytest.approx(pooled["loss"], rel=1e-6)  # float32 batch means: other batching
+    assert got["perplexity"] == pytest.approx(math.exp(got["loss"]), rel=1e-12)
+    assert "accuracy" not in got
+    counts = [r.content["metrics"]["num-examples"] for r in replies]
+    assert counts == [int(evaluate_lm(mm, tokens, v, 64)["tokens"]) for v in vals]  # predicted tokens

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from hfedmoe.client import TrainSettings, evaluate, train_client
+from hfedmoe.client.tasks import evaluate_lm
 from hfedmoe.config import config_from_dict, validate
 from hfedmoe.data.batches import TokenizedTexts
 from hfedmoe.engines.flower.codec import plan_from_json, plan_rule, plan_to_json, record_to_update, update_to_record
@@ -213,7 +215,8 @@ class HFedMoE(Strategy):
         return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """The num-examples weighted mean of each numeric metric the nodes report."""
+        """The num-examples weighted mean of each numeric metric the nodes report (perplexity:
+        exp of the pooled loss, see :func:`_weighted`)."""
         pairs: dict[str, list[tuple[int, float]]] = {}
         for reply in replies:
             try:
@@ -231,7 +234,13 @@ class HFedMoE(Strategy):
 
 
 def _weighted(pairs: Mapping[str, list[tuple[int, float]]]) -> dict[str, float]:
-    return {k: sum(n * v for n, v in xs) / sum(n for n, _ in xs) for k, xs in pairs.items() if xs}
+    """The ``num-examples`` weighted mean of each metric; perplexity is ``exp`` of the pooled loss
+    when the nodes that report one report both (a mean of perplexities is not a perplexity)."""
+    out = {k: sum(n * v for n, v in xs) / sum(n for n, _ in xs) for k, xs in pairs.items() if xs}
+    ppl, loss = pairs.get("perplexity", []), pairs.get("loss", [])
+    if ppl and [n for n, _ in ppl] == [n for n, _ in loss]:
+        out["perplexity"] = math.exp(out["loss"]) if out["loss"] < 700.0 else float("inf")
+    return out
 
 
 # --- the ClientApp side ------------------------------------------------------------------
@@ -258,12 +267,24 @@ def train_reply(msg: Message, mm: MoEModel, tokens: TokenizedTexts, train_idx: n
 
 
 def evaluate_reply(msg: Message, mm: MoEModel, tokens: TokenizedTexts, val_idx: np.ndarray, batch_size: int = 64,
-                   arrayrecord_key: str = "arrays") -> Message:
-    """A ClientApp's answer to an evaluate message: accuracy and loss of the global arrays on
-    ``tokens[val_idx]``, with ``num-examples``."""
+                   arrayrecord_key: str = "arrays", task: str | None = None) -> Message:
+    """A ClientApp's answer to an evaluate message: the global arrays' metrics on ``tokens[val_idx]``.
+
+    Classification: accuracy and loss, ``num-examples`` = examples. A causal LM (``task =
+    "causal-lm"``, or None and a ``*ForCausalLM`` model): token-weighted next-token loss and
+    perplexity, ``num-examples`` = predicted tokens, so :meth:`HFedMoE.aggregate_evaluate` pools
+    the loss over every node's tokens."""
+    task = task or ("causal-lm" if type(mm.model).__name__.endswith("ForCausalLM") else "classification")
+    if task not in ("classification", "causal-lm"):
+        raise HFedMoEError(f"task: expected 'classification' or 'causal-lm', got {task!r}")
     with torch.no_grad():
         mm.model.load_state_dict(msg.content.array_records[arrayrecord_key].to_torch_state_dict())
-    res = evaluate(mm, tokens, np.asarray(val_idx), batch_size)
+    idx = np.asarray(val_idx)
+    if task == "causal-lm":
+        res = evaluate_lm(mm, tokens, idx, batch_size)
+        count = int(res.pop("tokens"))
+    else:
+        res, count = evaluate(mm, tokens, idx, batch_size), len(idx)
     m = {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-    m[NUM_EXAMPLES] = int(len(val_idx))
+    m[NUM_EXAMPLES] = count
     return Message(RecordDict({"metrics": MetricRecord(m)}), reply_to=msg)
