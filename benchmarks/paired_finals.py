@@ -15,10 +15,15 @@ from pathlib import Path
 from hfedmoe.bench.paired import final_by_seed, paired_ci
 
 
+def _seeds(out: Path, dataset: str, method: str) -> list[int]:
+    """The seeds with a run folder (``runs/DATASET/METHOD/seedN``)."""
+    runs = (out / "runs" / dataset / method).glob("seed*")
+    return sorted(int(p.name[4:]) for p in runs if p.name[4:].isdigit())
+
+
 def main(out_a: str, ds_a: str, m_a: str, out_b: str, ds_b: str, m_b: str, key: str = "test_perplexity") -> None:
-    seeds = list(range(100))
-    a = final_by_seed(Path(out_a), ds_a, m_a, seeds, key)
-    b = final_by_seed(Path(out_b), ds_b, m_b, seeds, key)
+    a, b = (final_by_seed(Path(out), ds, m, _seeds(Path(out), ds, m), key)
+            for out, ds, m in ((out_a, ds_a, m_a), (out_b, ds_b, m_b)))
     common = sorted(set(a) & set(b))
     if len(common) < 2:
         raise SystemExit(f"seeds: expected at least 2 runs in both, got {len(common)}")

@@ -6,25 +6,26 @@ uniform share 1/E; and how many clients trained the same expert in a round.
     python benchmarks/pick_usage.py runs/bench-lm-switch-scarce [DATASET]
 
 Meaningful for the methods that pick per batch (hfedmoe and its ablations, flux-freq, random,
-oracle); the others' usage rows are on another scale. Reads each run's metrics.jsonl (client_selected_experts: per client, per layer, how many batches
+oracle); the others' usage rows are on another scale. Reads each run's metrics.jsonl (hfedmoe.report.metrics.read_metrics) (client_selected_experts: per client, per layer, how many batches
 picked each expert; client_usage: per client, per layer, the usage share of each expert).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from hfedmoe.report.metrics import read_metrics
 
-def pick_shares(metrics: Path) -> tuple[float, float, float, float]:
+
+def pick_shares(rows: list[dict[str, Any]]) -> tuple[float, float, float, float]:
     """(mean usage share of the picked experts, mean share of the most-used expert, 1/E,
     fraction of picks that are the most-used expert) over every round, client and layer."""
     picked, top, hits, n, num_experts = 0.0, 0.0, 0.0, 0.0, 1
-    for line in metrics.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         sel, use = row.get("client_selected_experts") or {}, row.get("client_usage") or {}
         for c, layers in sel.items():
             for s, u in zip(np.asarray(layers, float), np.asarray(use[c], float)):  # (E,), (E,)
@@ -40,13 +41,13 @@ def pick_shares(metrics: Path) -> tuple[float, float, float, float]:
     return picked / n, top / n, 1.0 / num_experts, hits / n
 
 
-def overlap(metrics: Path) -> tuple[float, float, float]:
+def overlap(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
     """(mean number of clients that trained each trained expert, distinct experts trained per
     layer, distinct experts one client trained per layer) per round, from client_trained (per
     client, per layer, 1 = trained that round)."""
     per_expert, distinct, own = [], [], []
-    for line in metrics.read_text().splitlines():
-        trained = json.loads(line).get("client_trained") or {}
+    for row in rows:
+        trained = row.get("client_trained") or {}
         if not trained:
             continue
         t = np.asarray([trained[c] for c in sorted(trained, key=int)], float)  # (C, L, E)
@@ -69,8 +70,8 @@ def main(out: str, dataset: str | None = None) -> None:
               "| clients per trained expert | experts trained per layer | per client and layer |")
         print("|---|---|---|---|---|---|---|---|")
         for method in sorted(p for p in ds.iterdir() if p.is_dir()):
-            files = sorted(method.glob("seed*/metrics.jsonl"))
-            runs = [pick_shares(m) + overlap(m) for m in files]
+            runs = [pick_shares(rows) + overlap(rows)  # each run's rows read once
+                    for rows in map(read_metrics, sorted(method.glob("seed*/metrics.jsonl")))]
             runs = [r for r in runs if r[0] == r[0]]
             if not runs:
                 continue

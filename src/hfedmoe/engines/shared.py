@@ -151,8 +151,8 @@ def export_lora_adapter(mm: MoEModel, cfg: RunConfig, out_dir: Any, row: dict[st
 
 
 def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
-                    client_val: Callable[[], list[float]] | None, val_sizes: list[int] | None = None,
-                    client_ppl: Callable[[], list[float]] | None = None) -> dict[str, Any]:
+                    client_val: Callable[[], list[float]] | None, val_sizes: list[int] | None, *,
+                    client_ppl: Callable[[], list[float]]) -> dict[str, Any]:
     """The global model's evaluation row: test accuracy, loss, macro-F1 and per-class figures
     (a causal LM: perplexities, every client's validation split included); with ``client_val``
     (the engine's per-client validation accuracies, NaN = no split) also their min and mean and,
@@ -165,8 +165,6 @@ def global_eval_row(mm: MoEModel, fed: FederationData, cfg: RunConfig,
     if cfg.model.task == "causal-lm":
         from hfedmoe.client.tasks import lm_eval_row
 
-        if client_ppl is None:
-            raise ValueError("global_eval_row: a causal LM needs client_ppl (the engine's per-client perplexities)")
         return lm_eval_row(mm, fed.tokens, fed.test_idx, client_ppl, fed.heldout, bs)
     from hfedmoe.report.classes import class_metrics
 
